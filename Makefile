@@ -1,0 +1,78 @@
+# evtcp - build, test, demo, install, sanitize, bench.
+#
+# The variables are the ones LuaRocks passes (CFLAGS, LIBFLAG, LUA_INCDIR,
+# LUADIR, LIBDIR), so `make` and `luarocks make` agree.
+
+LUA        ?= lua5.4
+LUA_INCDIR ?= $(shell pkg-config --variable=includedir lua5.4 2>/dev/null)/lua5.4
+EVENT_LIBS ?= $(shell pkg-config --libs libevent 2>/dev/null || echo -levent)
+CC         ?= cc
+CFLAGS     ?= -O2 -g
+WARN        = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Werror=implicit-function-declaration
+LIBFLAG    ?= -shared
+LUADIR     ?= /usr/local/share/lua/5.4
+LIBDIR     ?= /usr/local/lib/lua/5.4
+BUILD      ?= build
+BUSTED      = $(LUA) /usr/bin/busted
+
+SRC  = $(wildcard src/*.c)
+HDRS = $(wildcard src/*.h)
+CORE = $(BUILD)/evtcp/core.so
+
+# Debian packages the build, the tests and the demo need.
+DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-socket \
+       socat netcat-openbsd pkg-config
+
+.PHONY: all deps test demo install sanitize bench bench-quick clean
+
+all: $(CORE)
+
+$(CORE): $(SRC) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) -fPIC -I$(LUA_INCDIR) $(LIBFLAG) -o $@ $(SRC) $(EVENT_LIBS)
+
+# Installs what is missing, through apt-get (root) or sudo; a machine that
+# has everything pays one dpkg query.
+deps:
+	@missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+ENV = LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="$(BUILD)/?.so;;"
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	$(ENV) $(BUSTED) --output=spec/summary_output.lua spec
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	$(ENV) $(LUA) examples/demo.lua
+
+install: all
+	install -d $(DESTDIR)$(LUADIR)/evtcp $(DESTDIR)$(LIBDIR)/evtcp
+	install -m 644 lua/evtcp/*.lua $(DESTDIR)$(LUADIR)/evtcp/
+	install -m 755 $(CORE) $(DESTDIR)$(LIBDIR)/evtcp/core.so
+
+# The specs under AddressSanitizer + UBSan. lua5.4 itself is not
+# instrumented, so the runtime is preloaded.
+ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
+UBSAN_LIB = $(shell $(CC) -print-file-name=libubsan.so)
+sanitize: deps
+	$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" all
+	LD_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
+	  LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="build-asan/?.so;;" \
+	  EVTCP_SANITIZE=1 $(BUSTED) --output=spec/summary_output.lua spec
+
+bench: deps
+	$(MAKE) -C bench run
+
+bench-quick: deps
+	$(MAKE) -C bench quick
+
+clean:
+	rm -rf build build-asan
+	-$(MAKE) -C bench clean 2>/dev/null

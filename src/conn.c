@@ -1,0 +1,684 @@
+/*
+ * conn.c - TCPConnection: connecting, the data path, closing.
+ *
+ * The state machine and the data path are described in conn.h; properties,
+ * options and the metatable are in conn_props.c.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/uio.h>
+#include <netinet/tcp.h>
+#include "conn.h"
+
+#define READ_CHUNK (64 * 1024)  /* bytes read per recv() */
+#define READ_ROUNDS 8           /* recv() calls per wake-up at most */
+#define SEND_IOV_MAX 16         /* send() arguments written in one sendmsg() */
+
+static void conn_try_next_address(evtcp_conn *c);
+
+evtcp_conn *check_conn(lua_State *L, int index) {
+  return (evtcp_conn *)luaL_checkudata(L, index, EVTCP_CONN_MT);
+}
+
+static evutil_socket_t conn_fd(const evtcp_conn *c) {
+  return c->bev ? bufferevent_getfd(c->bev) : -1;
+}
+
+size_t conn_buffered(const evtcp_conn *c) {
+  size_t n = c->early ? evbuffer_get_length(c->early) : 0;
+  if (c->bev) n += evbuffer_get_length(bufferevent_get_output(c->bev));
+  return n;
+}
+
+static int conn_is_live(const evtcp_conn *c) {
+  return c->state < CONN_CLOSING;
+}
+
+/* ---- reading ---- */
+
+static struct timeval seconds_tv(double s) {
+  struct timeval tv;
+  tv.tv_sec = (long)s;
+  tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
+  return tv;
+}
+
+static int conn_wants_reading(const evtcp_conn *c) {
+  return c->state == CONN_OPEN && c->read_ev && !c->paused && !c->input_full &&
+         !c->peer_eof && !c->close_wanted;
+}
+
+void conn_start_reading(evtcp_conn *c) {
+  if (c->reading || !conn_wants_reading(c)) return;
+  if (c->read_timeout >= 0) {
+    struct timeval tv = seconds_tv(c->read_timeout);
+    event_add(c->read_ev, &tv);
+  } else {
+    event_add(c->read_ev, NULL);
+  }
+  c->reading = 1;
+}
+
+void conn_stop_reading(evtcp_conn *c) {
+  if (!c->reading) return;
+  event_del(c->read_ev);
+  c->reading = 0;
+}
+
+/* Re-arms read_ev so a changed read timeout takes effect. */
+void conn_update_read_timeout(evtcp_conn *c) {
+  conn_stop_reading(c);
+  conn_start_reading(c);
+}
+
+void conn_set_write_timeout(evtcp_conn *c) {
+  if (c->bev == NULL) return;
+  if (c->write_timeout >= 0) {
+    struct timeval tv = seconds_tv(c->write_timeout);
+    bufferevent_set_timeouts(c->bev, NULL, &tv);
+  } else {
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+  }
+}
+
+/* ---- leaving: every way out goes through conn_end ---- */
+
+/* Stops all I/O on the way to CLOSING and queues the final callbacks. The
+ * socket itself is freed in conn_finish, outside libevent's callbacks for
+ * it. With rst, the close sends a reset and drops the queued output. */
+static void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst) {
+  if (!conn_is_live(c)) return;
+  if (failure != NULL && c->failure == NULL) {
+    c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
+    if (c->failure) *c->failure = *failure;
+  }
+  if (c->lookup) {
+    lookup_cancel(c->lookup);
+    c->lookup = NULL;
+  }
+  if (c->connect_timer) event_del(c->connect_timer);
+  conn_stop_reading(c);
+  if (c->bev) {
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    if (rst && fd >= 0) {
+      struct linger lg = {1, 0};
+      setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+  }
+  c->state = CONN_CLOSING;
+  c->finish_due = 1;
+  loop_defer(&c->obj);
+}
+
+static void conn_fail(evtcp_conn *c, int err, const char *component) {
+  evtcp_failure f;
+  failure_from_errno(&f, err, component);
+  conn_end(c, &f, 0);
+}
+
+/* Frees every libevent object and the socket. No Lua. */
+static void conn_release(evtcp_conn *c) {
+  if (c->lookup) { lookup_cancel(c->lookup); c->lookup = NULL; }
+  if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
+  if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
+  if (c->read_ev) { event_free(c->read_ev); c->read_ev = NULL; c->reading = 0; }
+  if (c->bev) { bufferevent_free(c->bev); c->bev = NULL; }
+  if (c->early) { evbuffer_free(c->early); c->early = NULL; }
+}
+
+/* Pushes the connection's userdata; 0 (nothing pushed) if it is gone. */
+static int conn_push(evtcp_conn *c) {
+  lua_State *L = c->obj.loop->L;
+  loop_push_object(L, &c->obj);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
+  return 1;
+}
+
+/* Delivers a plain notice (no payload) to the handler. */
+void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
+  evtcp_notice n;
+  memset(&n, 0, sizeof n);
+  n.type = type;
+  n.peer = &c->peer.sa;
+  if (conn_push(c)) event_deliver(c->obj.loop, &n, 1, 0);
+}
+
+/* CLOSING -> TERMINATED: frees the socket, then onShutdown or onError, then
+ * onTerminate. Runs from the loop's deferred queue. */
+static void conn_finish(evtcp_conn *c) {
+  lua_State *L = c->obj.loop->L;
+  c->finish_due = 0;
+  conn_release(c);
+  c->closed = 1;
+  if (c->failure != NULL) {
+    if (conn_push(c)) {
+      evtcp_notice n;
+      memset(&n, 0, sizeof n);
+      n.type = EVT_ERROR;
+      n.peer = &c->peer.sa;
+      error_push(L, c->failure);
+      error_append(L, -2, -1);
+      event_deliver(c->obj.loop, &n, 2, 0);
+    }
+  } else {
+    conn_deliver(c, EVT_CLOSE);
+  }
+  conn_deliver(c, EVT_TERMINATE);
+  c->state = CONN_TERMINATED;
+  if (c->listener) {
+    listener_connection_gone(c->listener);
+    c->listener = NULL;
+  }
+  loop_unanchor(&c->obj, ANCHOR_CALLBACKS | ANCHOR_OUTPUT);
+}
+
+static void conn_run_pending(evtcp_object *obj) {
+  evtcp_conn *c = (evtcp_conn *)obj;
+  if (c->drain_due) {
+    c->drain_due = 0;
+    if (conn_is_live(c)) conn_deliver(c, EVT_DRAIN);
+  }
+  if (c->finish_due) conn_finish(c);
+}
+
+/* ---- when the output queue empties ---- */
+
+static void conn_shut_write(evtcp_conn *c) {
+  evutil_socket_t fd = conn_fd(c);
+  if (c->write_shut_done || fd < 0) return;
+  shutdown(fd, SHUT_WR);
+  c->write_shut_done = 1;
+}
+
+/* Everything queued has reached the kernel: do what waited for it. */
+static void conn_flushed(evtcp_conn *c, int from_loop) {
+  loop_unanchor(&c->obj, ANCHOR_OUTPUT);
+  if (c->close_wanted || c->peer_eof) {
+    conn_shut_write(c);
+    conn_end(c, NULL, 0);
+    return;
+  }
+  if (c->write_shut_wanted) conn_shut_write(c);
+  if (c->drain_wanted) {
+    c->drain_wanted = 0;
+    if (from_loop) {
+      conn_deliver(c, EVT_DRAIN);
+    } else {
+      c->drain_due = 1;
+      loop_defer(&c->obj);
+    }
+  }
+}
+
+/* ---- libevent callbacks ---- */
+
+static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
+  evtcp_notice notice;
+  if (!conn_push(c)) return;
+  notice.type = EVT_DATA;
+  notice.data = buf;
+  notice.len = n;
+  notice.peer = &c->peer.sa;
+  if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK || notice.handled) return;
+  /* no onData: keep the bytes for receive(), up to highWaterMark */
+  if (c->input == NULL) c->input = evbuffer_new();
+  if (c->input == NULL || evbuffer_add(c->input, buf, n) != 0) {
+    conn_fail(c, ENOMEM, "evtcp");
+    return;
+  }
+  if (evbuffer_get_length(c->input) >= c->high_water) {
+    c->input_full = 1;
+    conn_stop_reading(c);
+  }
+}
+
+static void conn_on_peer_eof(evtcp_conn *c) {
+  c->peer_eof = 1;
+  conn_stop_reading(c);
+  if (conn_buffered(c) == 0) conn_flushed(c, 1);
+}
+
+/* read_ev: reads up to READ_ROUNDS chunks while the socket has data and the
+ * program still wants it (a callback may close, pause or fail). */
+static void conn_on_readable(evutil_socket_t fd, short what, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  char buf[READ_CHUNK];
+  int round;
+  if (what & EV_TIMEOUT) {
+    evtcp_failure f;
+    failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp", "read timeout");
+    conn_end(c, &f, 0);
+    return;
+  }
+  for (round = 0; round < READ_ROUNDS; round++) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      conn_deliver_data(c, buf, (size_t)n);
+      if (!c->reading || loop_has_error(c->obj.loop) || (size_t)n < sizeof buf) return;
+    } else if (n == 0) {
+      conn_on_peer_eof(c);
+      return;
+    } else {
+      int err = EVUTIL_SOCKET_ERROR();
+      if (!io_would_block(err)) conn_fail(c, err, "evtcp");
+      return;
+    }
+  }
+}
+
+/* The bufferevent's write callback: output drained to its low mark (0). */
+static void conn_on_written(struct bufferevent *bev, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  (void)bev;
+  if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_flushed(c, 1);
+}
+
+static void conn_remember_addresses(evtcp_conn *c) {
+  evutil_socket_t fd = conn_fd(c);
+  socklen_t len = sizeof c->local;
+  if (getsockname(fd, &c->local.sa, &len) != 0) memset(&c->local, 0, sizeof c->local);
+  len = sizeof c->peer;
+  if (getpeername(fd, &c->peer.sa, &len) != 0) { /* keep the address dialled */ }
+}
+
+/* OPEN: the socket is connected (client) or accepted (server). */
+static int conn_become_open(evtcp_conn *c) {
+  evutil_socket_t fd = conn_fd(c);
+  c->state = CONN_OPEN;
+  if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
+  if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
+  conn_remember_addresses(c);
+  conn_apply_socket_options(c);
+  conn_set_write_timeout(c);
+  c->read_ev = event_new(c->obj.loop->base, fd, EV_READ | EV_PERSIST, conn_on_readable, c);
+  if (c->read_ev == NULL) return -1;
+  if (c->early && evbuffer_get_length(c->early) > 0) {
+    if (bufferevent_write_buffer(c->bev, c->early) != 0) return -1;
+  }
+  conn_start_reading(c);
+  return 0;
+}
+
+static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  int err = EVUTIL_SOCKET_ERROR();
+  (void)bev;
+  if (c->state == CONN_CONNECTING) {
+    if (what & BEV_EVENT_CONNECTED) {
+      free(c->failure); /* an earlier address may have failed */
+      c->failure = NULL;
+      if (conn_become_open(c) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
+      conn_deliver(c, EVT_CONNECTION);
+      if (c->state == CONN_OPEN && conn_buffered(c) == 0 && c->write_shut_wanted)
+        conn_shut_write(c);
+      return;
+    }
+    /* this address failed: remember why, try the next one */
+    if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
+    if (c->failure) failure_from_errno(c->failure, err ? err : ECONNREFUSED, "libevent");
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    conn_try_next_address(c);
+    return;
+  }
+  if (c->state != CONN_OPEN) return;
+  if (what & BEV_EVENT_TIMEOUT) {
+    evtcp_failure f;
+    failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp", "write timeout");
+    conn_end(c, &f, 0);
+  } else if (what & BEV_EVENT_ERROR) {
+    conn_fail(c, err ? err : EPIPE, "libevent");
+  }
+}
+
+/* ---- connecting ---- */
+
+/* Starts connecting to the next address; ends the connection with the last
+ * failure when none is left. Runs no Lua (may run inside a method). */
+static void conn_try_next_address(evtcp_conn *c) {
+  while (c->next_addr != NULL) {
+    struct evutil_addrinfo *ai = c->next_addr;
+    c->next_addr = ai->ai_next;
+    c->bev = bufferevent_socket_new(c->obj.loop->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (c->bev == NULL) break;
+    bufferevent_setcb(c->bev, NULL, conn_on_written, conn_on_bev_event, c);
+    memcpy(&c->peer, ai->ai_addr, ai->ai_addrlen < sizeof c->peer ? ai->ai_addrlen : sizeof c->peer);
+    c->state = CONN_CONNECTING;
+    if (bufferevent_socket_connect(c->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0) return;
+    if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
+    if (c->failure) failure_from_errno(c->failure, EVUTIL_SOCKET_ERROR(), "libevent");
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+  }
+  if (c->failure == NULL) {
+    evtcp_failure f;
+    failure_from_errno(&f, ENOMEM, "evtcp");
+    conn_end(c, &f, 0);
+  } else {
+    conn_end(c, NULL, 0); /* reports the last address's failure */
+  }
+}
+
+static void conn_on_resolved(void *owner, int gai_code, struct evutil_addrinfo *addrs) {
+  evtcp_conn *c = (evtcp_conn *)owner;
+  c->lookup = NULL;
+  if (gai_code != 0 || addrs == NULL) {
+    evtcp_failure f;
+    if (addrs) evutil_freeaddrinfo(addrs);
+    failure_from_dns(&f, gai_code ? gai_code : EVUTIL_EAI_NONAME);
+    conn_end(c, &f, 0);
+    return;
+  }
+  c->addrs = c->next_addr = addrs;
+  conn_try_next_address(c);
+}
+
+static void conn_on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  evtcp_failure f;
+  (void)fd; (void)what;
+  if (c->failure) { free(c->failure); c->failure = NULL; }
+  failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp", "connect timeout");
+  conn_end(c, &f, 0);
+}
+
+/* Starts resolving or connecting to host:port. Runs no Lua callback. */
+static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) {
+  struct evutil_addrinfo hints, *literal = NULL;
+  char portstr[8], bare[64];
+  size_t n = strlen(host);
+  snprintf(portstr, sizeof portstr, "%d", port);
+  if (c->connect_timeout >= 0) {
+    struct timeval tv = seconds_tv(c->connect_timeout);
+    c->connect_timer = evtimer_new(c->obj.loop->base, conn_on_connect_timeout, c);
+    if (c->connect_timer == NULL) luaL_error(L, "evtcp: out of memory");
+    evtimer_add(c->connect_timer, &tv);
+  }
+  /* "[::1]" is accepted for an IPv6 literal, as in URLs */
+  if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n - 2 < sizeof bare) {
+    memcpy(bare, host + 1, n - 2);
+    bare[n - 2] = '\0';
+    host = bare;
+  }
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
+  if (evutil_getaddrinfo(host, portstr, &hints, &literal) == 0 && literal != NULL) {
+    c->addrs = c->next_addr = literal;  /* an IP literal: no lookup */
+    conn_try_next_address(c);
+    return;
+  }
+  c->state = CONN_RESOLVING;
+  c->lookup = lookup_start(c->obj.loop, host, portstr, conn_on_resolved, c);
+}
+
+/* ---- methods ---- */
+
+/* Does the handler of the connection at index 1 have `name`? Runs inside
+ * a method, so a raising __index propagates to the caller. */
+static int conn_handler_has(lua_State *L, const char *name) {
+  int top = lua_gettop(L), has = 0;
+  if (lua_getiuservalue(L, 1, UV_HANDLER) != LUA_TNIL)
+    has = lua_getfield(L, -1, name) != LUA_TNIL;
+  lua_settop(L, top);
+  return has;
+}
+
+/* Writes strings first..first+count-1 on an open connection: straight to
+ * the socket when nothing is queued, into the bufferevent otherwise. */
+static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
+  struct evbuffer *out = bufferevent_get_output(c->bev);
+  struct iovec iov[SEND_IOV_MAX];
+  size_t total = 0, len, written;
+  int i, k = 0;
+  if (evbuffer_get_length(out) == 0 && count <= SEND_IOV_MAX) {
+    struct msghdr msg;
+    ssize_t n;
+    for (i = first; i < first + count; i++) {
+      const char *s = lua_tolstring(L, i, &len);
+      if (len == 0) continue;
+      iov[k].iov_base = (void *)s;
+      iov[k].iov_len = len;
+      total += len;
+      k++;
+    }
+    if (k == 0) return;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)k;
+    n = sendmsg(conn_fd(c), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      int err = EVUTIL_SOCKET_ERROR();
+      if (!io_would_block(err)) { conn_fail(c, err, "evtcp"); return; }
+      n = 0;
+    }
+    if ((size_t)n == total) {
+      if (conn_handler_has(L, "onDrain")) { c->drain_due = 1; loop_defer(&c->obj); }
+      return;
+    }
+    /* the kernel took n bytes: queue the rest, in order */
+    written = (size_t)n;
+    for (i = 0; i < k; i++) {
+      if (written >= iov[i].iov_len) { written -= iov[i].iov_len; continue; }
+      evbuffer_add(out, (char *)iov[i].iov_base + written, iov[i].iov_len - written);
+      written = 0;
+    }
+  } else {
+    for (i = first; i < first + count; i++) {
+      const char *s = lua_tolstring(L, i, &len);
+      if (len > 0 && evbuffer_add(out, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+    }
+  }
+  c->drain_wanted = 1;
+  loop_anchor(&c->obj, ANCHOR_OUTPUT);
+}
+
+/* conn:send(data, ...) -> true | nil, "closed" */
+static int conn_send(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  int top = lua_gettop(L), i;
+  for (i = 2; i <= top; i++) {
+    int t = lua_type(L, i);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER) luaL_typeerror(L, i, "string");
+  }
+  if (!conn_is_live(c) || c->close_wanted || c->write_shut_wanted || c->peer_eof) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  if (c->state == CONN_OPEN) {
+    conn_write(L, c, 2, top - 1);
+  } else {
+    /* not connected yet: kept in order, sent once connected */
+    for (i = 2; i <= top; i++) {
+      size_t len;
+      const char *s = lua_tolstring(L, i, &len);
+      if (len == 0) continue;
+      if (c->early == NULL && (c->early = evbuffer_new()) == NULL) luaL_error(L, "evtcp: out of memory");
+      if (evbuffer_add(c->early, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      c->drain_wanted = 1;
+    }
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:shutdown(): half-close once what is queued is flushed. */
+static int conn_shutdown(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  if (conn_is_live(c) && !c->write_shut_wanted) {
+    c->write_shut_wanted = 1;
+    if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_shut_write(c);
+  }
+  return 0;
+}
+
+/* conn:close(): flush, then close both ways; aborts a connect in progress. */
+static int conn_close(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  if (!conn_is_live(c) || c->close_wanted) return 0;
+  if (c->state != CONN_OPEN) {
+    conn_end(c, NULL, 0);
+    return 0;
+  }
+  c->close_wanted = 1;
+  conn_stop_reading(c);
+  if (conn_buffered(c) == 0) conn_flushed(c, 0);
+  return 0;
+}
+
+/* conn:reset(): abortive close, queued output dropped, RST sent. */
+static int conn_reset(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  conn_end(c, NULL, 1);
+  return 0;
+}
+
+static int conn_pause(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  c->paused = 1;
+  conn_stop_reading(c);
+  return 0;
+}
+
+static int conn_resume(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  c->paused = 0;
+  conn_start_reading(c);
+  return 0;
+}
+
+static double check_seconds(lua_State *L, int arg, const char *what) {
+  double s;
+  if (lua_isnoneornil(L, arg)) return -1;
+  if (!lua_isnumber(L, arg)) luaL_typeerror(L, arg, "number");
+  s = lua_tonumber(L, arg);
+  if (!(s >= 0 && s < 1e9)) luaL_argerror(L, arg, lua_pushfstring(L, "%s must be >= 0", what));
+  return s;
+}
+
+/* conn:setTimeouts(read, write): nil clears one. */
+static int conn_set_timeouts(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  double r = check_seconds(L, 2, "read timeout");
+  double w = check_seconds(L, 3, "write timeout");
+  c->read_timeout = r;
+  c->write_timeout = w;
+  conn_update_read_timeout(c);
+  conn_set_write_timeout(c);
+  return 0;
+}
+
+/* ---- construction and collection ---- */
+
+/* Pushes a new connection userdata in its terminated state (safe to
+ * collect whatever fails next). */
+static evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
+  evtcp_conn *c = (evtcp_conn *)lua_newuserdatauv(L, sizeof *c, UV_CONN_COUNT);
+  memset(c, 0, sizeof *c);
+  c->state = CONN_TERMINATED;
+  c->obj.loop = loop;
+  c->obj.anchor_ref = LUA_NOREF;
+  c->obj.run_pending = conn_run_pending;
+  c->read_timeout = c->write_timeout = c->connect_timeout = -1;
+  c->high_water = 1024 * 1024;
+  luaL_setmetatable(L, EVTCP_CONN_MT);
+  loop_register(L, &c->obj, -1);
+  return c;
+}
+
+/* Stores the handler at handler_index in the new connection on top, reads
+ * its options and anchors the connection if the handler has callbacks. */
+static void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index, int arg) {
+  conn_read_options(L, c, handler_index, arg);
+  lua_pushvalue(L, handler_index);
+  lua_setiuservalue(L, -2, UV_HANDLER);
+  if (conn_handler_has_callbacks(L, handler_index)) loop_anchor(&c->obj, ANCHOR_CALLBACKS);
+}
+
+/* evtcp.connect(address, port [, options]) */
+int conn_connect(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  const char *host;
+  lua_Integer port;
+  evtcp_conn *c;
+  luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
+  host = lua_tostring(L, 1);
+  luaL_argcheck(L, lua_rawlen(L, 1) > 0 && lua_rawlen(L, 1) < 256, 1, "address must be 1 to 255 bytes");
+  port = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, port >= 1 && port <= 65535, 2, "port must be in 1..65535");
+  if (lua_isnoneornil(L, 3)) {
+    lua_settop(L, 2);
+    lua_newtable(L);
+  }
+  luaL_argexpected(L, lua_istable(L, 3) || lua_isuserdata(L, 3), 3, "table");
+  lua_settop(L, 3);
+  c = conn_alloc(L, loop);
+  conn_adopt_handler(L, c, 3, 3);
+  c->state = CONN_RESOLVING;
+  conn_start(L, c, host, (int)port);
+  return 1;
+}
+
+/* Runs under loop_pcall from the listener: adopts an accepted socket.
+ * Stack: listener, handler, fd (integer). Returns the connection. If it
+ * raises before the bufferevent owns fd, the caller closes fd. */
+int conn_adopt_accepted(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  evutil_socket_t fd = (evutil_socket_t)lua_tointeger(L, 3);
+  evtcp_conn *c;
+  luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "table (the new connection's handler)");
+  c = conn_alloc(L, loop);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, UV_OWNER);
+  conn_adopt_handler(L, c, 2, 2);
+  c->bev = bufferevent_socket_new(loop->base, fd, BEV_OPT_CLOSE_ON_FREE);
+  if (c->bev == NULL) return luaL_error(L, "evtcp: out of memory");
+  lua_pushnil(L);
+  lua_replace(L, 3); /* the bufferevent owns fd now */
+  bufferevent_setcb(c->bev, NULL, conn_on_written, conn_on_bev_event, c);
+  if (conn_become_open(c) != 0) return luaL_error(L, "evtcp: out of memory");
+  c->listener = (struct evtcp_listener *)lua_touserdata(L, 1);
+  return 1;
+}
+
+/* __gc: frees everything, runs no Lua. */
+static int conn__gc(lua_State *L) {
+  evtcp_conn *c = (evtcp_conn *)lua_touserdata(L, 1);
+  if (c->obj.loop == NULL) return 0;
+  conn_release(c);
+  free(c->failure);
+  c->failure = NULL;
+  if (c->input) { evbuffer_free(c->input); c->input = NULL; }
+  if (c->listener) { listener_connection_gone(c->listener); c->listener = NULL; }
+  loop_unregister(L, &c->obj);
+  c->state = CONN_TERMINATED;
+  c->obj.loop = NULL;
+  return 0;
+}
+
+static const luaL_Reg conn_methods[] = {
+  {"send", conn_send},
+  {"shutdown", conn_shutdown},
+  {"close", conn_close},
+  {"reset", conn_reset},
+  {"pause", conn_pause},
+  {"resume", conn_resume},
+  {"setTimeouts", conn_set_timeouts},
+  {NULL, NULL}
+};
+
+void conn_open(lua_State *L) {
+  luaL_newmetatable(L, EVTCP_CONN_MT);
+  lua_pushcfunction(L, conn__gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, conn_close);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  conn_props_open(L, conn_methods);
+}

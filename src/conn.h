@@ -1,0 +1,89 @@
+/*
+ * conn.h - the TCPConnection struct, shared by conn.c, conn_props.c and
+ * listener.c.
+ *
+ * Lifetime, as a state machine (API.md section 7):
+ *
+ *   RESOLVING --lookup ok--> CONNECTING --connected--> OPEN
+ *       |                        |  (next address on failure)  |
+ *       +------- failure, close(), reset(), connect timeout ---+--> CLOSING
+ *   OPEN --peer FIN, close() or shutdown()+peer FIN, once flushed--> CLOSING
+ *   OPEN --error, reset()--> CLOSING
+ *   CLOSING --(from the loop) onShutdown or onError, onTerminate--> TERMINATED
+ *
+ * Callbacks: onConnection when OPEN is reached (client side) or when the
+ * listener adopts the socket (server side); onData while OPEN; the rest on
+ * the way out of CLOSING. Methods never run callbacks: they move the state
+ * and queue the connection (loop_defer) so the loop delivers them.
+ *
+ * Anchors: ANCHOR_CALLBACKS from creation to TERMINATED if the handler has a
+ * callback; ANCHOR_OUTPUT while queued output waits to be flushed;
+ * ANCHOR_PENDING while queued; ANCHOR_WAITER while a coroutine waits.
+ *
+ * Data path (plain TCP): the bufferevent connects, queues output and times
+ * writes out, but reads go through our own event (read_ev) straight from
+ * the socket into a 64 KiB stack buffer and from there into the Lua string:
+ * one copy, many KiB per wake-up (a bufferevent reads 4 KiB at a time). A
+ * send() with nothing queued is written at once with sendmsg(); only what
+ * the kernel does not take is copied into the bufferevent's output.
+ */
+#ifndef EVTCP_CONN_H
+#define EVTCP_CONN_H
+
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include "evtcp.h"
+
+typedef enum {
+  CONN_RESOLVING, CONN_CONNECTING, CONN_OPEN, CONN_CLOSING, CONN_TERMINATED
+} conn_state;
+
+typedef union evtcp_addr {
+  struct sockaddr sa;
+  struct sockaddr_in in;
+  struct sockaddr_in6 in6;
+} evtcp_addr;
+
+typedef struct evtcp_conn {
+  evtcp_object obj;
+  conn_state state;
+  unsigned closed : 1;            /* the Lua-visible `closed` */
+  unsigned write_shut_wanted : 1; /* shutdown(): close our side once flushed */
+  unsigned write_shut_done : 1;
+  unsigned close_wanted : 1;      /* close(): finish once flushed */
+  unsigned peer_eof : 1;          /* the peer's FIN has been read */
+  unsigned paused : 1;            /* pause(): the program stopped reading */
+  unsigned input_full : 1;        /* highWaterMark reached on `input` */
+  unsigned reading : 1;           /* read_ev is added */
+  unsigned no_delay : 1;
+  unsigned drain_wanted : 1;      /* a send queued bytes: onDrain once flushed */
+  unsigned drain_due : 1;         /* onDrain to deliver from the loop */
+  unsigned finish_due : 1;        /* CLOSING: callbacks to deliver */
+  struct bufferevent *bev;
+  struct event *read_ev;
+  struct event *connect_timer;    /* the `timeout` option, until OPEN */
+  struct evbuffer *early;         /* sends before the socket exists */
+  struct evbuffer *input;         /* bytes kept for receive() */
+  evtcp_lookup *lookup;
+  struct evutil_addrinfo *addrs, *next_addr;
+  evtcp_failure *failure;         /* what onError will report */
+  struct evtcp_listener *listener;/* the listener that accepted it */
+  double read_timeout, write_timeout, connect_timeout; /* < 0: none */
+  int keep_alive;                 /* seconds, 0: off */
+  size_t high_water;
+  evtcp_addr peer, local;
+} evtcp_conn;
+
+evtcp_conn *check_conn(lua_State *L, int index);
+size_t conn_buffered(const evtcp_conn *c);
+void conn_apply_socket_options(evtcp_conn *c);
+void conn_read_options(lua_State *L, evtcp_conn *c, int handler_index, int arg);
+int conn_handler_has_callbacks(lua_State *L, int handler_index);
+void conn_update_read_timeout(evtcp_conn *c);
+void conn_set_write_timeout(evtcp_conn *c);
+void conn_start_reading(evtcp_conn *c);
+void conn_stop_reading(evtcp_conn *c);
+void conn_deliver(evtcp_conn *c, evtcp_event_type type);
+void conn_props_open(lua_State *L, const luaL_Reg *methods);
+
+#endif

@@ -1,0 +1,233 @@
+/*
+ * conn_props.c - TCPConnection as Lua sees it: properties, per-connection
+ * user fields, options, the metatable.
+ *
+ * Lookup order in __index: methods (a raw get in one table, the common
+ * case), then properties, then the user's own fields, which live in a table
+ * created on the first assignment (most connections never pay for it).
+ */
+#include <string.h>
+#include <netinet/tcp.h>
+#include "conn.h"
+
+static const char *const callback_keys[] = {
+  "onConnection", "onData", "onShutdown", "onError", "onTerminate", "onDrain", NULL
+};
+
+static const char *const property_keys[] = {
+  "closed", "errors", "noDelay", "remoteAddress", "remotePort", "localAddress",
+  "localPort", "bufferedAmount", "handler", "tls", NULL
+};
+
+int conn_handler_has_callbacks(lua_State *L, int handler_index) {
+  int i;
+  handler_index = lua_absindex(L, handler_index);
+  for (i = 0; callback_keys[i] != NULL; i++) {
+    int t = lua_getfield(L, handler_index, callback_keys[i]);
+    lua_pop(L, 1);
+    if (t != LUA_TNIL) return 1;
+  }
+  return 0;
+}
+
+/* ---- options ---- */
+
+static int option_error(lua_State *L, int arg, const char *name, const char *what) {
+  return luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' %s", name, what));
+}
+
+/* Reads option `name` as seconds >= 0; returns -1 if absent. */
+static double option_seconds(lua_State *L, int h, int arg, const char *name) {
+  double s = -1;
+  int t = lua_getfield(L, h, name);
+  if (t != LUA_TNIL) {
+    if (t != LUA_TNUMBER) option_error(L, arg, name, "must be a number of seconds");
+    s = lua_tonumber(L, -1);
+    if (!(s >= 0 && s < 1e9)) option_error(L, arg, name, "must be >= 0");
+  }
+  lua_pop(L, 1);
+  return s;
+}
+
+/* Reads the options of the handler at h into c; raises an argument error
+ * (argument arg) naming the option at the first bad one. */
+void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg) {
+  int t;
+  h = lua_absindex(L, h);
+  t = lua_getfield(L, h, "noDelay");
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN) option_error(L, arg, "noDelay", "must be a boolean");
+  c->no_delay = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  c->connect_timeout = option_seconds(L, h, arg, "timeout");
+  c->read_timeout = option_seconds(L, h, arg, "readTimeout");
+  c->write_timeout = option_seconds(L, h, arg, "writeTimeout");
+  t = lua_getfield(L, h, "keepAlive");
+  if (t == LUA_TNUMBER) {
+    lua_Number s = lua_tonumber(L, -1);
+    if (!(s >= 1 && s <= 32767)) option_error(L, arg, "keepAlive", "must be 1..32767 seconds or false");
+    c->keep_alive = (int)s;
+  } else if (t == LUA_TBOOLEAN) {
+    c->keep_alive = lua_toboolean(L, -1) ? -1 : 0; /* true: the system's idle time */
+  } else if (t != LUA_TNIL) {
+    option_error(L, arg, "keepAlive", "must be a number of seconds or false");
+  }
+  lua_pop(L, 1);
+  t = lua_getfield(L, h, "highWaterMark");
+  if (t != LUA_TNIL) {
+    lua_Integer n = lua_tointeger(L, -1);
+    if (!lua_isinteger(L, -1) || n < 1) option_error(L, arg, "highWaterMark", "must be an integer >= 1");
+    c->high_water = (size_t)n;
+  }
+  lua_pop(L, 1);
+  t = lua_getfield(L, h, "tls");
+  if (t != LUA_TNIL && !(t == LUA_TBOOLEAN && !lua_toboolean(L, -1)))
+    option_error(L, arg, "tls", "is not supported by this build yet (plain TCP only)");
+  lua_pop(L, 1);
+}
+
+/* TCP_NODELAY and keepalive, on a connected socket. */
+void conn_apply_socket_options(evtcp_conn *c) {
+  evutil_socket_t fd = c->bev ? bufferevent_getfd(c->bev) : -1;
+  int one = 1;
+  if (fd < 0) return;
+  if (c->no_delay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (c->keep_alive != 0) {
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    if (c->keep_alive > 0)
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &c->keep_alive, sizeof c->keep_alive);
+  }
+}
+
+/* ---- properties ---- */
+
+static int push_addr(lua_State *L, const evtcp_addr *a, int want_port) {
+  if (a->sa.sa_family != AF_INET && a->sa.sa_family != AF_INET6) return 0;
+  if (want_port) lua_pushinteger(L, sockaddr_port(&a->sa));
+  else sockaddr_push_ip(L, &a->sa);
+  return 1;
+}
+
+static int conn_push_errors(lua_State *L) {
+  if (lua_getiuservalue(L, 1, UV_ERRORS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, UV_ERRORS);
+  }
+  return 1;
+}
+
+/* Pushes property `key`; returns 0 if key is not a property. */
+static int conn_push_property(lua_State *L, evtcp_conn *c, const char *key) {
+  switch (key[0]) {
+  case 'b':
+    if (strcmp(key, "bufferedAmount") == 0) { lua_pushinteger(L, (lua_Integer)conn_buffered(c)); return 1; }
+    break;
+  case 'c':
+    if (strcmp(key, "closed") == 0) { lua_pushboolean(L, c->closed); return 1; }
+    break;
+  case 'e':
+    if (strcmp(key, "errors") == 0) return conn_push_errors(L);
+    break;
+  case 'h':
+    if (strcmp(key, "handler") == 0) { lua_getiuservalue(L, 1, UV_HANDLER); return 1; }
+    break;
+  case 'l':
+    if (strcmp(key, "localAddress") == 0) return push_addr(L, &c->local, 0) || (lua_pushnil(L), 1);
+    if (strcmp(key, "localPort") == 0) return push_addr(L, &c->local, 1) || (lua_pushnil(L), 1);
+    break;
+  case 'n':
+    if (strcmp(key, "noDelay") == 0) { lua_pushboolean(L, c->no_delay); return 1; }
+    break;
+  case 'r':
+    if (strcmp(key, "remoteAddress") == 0) return push_addr(L, &c->peer, 0) || (lua_pushnil(L), 1);
+    if (strcmp(key, "remotePort") == 0) return push_addr(L, &c->peer, 1) || (lua_pushnil(L), 1);
+    break;
+  case 't':
+    if (strcmp(key, "tls") == 0) { lua_pushnil(L); return 1; }
+    break;
+  }
+  return 0;
+}
+
+static int conn__index(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  const char *key;
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1; /* a method */
+  lua_pop(L, 1);
+  key = lua_tostring(L, 2);
+  if (key != NULL && lua_type(L, 2) == LUA_TSTRING && conn_push_property(L, c, key)) return 1;
+  if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) return 0;
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+static int is_reserved(lua_State *L, const char *key) {
+  int i;
+  for (i = 0; property_keys[i] != NULL; i++)
+    if (strcmp(key, property_keys[i]) == 0) return 1;
+  lua_pushstring(L, key);
+  i = lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL;
+  lua_pop(L, 1);
+  return i;
+}
+
+/* conn.handler = h replaces the callbacks; other known names are read-only;
+ * anything else is the program's own field. */
+static int conn__newindex(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  lua_settop(L, 3);
+  if (key != NULL && strcmp(key, "handler") == 0) {
+    luaL_argexpected(L, lua_istable(L, 3) || lua_isuserdata(L, 3), 3, "table");
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, 1, UV_HANDLER);
+    if (c->state != CONN_TERMINATED) {
+      if (conn_handler_has_callbacks(L, 3)) loop_anchor(&c->obj, ANCHOR_CALLBACKS);
+      else loop_unanchor(&c->obj, ANCHOR_CALLBACKS);
+    }
+    return 0;
+  }
+  if (key != NULL && is_reserved(L, key))
+    return luaL_error(L, "evtcp: TCPConnection.%s is read-only", key);
+  if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, UV_FIELDS);
+  }
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+static int conn__tostring(lua_State *L) {
+  static const char *const states[] = {"resolving", "connecting", "open", "closing", "closed"};
+  evtcp_conn *c = check_conn(L, 1);
+  lua_pushfstring(L, "TCPConnection (%s): %p", states[c->state], (void *)c);
+  return 1;
+}
+
+/* Completes the metatable: __index and __newindex share the method table,
+ * which the Lua layer extends (wait, receive) through core.connectionMethods. */
+void conn_props_open(lua_State *L, const luaL_Reg *methods) {
+  luaL_getmetatable(L, EVTCP_CONN_MT);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);            /* mt methods */
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, conn__index, 1);
+  lua_setfield(L, -3, "__index");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, conn__newindex, 1);
+  lua_setfield(L, -3, "__newindex");
+  lua_pushcfunction(L, conn__tostring);
+  lua_setfield(L, -3, "__tostring");
+  lua_pushliteral(L, "TCPConnection");
+  lua_setfield(L, -3, "__metatable");
+  lua_setfield(L, -3, "connectionMethods"); /* into the module table */
+  lua_pop(L, 1);
+}

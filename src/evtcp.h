@@ -1,0 +1,169 @@
+/*
+ * evtcp.h - the private header of evtcp.core.
+ *
+ * One C file per Lua type:
+ *   loop.c      the per-state event_base, run/step/stop, timers, the callback
+ *               trampoline, anchoring and the deferred-work queue
+ *   conn.c      TCPConnection (client and accepted side)
+ *   listener.c  TCPListener
+ *   event.c     TCPEvent, the immutable event objects handed to callbacks
+ *   error.c     error objects and the errno -> kind mapping
+ *   resolve.c   asynchronous name resolution (evdns), no Lua in it
+ *   module.c    luaopen_evtcp_core
+ *
+ * Lua is only ever entered from libevent through loop_pcall(), on the main
+ * thread, and never from __gc.
+ */
+#ifndef EVTCP_H
+#define EVTCP_H
+
+#include <stddef.h>
+#include <errno.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include <event2/event.h>
+#include <event2/bufferevent.h>
+#include <event2/buffer.h>
+#include <event2/listener.h>
+#include <event2/dns.h>
+#include <event2/util.h>
+
+#define EVTCP_LOOP_MT     "evtcp.loop"
+#define EVTCP_CONN_MT     "evtcp.TCPConnection"
+#define EVTCP_LISTENER_MT "evtcp.TCPListener"
+#define EVTCP_EVENT_MT    "evtcp.TCPEvent"
+#define EVTCP_TIMER_MT    "evtcp.Timer"
+
+#define EVTCP_REENTER_MSG "evtcp: the loop is already running (use a coroutine)"
+
+/* Uservalue slots shared by connections and listeners. */
+enum {
+  UV_HANDLER = 1, /* the options table: callbacks are looked up on it */
+  UV_FIELDS,      /* user fields, created on first assignment */
+  UV_ERRORS,      /* the `errors` array, created on first error */
+  UV_WAITER,      /* the coroutine blocked on this object, if any */
+  UV_OWNER,       /* connections: the listener that accepted them */
+  UV_LISTENER_COUNT = UV_WAITER,
+  UV_CONN_COUNT = UV_OWNER
+};
+
+/* Why an object is anchored (kept alive from the registry): a bit each. */
+enum {
+  ANCHOR_CALLBACKS = 1, /* its handler has callbacks and it is not terminated */
+  ANCHOR_OUTPUT = 2,    /* it still has queued output to flush */
+  ANCHOR_WAITER = 4,    /* a coroutine waits on it */
+  ANCHOR_PENDING = 8    /* it sits in the deferred-work queue */
+};
+
+typedef struct evtcp_loop evtcp_loop;
+
+/* What every anchorable object starts with, so loop.c can treat them alike. */
+typedef struct evtcp_object {
+  evtcp_loop *loop;
+  int anchor_ref;     /* registry reference while anchored, else LUA_NOREF */
+  unsigned anchors;   /* ANCHOR_* bits */
+  /* the deferred-work queue: doubly linked so __gc can unlink in O(1) */
+  struct evtcp_object *pending_next, *pending_prev;
+  void (*run_pending)(struct evtcp_object *obj);
+} evtcp_object;
+
+/* A DNS lookup in flight; outlives its connection when cancelled (evdns
+ * reports cancellation later), so it is a separate allocation. */
+typedef struct evtcp_lookup evtcp_lookup;
+
+struct evtcp_loop {
+  lua_State *L;            /* the main thread: callbacks run on it */
+  struct event_base *base;
+  struct evdns_base *dns;  /* created on the first host-name lookup */
+  struct event *pending_ev;
+  evtcp_object *pending_head;
+  evtcp_lookup *lookups;   /* in flight, freed at lua_close if still there */
+  int running;             /* inside run/step/blocking drive */
+  int stop_requested;
+  int error_ref;           /* the first error raised by a callback */
+  int active;              /* anchored objects: run() returns at 0 */
+  int closing;             /* lua_close is tearing the loop down */
+  int weak_ref;            /* weak table: lightuserdata -> userdata */
+};
+
+/* A socket error that means "try again later", not a failure. */
+#define io_would_block(err) ((err) == EAGAIN || (err) == EWOULDBLOCK || (err) == EINTR)
+
+/* ---- loop.c ---- */
+evtcp_loop *loop_get(lua_State *L);
+void loop_open(lua_State *L);
+int loop_pcall(evtcp_loop *loop, int nargs, int nresults);
+void loop_register(lua_State *L, evtcp_object *obj, int ud_index);
+void loop_unregister(lua_State *L, evtcp_object *obj);
+void loop_push_object(lua_State *L, evtcp_object *obj);
+void loop_anchor(evtcp_object *obj, unsigned why);
+void loop_unanchor(evtcp_object *obj, unsigned why);
+void loop_defer(evtcp_object *obj);
+void loop_cancel_deferred(evtcp_object *obj);
+void loop_check_not_running(lua_State *L, evtcp_loop *loop);
+int loop_has_error(evtcp_loop *loop);
+
+/* ---- event.c ---- */
+typedef enum {
+  EVT_CONNECTION, EVT_DATA, EVT_ERROR, EVT_CLOSE, EVT_TERMINATE, EVT_DRAIN,
+  EVT_COUNT
+} evtcp_event_type;
+
+/* What a libevent callback wants delivered: built into a TCPEvent inside
+ * the protected call, so that allocation failures are Lua errors there. */
+typedef struct evtcp_notice {
+  evtcp_event_type type;
+  const char *data;        /* EVT_DATA: the bytes */
+  size_t len;
+  const struct sockaddr *peer; /* ip and port of the remote end, or NULL */
+  int handled;             /* set by event_dispatch if a callback ran */
+} evtcp_notice;
+
+void event_open(lua_State *L);
+const char *event_callback_name(evtcp_event_type type);
+int event_deliver(evtcp_loop *loop, evtcp_notice *notice, int nargs, int nresults);
+int event_dispatch(lua_State *L);
+
+/* ---- error.c ---- */
+typedef enum {
+  KIND_REFUSED, KIND_UNREACHABLE, KIND_DNS, KIND_TIMEOUT, KIND_RESET,
+  KIND_TLS, KIND_ACCEPT, KIND_IO
+} evtcp_kind;
+
+typedef struct evtcp_failure {
+  evtcp_kind kind;
+  int code;
+  const char *component;   /* "evtcp", "libevent", "dns", "openssl" */
+  char message[256];
+} evtcp_failure;
+
+void failure_from_errno(evtcp_failure *f, int err, const char *component);
+void failure_from_dns(evtcp_failure *f, int gai_code);
+void failure_set(evtcp_failure *f, evtcp_kind kind, int code, const char *component, const char *msg);
+void error_push(lua_State *L, const evtcp_failure *f);
+void error_append(lua_State *L, int obj_index, int err_index);
+
+/* ---- resolve.c ---- */
+typedef void (*lookup_cb)(void *owner, int gai_code, struct evutil_addrinfo *addrs);
+evtcp_lookup *lookup_start(evtcp_loop *loop, const char *host, const char *port,
+                           lookup_cb cb, void *owner);
+void lookup_cancel(evtcp_lookup *lookup);
+void lookup_free_all(evtcp_loop *loop);
+
+/* ---- socket helpers (sockaddr.c) ---- */
+int sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, int *len);
+void sockaddr_push_ip(lua_State *L, const struct sockaddr *sa);
+int sockaddr_port(const struct sockaddr *sa);
+
+/* ---- conn.c / listener.c ---- */
+void conn_open(lua_State *L);
+void listener_open(lua_State *L);
+void timer_open(lua_State *L);
+int listener_listen(lua_State *L);
+int timer_after(lua_State *L);
+int conn_connect(lua_State *L);
+int conn_adopt_accepted(lua_State *L);
+struct evtcp_listener;
+void listener_connection_gone(struct evtcp_listener *listener);
+
+#endif

@@ -1,0 +1,337 @@
+/*
+ * listener.c - TCPListener on an evconnlistener.
+ *
+ * States: listening -> terminated (terminate(), close(), __close, __gc).
+ * A listener whose handler has onConnection is anchored while it listens.
+ *
+ * Accepting: evconnlistener hands us a non-blocking socket. onConnection
+ * (if the handler has one) decides: a handler table adopts the socket as a
+ * TCPConnection, nil/false refuses it. Without onConnection the socket is
+ * held for accept() (the coroutine API) and the listener stops accepting
+ * until it is taken, so further clients wait in the kernel's backlog.
+ *
+ * Accept failures (EMFILE...) are reported to onError and accepting pauses
+ * for a moment: a full descriptor table would otherwise make the listening
+ * socket readable forever and spin the loop.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include "conn.h"
+
+#define ACCEPT_BACKOFF_MS 100
+
+typedef struct evtcp_listener {
+  evtcp_object obj;
+  struct evconnlistener *lev;
+  struct event *backoff_ev;     /* re-enables accepting after a failure */
+  evutil_socket_t held_fd;      /* accepted, waiting for accept(); or -1 */
+  evtcp_addr held_addr;
+  evtcp_addr bound;
+  int connections;              /* live accepted connections */
+  int max_connections;          /* 0: unlimited */
+  unsigned closed : 1;
+  unsigned terminate_due : 1;
+  unsigned terminated : 1;      /* onTerminate delivered */
+} evtcp_listener;
+
+static evtcp_listener *check_listener(lua_State *L, int index) {
+  return (evtcp_listener *)luaL_checkudata(L, index, EVTCP_LISTENER_MT);
+}
+
+void listener_connection_gone(evtcp_listener *l) {
+  if (l->connections > 0) l->connections--;
+}
+
+/* Frees the listening socket and a held client. No Lua. */
+static void listener_release(evtcp_listener *l) {
+  if (l->lev) { evconnlistener_free(l->lev); l->lev = NULL; }
+  if (l->backoff_ev) { event_free(l->backoff_ev); l->backoff_ev = NULL; }
+  if (l->held_fd >= 0) { evutil_closesocket(l->held_fd); l->held_fd = -1; }
+}
+
+static void listener_run_pending(evtcp_object *obj) {
+  evtcp_listener *l = (evtcp_listener *)obj;
+  evtcp_notice n;
+  if (!l->terminate_due) return;
+  l->terminate_due = 0;
+  l->terminated = 1;
+  memset(&n, 0, sizeof n);
+  n.type = EVT_TERMINATE;
+  loop_push_object(obj->loop->L, obj);
+  event_deliver(obj->loop, &n, 1, 0);
+}
+
+/* Adopts fd as a TCPConnection with the handler on top of the main stack
+ * and delivers its onConnection. Pops the handler. */
+static void listener_adopt(evtcp_listener *l, evutil_socket_t fd) {
+  lua_State *L = l->obj.loop->L;
+  evtcp_notice n;
+  lua_pushcfunction(L, conn_adopt_accepted);  /* handler f */
+  lua_insert(L, -2);                           /* f handler */
+  loop_push_object(L, &l->obj);
+  lua_insert(L, -2);                           /* f listener handler */
+  lua_pushinteger(L, fd);
+  if (loop_pcall(l->obj.loop, 3, 1) != LUA_OK) {
+    /* the error is stored; the socket was not adopted */
+    evutil_closesocket(fd);
+    return;
+  }
+  l->connections++;
+  memset(&n, 0, sizeof n);
+  n.type = EVT_CONNECTION;
+  {
+    evtcp_conn *c = (evtcp_conn *)lua_touserdata(L, -1);
+    n.peer = &c->peer.sa;
+  }
+  event_deliver(l->obj.loop, &n, 1, 0);
+}
+
+static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
+                               struct sockaddr *sa, int socklen, void *arg) {
+  evtcp_listener *l = (evtcp_listener *)arg;
+  lua_State *L = l->obj.loop->L;
+  evtcp_notice n;
+  (void)lev; (void)socklen;
+  if (l->max_connections > 0 && l->connections >= l->max_connections) {
+    evutil_closesocket(fd); /* refused: never reaches onConnection */
+    return;
+  }
+  loop_push_object(L, &l->obj);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); evutil_closesocket(fd); return; }
+  memset(&n, 0, sizeof n);
+  n.type = EVT_CONNECTION;
+  n.peer = sa;
+  if (event_deliver(l->obj.loop, &n, 1, 1) != LUA_OK) { evutil_closesocket(fd); return; }
+  if (!n.handled) {
+    /* no onConnection: hold the client for accept(), stop accepting */
+    lua_pop(L, 1);
+    l->held_fd = fd;
+    memset(&l->held_addr, 0, sizeof l->held_addr);
+    memcpy(&l->held_addr, sa, (size_t)socklen < sizeof l->held_addr ? (size_t)socklen : sizeof l->held_addr);
+    evconnlistener_disable(l->lev);
+    return;
+  }
+  if (!lua_toboolean(L, -1)) {
+    lua_pop(L, 1);
+    evutil_closesocket(fd);
+    return;
+  }
+  listener_adopt(l, fd); /* pops the handler */
+}
+
+static void listener_on_backoff_done(evutil_socket_t fd, short what, void *arg) {
+  evtcp_listener *l = (evtcp_listener *)arg;
+  (void)fd; (void)what;
+  if (l->lev && l->held_fd < 0) evconnlistener_enable(l->lev);
+}
+
+static void listener_on_error(struct evconnlistener *lev, void *arg) {
+  evtcp_listener *l = (evtcp_listener *)arg;
+  lua_State *L = l->obj.loop->L;
+  evtcp_failure f;
+  evtcp_notice n;
+  int err = EVUTIL_SOCKET_ERROR();
+  failure_set(&f, KIND_ACCEPT, err, "libevent", evutil_socket_error_to_string(err));
+  evconnlistener_disable(lev);
+  if (l->backoff_ev == NULL)
+    l->backoff_ev = evtimer_new(l->obj.loop->base, listener_on_backoff_done, l);
+  if (l->backoff_ev) {
+    struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
+    evtimer_add(l->backoff_ev, &tv);
+  }
+  loop_push_object(L, &l->obj);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+  error_push(L, &f);
+  error_append(L, -2, -1);
+  memset(&n, 0, sizeof n);
+  n.type = EVT_ERROR;
+  event_deliver(l->obj.loop, &n, 2, 0);
+}
+
+/* ---- Lua API ---- */
+
+static int listener_fail(lua_State *L, int err) {
+  lua_pushnil(L);
+  lua_pushstring(L, evutil_socket_error_to_string(err));
+  lua_pushinteger(L, err);
+  return 3;
+}
+
+static int option_integer(lua_State *L, int h, const char *name, lua_Integer dflt,
+                          lua_Integer min, lua_Integer max) {
+  lua_Integer v = dflt;
+  if (lua_getfield(L, h, name) != LUA_TNIL) {
+    if (!lua_isinteger(L, -1) || (v = lua_tointeger(L, -1)) < min || v > max)
+      luaL_argerror(L, 2, lua_pushfstring(L, "option '%s' must be an integer in %I..%I",
+                                          name, min, max));
+  }
+  lua_pop(L, 1);
+  return (int)v;
+}
+
+/* evtcp.listen(port [, options]) -> listener | nil, message, errCode */
+int listener_listen(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  lua_Integer port = luaL_checkinteger(L, 1);
+  const char *address = "0.0.0.0";
+  struct sockaddr_storage ss;
+  int sslen, backlog, reuse_port, max_conn, has_cb;
+  unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE;
+  evtcp_listener *l;
+  luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port must be in 0..65535");
+  if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
+  luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "table");
+  lua_settop(L, 2);
+  if (lua_getfield(L, 2, "address") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 2, "option 'address' must be a string");
+    address = lua_tostring(L, -1);
+  }
+  backlog = option_integer(L, 2, "backlog", -1, 1, 65535);
+  max_conn = option_integer(L, 2, "maxConnections", 0, 1, 1 << 30);
+  lua_getfield(L, 2, "reusePort");
+  reuse_port = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (lua_getfield(L, 2, "tls") != LUA_TNIL)
+    luaL_argerror(L, 2, "option 'tls' is not supported by this build yet (plain TCP only)");
+  lua_pop(L, 1);
+  has_cb = lua_getfield(L, 2, "onConnection") != LUA_TNIL;
+  lua_pop(L, 1);
+  if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "not an IP address of this machine: %s", address);
+    lua_pushinteger(L, EADDRNOTAVAIL);
+    return 3;
+  }
+  if (reuse_port) flags |= LEV_OPT_REUSEABLE_PORT;
+  l = (evtcp_listener *)lua_newuserdatauv(L, sizeof *l, UV_LISTENER_COUNT);
+  memset(l, 0, sizeof *l);
+  l->obj.loop = loop;
+  l->obj.anchor_ref = LUA_NOREF;
+  l->obj.run_pending = listener_run_pending;
+  l->held_fd = -1;
+  l->closed = 1; /* until the socket exists */
+  l->terminated = 1;
+  l->max_connections = max_conn;
+  luaL_setmetatable(L, EVTCP_LISTENER_MT);
+  loop_register(L, &l->obj, -1);
+  l->lev = evconnlistener_new_bind(loop->base, listener_on_accept, l, flags, backlog,
+                                   (struct sockaddr *)&ss, sslen);
+  if (l->lev == NULL) return listener_fail(L, EVUTIL_SOCKET_ERROR());
+  evconnlistener_set_error_cb(l->lev, listener_on_error);
+  {
+    socklen_t len = sizeof l->bound;
+    getsockname(evconnlistener_get_fd(l->lev), &l->bound.sa, &len);
+  }
+  l->closed = l->terminated = 0;
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, UV_HANDLER);
+  if (has_cb) loop_anchor(&l->obj, ANCHOR_CALLBACKS);
+  return 1;
+}
+
+/* listener:terminate(): frees the port; established connections go on. */
+static int listener_terminate(lua_State *L) {
+  evtcp_listener *l = check_listener(L, 1);
+  if (l->closed) return 0;
+  l->closed = 1;
+  listener_release(l);
+  l->terminate_due = 1;
+  loop_defer(&l->obj);
+  loop_unanchor(&l->obj, ANCHOR_CALLBACKS);
+  return 0;
+}
+
+/* listener:_takeHeld() -> fd-less: adopts the held client with handler
+ * (arg 2) and returns the connection, or nil if none is held. For accept(). */
+static int listener_take_held(lua_State *L) {
+  evtcp_listener *l = check_listener(L, 1);
+  evutil_socket_t fd = l->held_fd;
+  if (fd < 0) return 0;
+  if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
+  lua_settop(L, 2);
+  l->held_fd = -1;
+  lua_pushcfunction(L, conn_adopt_accepted);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushinteger(L, fd);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+    evutil_closesocket(fd);
+    return lua_error(L);
+  }
+  l->connections++;
+  if (l->lev && !l->closed) evconnlistener_enable(l->lev);
+  return 1;
+}
+
+static int listener__index(lua_State *L) {
+  evtcp_listener *l = check_listener(L, 1);
+  const char *key = lua_tostring(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
+  if (key == NULL) return 0;
+  if (strcmp(key, "port") == 0) lua_pushinteger(L, sockaddr_port(&l->bound.sa));
+  else if (strcmp(key, "address") == 0) sockaddr_push_ip(L, &l->bound.sa);
+  else if (strcmp(key, "closed") == 0) lua_pushboolean(L, l->closed);
+  else if (strcmp(key, "connections") == 0) lua_pushinteger(L, l->connections);
+  else if (strcmp(key, "errors") == 0) {
+    if (lua_getiuservalue(L, 1, UV_ERRORS) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_setiuservalue(L, 1, UV_ERRORS);
+    }
+  } else if (strcmp(key, "handler") == 0) lua_getiuservalue(L, 1, UV_HANDLER);
+  else if (strcmp(key, "hasWaitingClient") == 0) lua_pushboolean(L, l->held_fd >= 0);
+  else return 0;
+  return 1;
+}
+
+static int listener__newindex(lua_State *L) {
+  check_listener(L, 1);
+  return luaL_error(L, "evtcp: TCPListener.%s is read-only", luaL_tolstring(L, 2, NULL));
+}
+
+static int listener__tostring(lua_State *L) {
+  evtcp_listener *l = check_listener(L, 1);
+  lua_pushfstring(L, "TCPListener (%s, port %d): %p", l->closed ? "closed" : "listening",
+                  sockaddr_port(&l->bound.sa), (void *)l);
+  return 1;
+}
+
+static int listener__gc(lua_State *L) {
+  evtcp_listener *l = (evtcp_listener *)lua_touserdata(L, 1);
+  if (l->obj.loop == NULL) return 0;
+  listener_release(l);
+  l->closed = 1;
+  loop_unregister(L, &l->obj);
+  l->obj.loop = NULL;
+  return 0;
+}
+
+static const luaL_Reg listener_methods[] = {
+  {"terminate", listener_terminate},
+  {"close", listener_terminate},
+  {"_takeHeld", listener_take_held},
+  {NULL, NULL}
+};
+
+void listener_open(lua_State *L) {
+  luaL_newmetatable(L, EVTCP_LISTENER_MT);
+  lua_pushcfunction(L, listener__gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, listener_terminate);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, listener__tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, listener__newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushliteral(L, "TCPListener");
+  lua_setfield(L, -2, "__metatable");
+  luaL_newlib(L, listener_methods);
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, listener__index, 1);
+  lua_setfield(L, -3, "__index");
+  lua_setfield(L, -3, "listenerMethods");
+  lua_pop(L, 1);
+}

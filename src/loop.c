@@ -1,0 +1,379 @@
+/*
+ * loop.c - the per-state event loop.
+ *
+ * Design: one evtcp_loop per lua_State, a full userdata kept in the registry
+ * under the address of a static (no mutable C globals, so two states in two
+ * threads never share anything). The loop is created by luaopen, before any
+ * connection, so lua_close finalizes it after every connection and listener
+ * (Lua 5.4 runs finalizers in reverse order of marking); its __gc then frees
+ * libevent's own objects without running Lua code.
+ *
+ * Anchoring: an object that must stay alive without Lua references (it still
+ * has callbacks to run, output to flush, a coroutine waiting) holds a
+ * registry reference; `active` counts them, and run() returns at zero.
+ *
+ * Entering Lua: every callback goes through loop_pcall(), which runs on the
+ * main thread with a traceback handler. The first error is stored, the
+ * dispatch is broken off, and run/step raise it in their caller; what was
+ * left to do stays queued for the next run.
+ *
+ * Deferred work: methods never run callbacks themselves (a callback can call
+ * any method, and so can top-level code with no loop running). They queue
+ * the object, and loop_run_pending() advances it from inside the loop.
+ */
+#include <signal.h>
+#include <time.h>
+#include "evtcp.h"
+
+static const char loop_key = 'L';
+
+evtcp_loop *loop_get(lua_State *L) {
+  evtcp_loop *loop;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &loop_key);
+  loop = (evtcp_loop *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (loop == NULL) luaL_error(L, "evtcp: the loop of this Lua state is gone");
+  return loop;
+}
+
+/* The message handler of loop_pcall: strings get the traceback appended. */
+static int loop_traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg != NULL && lua_type(L, 1) == LUA_TSTRING)
+    luaL_traceback(L, L, msg, 1);
+  else
+    lua_settop(L, 1);
+  return 1;
+}
+
+/* Stores the error on top of the stack as the loop's pending error, unless
+ * one is already pending (the first one is the cause); breaks the dispatch. */
+static void loop_store_error(evtcp_loop *loop, lua_State *L) {
+  if (loop->error_ref == LUA_NOREF)
+    loop->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  else
+    lua_pop(L, 1);
+  event_base_loopbreak(loop->base);
+}
+
+/* Calls the function below its nargs arguments on the main thread, under a
+ * traceback handler. [-(nargs+1), +nresults on success, +0 on error]
+ * Returns LUA_OK or the error status (the error is stored, not raised). */
+int loop_pcall(evtcp_loop *loop, int nargs, int nresults) {
+  lua_State *L = loop->L;
+  int base = lua_gettop(L) - nargs;
+  int status;
+  lua_pushcfunction(L, loop_traceback);
+  lua_insert(L, base);
+  status = lua_pcall(L, nargs, nresults, base);
+  lua_remove(L, base);
+  if (status != LUA_OK) loop_store_error(loop, L);
+  return status;
+}
+
+int loop_has_error(evtcp_loop *loop) {
+  return loop->error_ref != LUA_NOREF;
+}
+
+/* Raises the pending callback error, if any, in the caller of run/step. */
+static void loop_raise_pending(lua_State *L, evtcp_loop *loop) {
+  if (loop->error_ref == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->error_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, loop->error_ref);
+  loop->error_ref = LUA_NOREF;
+  lua_error(L);
+}
+
+void loop_check_not_running(lua_State *L, evtcp_loop *loop) {
+  if (loop->running) luaL_error(L, EVTCP_REENTER_MSG);
+}
+
+/* ---- object registry and anchoring ---- */
+
+/* Records the userdata at ud_index as the Lua side of obj. */
+void loop_register(lua_State *L, evtcp_object *obj, int ud_index) {
+  ud_index = lua_absindex(L, ud_index);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, obj->loop->weak_ref);
+  lua_pushvalue(L, ud_index);
+  lua_rawsetp(L, -2, obj);
+  lua_pop(L, 1);
+}
+
+/* Forgets obj; called from __gc, when the weak entry may already be gone. */
+void loop_unregister(lua_State *L, evtcp_object *obj) {
+  evtcp_loop *loop = obj->loop;
+  loop_cancel_deferred(obj);
+  if (obj->anchor_ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, obj->anchor_ref);
+    obj->anchor_ref = LUA_NOREF;
+    loop->active--;
+  }
+  obj->anchors = 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->weak_ref);
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, obj);
+  }
+  lua_pop(L, 1);
+}
+
+/* Pushes obj's userdata. [-0, +1] (nil if it has been collected). */
+void loop_push_object(lua_State *L, evtcp_object *obj) {
+  if (obj->anchor_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, obj->anchor_ref);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, obj->loop->weak_ref);
+  lua_rawgetp(L, -1, obj);
+  lua_remove(L, -2);
+}
+
+/* Adds a reason to keep obj alive; the first one takes a registry ref.
+ * Never raises: luaL_ref only fails on memory, and the weak table entry
+ * exists, so this is called with the userdata reachable. */
+void loop_anchor(evtcp_object *obj, unsigned why) {
+  lua_State *L = obj->loop->L;
+  if (obj->anchors == 0 && obj->anchor_ref == LUA_NOREF) {
+    loop_push_object(L, obj);
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+    obj->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    obj->loop->active++;
+  }
+  obj->anchors |= why;
+}
+
+void loop_unanchor(evtcp_object *obj, unsigned why) {
+  obj->anchors &= ~why;
+  if (obj->anchors == 0 && obj->anchor_ref != LUA_NOREF) {
+    luaL_unref(obj->loop->L, LUA_REGISTRYINDEX, obj->anchor_ref);
+    obj->anchor_ref = LUA_NOREF;
+    obj->loop->active--;
+  }
+}
+
+/* ---- the deferred-work queue ---- */
+
+/* Queues obj so that its run_pending runs from inside the loop. Idempotent. */
+void loop_defer(evtcp_object *obj) {
+  evtcp_loop *loop = obj->loop;
+  if (obj->pending_prev != NULL || loop->pending_head == obj) return;
+  obj->pending_next = loop->pending_head;
+  obj->pending_prev = NULL;
+  if (loop->pending_head) loop->pending_head->pending_prev = obj;
+  loop->pending_head = obj;
+  loop_anchor(obj, ANCHOR_PENDING);
+  event_active(loop->pending_ev, EV_TIMEOUT, 0);
+}
+
+static void loop_unlink_pending(evtcp_object *obj) {
+  evtcp_loop *loop = obj->loop;
+  if (obj->pending_prev) obj->pending_prev->pending_next = obj->pending_next;
+  else loop->pending_head = obj->pending_next;
+  if (obj->pending_next) obj->pending_next->pending_prev = obj->pending_prev;
+  obj->pending_next = obj->pending_prev = NULL;
+}
+
+void loop_cancel_deferred(evtcp_object *obj) {
+  if (obj->pending_prev == NULL && obj->loop->pending_head != obj) return;
+  loop_unlink_pending(obj);
+  loop_unanchor(obj, ANCHOR_PENDING);
+}
+
+/* The libevent callback of pending_ev: advances queued objects until the
+ * queue is empty or a callback failed (the rest waits for the next run). */
+static void loop_run_pending(evutil_socket_t fd, short what, void *arg) {
+  evtcp_loop *loop = (evtcp_loop *)arg;
+  (void)fd; (void)what;
+  while (loop->pending_head != NULL && !loop_has_error(loop) && !loop->closing) {
+    evtcp_object *obj = loop->pending_head;
+    loop_unlink_pending(obj);
+    obj->run_pending(obj);
+    /* unanchor last: run_pending may still use the Lua object */
+    loop_unanchor(obj, ANCHOR_PENDING);
+  }
+  if (loop->pending_head != NULL) event_active(loop->pending_ev, EV_TIMEOUT, 0);
+}
+
+/* ---- run, step, stop ---- */
+
+static void loop_deadline_cb(evutil_socket_t fd, short what, void *arg) {
+  int *hit = (int *)arg;
+  (void)fd; (void)what;
+  *hit = 1;
+}
+
+static double check_timeout_arg(lua_State *L, int arg) {
+  double t = luaL_optnumber(L, arg, -1);
+  if (lua_isnoneornil(L, arg)) return -1;
+  luaL_argcheck(L, t >= 0 && t == t, arg, "timeout must be a number >= 0");
+  return t;
+}
+
+static struct timeval seconds_to_tv(double s) {
+  struct timeval tv;
+  if (s > 1e9) s = 1e9;
+  tv.tv_sec = (long)s;
+  tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
+  return tv;
+}
+
+/* Runs the loop until out of work, the deadline, stop() or an error.
+ * Returns 1 if it ran out of work (once: if no event at all was pending). */
+static int loop_drive(lua_State *L, evtcp_loop *loop, double timeout, int once) {
+  struct event *deadline = NULL;
+  int hit = 0, out_of_work = 0;
+  loop_check_not_running(L, loop);
+  if (timeout >= 0) {
+    struct timeval tv = seconds_to_tv(timeout);
+    deadline = evtimer_new(loop->base, loop_deadline_cb, &hit);
+    if (deadline == NULL) return luaL_error(L, "evtcp: out of memory");
+    evtimer_add(deadline, &tv);
+  }
+  loop->running = 1;
+  loop->stop_requested = 0;
+  if (once) {
+    /* the deadline counts as an event: ask libevent about the others */
+    out_of_work = event_base_get_num_events(loop->base, EVENT_BASE_COUNT_ADDED |
+                                            EVENT_BASE_COUNT_ACTIVE) <= (deadline ? 1 : 0);
+    if (!out_of_work)
+      event_base_loop(loop->base, timeout > 0 ? EVLOOP_ONCE : EVLOOP_NONBLOCK);
+  } else {
+    while (!hit && !loop->stop_requested && !loop_has_error(loop)) {
+      if (loop->active <= 0) { out_of_work = 1; break; }
+      /* 1: no event is pending, so nothing can ever happen: out of work */
+      if (event_base_loop(loop->base, EVLOOP_ONCE) == 1) { out_of_work = 1; break; }
+    }
+  }
+  loop->running = 0;
+  if (deadline) event_free(deadline);
+  loop_raise_pending(L, loop);
+  return out_of_work;
+}
+
+static int loop_run(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  double timeout = check_timeout_arg(L, 1);
+  lua_pushboolean(L, loop_drive(L, loop, timeout, 0));
+  return 1;
+}
+
+/* step([timeout]) -> anything still active, nothing could happen at all */
+static int loop_step(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  double timeout = check_timeout_arg(L, 1);
+  int idle = loop_drive(L, loop, timeout < 0 ? 0 : timeout, 1);
+  lua_pushboolean(L, loop->active > 0);
+  lua_pushboolean(L, idle);
+  return 2;
+}
+
+/* now() -> seconds on a monotonic clock, for deadlines in the Lua layer */
+static int loop_now(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+  return 1;
+}
+
+static int loop_stop(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  loop->stop_requested = 1;
+  event_base_loopbreak(loop->base);
+  return 0;
+}
+
+/* core.running(): true while a callback is being dispatched. */
+static int loop_is_running(lua_State *L) {
+  lua_pushboolean(L, loop_get(L)->running);
+  return 1;
+}
+
+static int loop_active_count(lua_State *L) {
+  lua_pushinteger(L, loop_get(L)->active);
+  return 1;
+}
+
+/* Frees libevent's objects at lua_close (or if the state drops the loop).
+ * Every connection and listener has been finalized already; no Lua runs. */
+static int loop__gc(lua_State *L) {
+  evtcp_loop *loop = (evtcp_loop *)luaL_checkudata(L, 1, EVTCP_LOOP_MT);
+  if (loop->base == NULL) return 0;
+  loop->closing = 1;
+  /* Cancelled lookups report back from the loop: let them (their C
+   * callbacks see `closing` and run no Lua), then free the resolver. */
+  {
+    int passes;
+    for (passes = 0; passes < 4 && loop->lookups != NULL; passes++)
+      event_base_loop(loop->base, EVLOOP_NONBLOCK);
+  }
+  if (loop->dns) {
+    evdns_base_free(loop->dns, 0);
+    loop->dns = NULL;
+  }
+  lookup_free_all(loop);
+  if (loop->pending_ev) event_free(loop->pending_ev);
+  event_base_free(loop->base);
+  loop->base = NULL;
+  return 0;
+}
+
+static const luaL_Reg loop_functions[] = {
+  {"run", loop_run},
+  {"step", loop_step},
+  {"stop", loop_stop},
+  {"running", loop_is_running},
+  {"now", loop_now},
+  {"activeCount", loop_active_count},
+  {NULL, NULL}
+};
+
+/* Creates this state's loop (once) and adds run/step/stop to the table on top. */
+void loop_open(lua_State *L) {
+  evtcp_loop *loop;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &loop_key);
+  if (!lua_isnil(L, -1)) { /* required again in the same state */
+    lua_pop(L, 1);
+    luaL_setfuncs(L, loop_functions, 0);
+    return;
+  }
+  lua_pop(L, 1);
+  loop = (evtcp_loop *)lua_newuserdatauv(L, sizeof *loop, 0);
+  loop->base = NULL; /* closed state first: __gc is safe whatever fails */
+  loop->dns = NULL;
+  loop->pending_ev = NULL;
+  loop->pending_head = NULL;
+  loop->lookups = NULL;
+  loop->running = loop->stop_requested = loop->active = loop->closing = 0;
+  loop->error_ref = LUA_NOREF;
+  luaL_newmetatable(L, EVTCP_LOOP_MT);
+  lua_pushcfunction(L, loop__gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  loop->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  loop->base = event_base_new();
+  if (loop->base == NULL) luaL_error(L, "evtcp: cannot create the libevent event_base");
+  loop->pending_ev = event_new(loop->base, -1, 0, loop_run_pending, loop);
+  if (loop->pending_ev == NULL) luaL_error(L, "evtcp: out of memory");
+  /* weak-valued: lightuserdata -> the object's userdata */
+  lua_newtable(L);
+  lua_newtable(L);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  loop->weak_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &loop_key);
+  /* SIGPIPE: a peer that vanishes mid-write must be an error event, not the
+   * death of the process. libevent writes with writev(), which raises
+   * SIGPIPE, so the signal is ignored - but only if nobody installed a
+   * handler: a host program's own choice is left alone. */
+  {
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+      sa.sa_handler = SIG_IGN;
+      sigaction(SIGPIPE, &sa, NULL);
+    }
+  }
+  luaL_setfuncs(L, loop_functions, 0);
+}

@@ -1,0 +1,86 @@
+/*
+ * timer.c - evtcp.after(seconds, fn): a one-shot timer.
+ *
+ * A pending timer is anchored (run() waits for it); it lets go when it
+ * fires or is cancelled. The function lives in the userdata's uservalue.
+ */
+#include <string.h>
+#include "evtcp.h"
+
+typedef struct evtcp_timer {
+  evtcp_object obj;
+  struct event *ev;
+  int pending;
+} evtcp_timer;
+
+static void timer_on_fire(evutil_socket_t fd, short what, void *arg) {
+  evtcp_timer *t = (evtcp_timer *)arg;
+  lua_State *L = t->obj.loop->L;
+  (void)fd; (void)what;
+  t->pending = 0;
+  loop_push_object(L, &t->obj);
+  loop_unanchor(&t->obj, ANCHOR_CALLBACKS);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+  lua_getiuservalue(L, -1, 1);  /* handle fn */
+  lua_insert(L, -2);            /* fn handle */
+  loop_pcall(t->obj.loop, 1, 0);
+}
+
+/* evtcp.after(seconds, fn) -> handle; fn(handle) runs once from the loop. */
+int timer_after(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  double s = luaL_checknumber(L, 1);
+  struct timeval tv;
+  evtcp_timer *t;
+  luaL_argcheck(L, s >= 0 && s < 1e9, 1, "seconds must be >= 0");
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  t = (evtcp_timer *)lua_newuserdatauv(L, sizeof *t, 1);
+  memset(t, 0, sizeof *t);
+  t->obj.loop = loop;
+  t->obj.anchor_ref = LUA_NOREF;
+  luaL_setmetatable(L, EVTCP_TIMER_MT);
+  loop_register(L, &t->obj, -1);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 1);
+  t->ev = evtimer_new(loop->base, timer_on_fire, t);
+  if (t->ev == NULL) return luaL_error(L, "evtcp: out of memory");
+  tv.tv_sec = (long)s;
+  tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
+  evtimer_add(t->ev, &tv);
+  t->pending = 1;
+  loop_anchor(&t->obj, ANCHOR_CALLBACKS);
+  return 1;
+}
+
+/* handle:cancel() -> true if it stopped the timer */
+static int timer_cancel(lua_State *L) {
+  evtcp_timer *t = (evtcp_timer *)luaL_checkudata(L, 1, EVTCP_TIMER_MT);
+  int was = t->pending;
+  if (was) {
+    event_del(t->ev);
+    t->pending = 0;
+    loop_unanchor(&t->obj, ANCHOR_CALLBACKS);
+  }
+  lua_pushboolean(L, was);
+  return 1;
+}
+
+static int timer__gc(lua_State *L) {
+  evtcp_timer *t = (evtcp_timer *)lua_touserdata(L, 1);
+  if (t->obj.loop == NULL) return 0;
+  if (t->ev) event_free(t->ev);
+  t->ev = NULL;
+  loop_unregister(L, &t->obj);
+  t->obj.loop = NULL;
+  return 0;
+}
+
+void timer_open(lua_State *L) {
+  static const luaL_Reg methods[] = {{"cancel", timer_cancel}, {NULL, NULL}};
+  luaL_newmetatable(L, EVTCP_TIMER_MT);
+  lua_pushcfunction(L, timer__gc);
+  lua_setfield(L, -2, "__gc");
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
