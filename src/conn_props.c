@@ -157,8 +157,9 @@ static int conn__index(lua_State *L) {
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1; /* a method */
   lua_pop(L, 1);
-  key = lua_tostring(L, 2);
-  if (key != NULL && lua_type(L, 2) == LUA_TSTRING && conn_push_property(L, c, key)) return 1;
+  /* lua_tostring would turn a number key into a string in place */
+  key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (key != NULL && conn_push_property(L, c, key)) return 1;
   if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) return 0;
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);

@@ -266,7 +266,7 @@ static int listener_take_held(lua_State *L) {
 
 static int listener__index(lua_State *L) {
   evtcp_listener *l = check_listener(L, 1);
-  const char *key = lua_tostring(L, 2);
+  const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
   if (key == NULL) return 0;

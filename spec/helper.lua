@@ -1,0 +1,134 @@
+-- Shared helpers for the specs: every wait is bounded by a deadline, and
+-- every server listens on 127.0.0.1 (or ::1) port 0.
+local evtcp = require("evtcp")
+local core = require("evtcp.core")
+
+local H = {}
+
+H.now = core.now
+
+--- Runs the loop until cond() is true; fails with `what` after `timeout` s.
+function H.run_until(cond, what, timeout)
+  local deadline = core.now() + (timeout or 10)
+  while not cond() do
+    if core.now() > deadline then
+      error("timed out waiting for " .. (what or "a condition"), 2)
+    end
+    evtcp.step(0.02)
+  end
+end
+
+--- Runs the loop to completion, bounded; fails if it had to be cut off.
+function H.run(timeout)
+  local done = evtcp.run(timeout or 10)
+  assert(done, "evtcp.run did not finish in time")
+end
+
+--- A handler that records every callback: rec.log is the list of event
+-- types in order, rec.data the bytes received, rec.errors the error objects.
+function H.recorder(extra)
+  local rec = { log = {}, chunks = {}, errors = {}, count = {} }
+  local function note(name)
+    return function(self, conn, ev)
+      rec.log[#rec.log + 1] = ev.type
+      rec.count[name] = (rec.count[name] or 0) + 1
+      if ev.type == "data" then rec.chunks[#rec.chunks + 1] = ev.data end
+      if ev.type == "error" then rec.errors[#rec.errors + 1] = ev.error end
+      rec.conn = conn
+      local f = extra and extra[name]
+      if f then return f(self, conn, ev) end
+    end
+  end
+  rec.onConnection = note("onConnection")
+  rec.onData = note("onData")
+  rec.onShutdown = note("onShutdown")
+  rec.onError = note("onError")
+  rec.onTerminate = note("onTerminate")
+  for k, v in pairs(extra or {}) do
+    if not k:match("^on") or k == "onDrain" then rec[k] = v end
+  end
+  function rec.data() return table.concat(rec.chunks) end
+  function rec.terminated() return rec.count.onTerminate == 1 end
+  return rec
+end
+
+local listeners = setmetatable({}, { __mode = "k" })
+
+--- A listener on 127.0.0.1:0 whose connections get handlers from make().
+function H.server(make, options)
+  options = options or {}
+  options.address = options.address or "127.0.0.1"
+  options.onConnection = options.onConnection or function(_, _, ev)
+    return make(ev)
+  end
+  local l = assert(evtcp.listen(0, options))
+  listeners[l] = true
+  return l
+end
+
+--- after_each: a failed spec may leave listeners behind; end them, then
+-- let the loop finish what is left, bounded.
+function H.cleanup()
+  for l in pairs(listeners) do l:terminate() end
+  return evtcp.run(5)
+end
+
+--- An echo server; `server.conns` collects its connection recorders.
+function H.echo_server(options)
+  local server
+  local conns = {}
+  server = H.server(function()
+    local rec = H.recorder({ onData = function(_, conn, ev) conn:send(ev.data) end })
+    conns[#conns + 1] = rec
+    return rec
+  end, options)
+  return server, conns
+end
+
+--- A free port: bound, read back, released.
+function H.free_port()
+  local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))
+  local port = l.port
+  l:terminate()
+  evtcp.run(1)
+  return port
+end
+
+--- Deterministic pseudo-random bytes.
+function H.bytes(n, seed)
+  local parts, x = {}, seed or 7
+  local chunk = {}
+  for i = 1, n do
+    x = (x * 1103515245 + 12345) % 2147483648
+    chunk[#chunk + 1] = x % 256
+    if #chunk == 4096 then parts[#parts + 1] = string.char(table.unpack(chunk)); chunk = {} end
+  end
+  if #chunk > 0 then parts[#parts + 1] = string.char(table.unpack(chunk)) end
+  return table.concat(parts)
+end
+
+--- Runs a Lua 5.4 child with the module on its paths; returns ok, output.
+function H.lua_child(code)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(code)
+  f:close()
+  -- the child inherits LUA_PATH and LUA_CPATH (and, under `make sanitize`,
+  -- the preloaded sanitizer runtime) from the Makefile
+  local cmd = ("timeout 60 lua5.4 %s 2>&1"):format(path)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  local ok, how, code_ = p:close()
+  os.remove(path)
+  return ok, out, how, code_
+end
+
+function H.has_ipv6()
+  local l = evtcp.listen(0, { address = "::1" })
+  if not l then return false end
+  l:terminate()
+  evtcp.run(1)
+  return true
+end
+
+return H

@@ -1,0 +1,119 @@
+local evtcp = require("evtcp")
+local H = require("helper")
+
+describe("the loop", function()
+  it("run() returns true at once when nothing is active", function()
+    assert.is_true(evtcp.run())
+  end)
+
+  it("run(timeout) returns false when the time is up first", function()
+    local t = evtcp.after(30, function() end)
+    local t0 = H.now()
+    assert.is_false(evtcp.run(0.05))
+    assert.is_true(H.now() - t0 >= 0.04)
+    assert.is_true(t:cancel())
+    assert.is_true(evtcp.run(1))
+  end)
+
+  it("after() fires once, in order of time, and cancel() reports what it did", function()
+    local order = {}
+    local a = evtcp.after(0.02, function() order[#order + 1] = "a" end)
+    evtcp.after(0.01, function() order[#order + 1] = "b" end)
+    local c = evtcp.after(0.01, function() order[#order + 1] = "c" end)
+    assert.is_true(c:cancel())
+    assert.is_false(c:cancel())
+    H.run(2)
+    assert.are.same({ "b", "a" }, order)
+    assert.is_false(a:cancel())
+  end)
+
+  it("passes the handle to the timer function", function()
+    local got
+    local t = evtcp.after(0, function(h) got = h end)
+    H.run(1)
+    assert.are.equal(t, got)
+  end)
+
+  it("stop() makes run() return false after the current callback", function()
+    local after_stop = false
+    local later = evtcp.after(0.5, function() after_stop = true end)
+    evtcp.after(0, function() evtcp.stop() end)
+    assert.is_false(evtcp.run(5))
+    assert.is_false(after_stop)
+    later:cancel()
+    assert.is_true(evtcp.run(1))
+  end)
+
+  it("step() does one pass and says whether anything is still active", function()
+    local fired = false
+    local t = evtcp.after(0, function() fired = true end)
+    local active = evtcp.step(0.5)
+    assert.is_true(fired)
+    assert.is_false(active)
+    t = evtcp.after(10, function() end)
+    assert.is_true((evtcp.step(0)))
+    assert.is_true(t:cancel())
+    assert.is_false((evtcp.step(0)))
+  end)
+
+  it("raises the re-entrance error for run, step, sleep and wait inside a callback", function()
+    local errs = {}
+    evtcp.after(0, function()
+      for _, f in ipairs({
+        function() evtcp.run() end,
+        function() evtcp.step() end,
+        function() evtcp.sleep(0.01) end,
+      }) do
+        local ok, err = pcall(f)
+        errs[#errs + 1] = not ok and err or "no error"
+      end
+    end)
+    H.run(2)
+    for _, e in ipairs(errs) do
+      assert.matches("the loop is already running %(use a coroutine%)", e)
+    end
+    assert.are.equal(3, #errs)
+  end)
+
+  it("propagates a callback's error with its traceback, and continues when run again", function()
+    local second = false
+    evtcp.after(0, function() error("boom in a timer") end)
+    evtcp.after(0.05, function() second = true end)
+    local ok, err = pcall(evtcp.run, 5)
+    assert.is_false(ok)
+    assert.matches("boom in a timer", err)
+    assert.matches("stack traceback", err)
+    assert.is_false(second)
+    assert.is_true(evtcp.run(5))
+    assert.is_true(second)
+  end)
+
+  it("propagates a non-string error value as it is", function()
+    local value = { code = 42 }
+    evtcp.after(0, function() error(value) end)
+    local ok, err = pcall(evtcp.run, 5)
+    assert.is_false(ok)
+    assert.are.equal(value, err)
+  end)
+
+  it("sleep() at top level waits and runs other callbacks meanwhile", function()
+    local fired = false
+    evtcp.after(0.01, function() fired = true end)
+    local t0 = H.now()
+    evtcp.sleep(0.05)
+    assert.is_true(H.now() - t0 >= 0.045)
+    assert.is_true(fired)
+  end)
+
+  it("checks its arguments", function()
+    assert.has_error(function() evtcp.run(-1) end)
+    assert.has_error(function() evtcp.run("x") end)
+    assert.has_error(function() evtcp.after("x", function() end) end)
+    assert.has_error(function() evtcp.after(1) end)
+    assert.has_error(function() evtcp.after(-1, function() end) end)
+    assert.has_error(function() evtcp.sleep(-1) end)
+    local ok, err = pcall(evtcp.after, 1, 2)
+    assert.is_false(ok)
+    assert.matches("bad argument #2 to '[%w.]*after'", err)
+  end)
+end)
