@@ -502,6 +502,7 @@ static int conn_send(lua_State *L) {
       if (c->early == NULL && (c->early = evbuffer_new()) == NULL) luaL_error(L, "evtcp: out of memory");
       if (evbuffer_add(c->early, s, len) != 0) luaL_error(L, "evtcp: out of memory");
       c->drain_wanted = 1;
+      loop_anchor(&c->obj, ANCHOR_OUTPUT);
     }
   }
   lua_pushboolean(L, 1);
@@ -610,6 +611,7 @@ int conn_connect(lua_State *L) {
   luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
   host = lua_tostring(L, 1);
   luaL_argcheck(L, lua_rawlen(L, 1) > 0 && lua_rawlen(L, 1) < 256, 1, "address must be 1 to 255 bytes");
+  luaL_argexpected(L, lua_type(L, 2) == LUA_TNUMBER, 2, "number");
   port = luaL_checkinteger(L, 2);
   luaL_argcheck(L, port >= 1 && port <= 65535, 2, "port must be in 1..65535");
   if (lua_isnoneornil(L, 3)) {

@@ -173,12 +173,14 @@ static int option_integer(lua_State *L, int h, const char *name, lua_Integer dfl
 /* evtcp.listen(port [, options]) -> listener | nil, message, errCode */
 int listener_listen(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
-  lua_Integer port = luaL_checkinteger(L, 1);
+  lua_Integer port;
   const char *address = "0.0.0.0";
   struct sockaddr_storage ss;
   int sslen, backlog, reuse_port, max_conn, has_cb;
   unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE;
   evtcp_listener *l;
+  luaL_argexpected(L, lua_type(L, 1) == LUA_TNUMBER, 1, "number");
+  port = luaL_checkinteger(L, 1);
   luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port must be in 0..65535");
   if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
   luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "table");
