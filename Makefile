@@ -49,7 +49,7 @@ test: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory all
-	$(ENV) $(LUA) examples/demo.lua
+	$(ENV) sh examples/demo.sh
 
 install: all
 	install -d $(DESTDIR)$(LUADIR)/evtcp $(DESTDIR)$(LIBDIR)/evtcp

@@ -1,0 +1,36 @@
+rockspec_format = "3.0"
+package = "evtcp"
+version = "scm-1"
+source = {
+  url = "git+https://example.invalid/evtcp.git",
+}
+description = {
+  summary = "Asynchronous TCP for Lua 5.4 on libevent: connections, listeners, events",
+  detailed = [[
+evtcp gives Lua 5.4 asynchronous TCP client connections and listeners with
+the object model of 4D's TCPConnection / TCPListener / TCPEvent, written in
+C on libevent bufferevents.
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+external_dependencies = {
+  LIBEVENT = { header = "event2/event.h", library = "event" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["evtcp"] = "lua/evtcp/init.lua",
+    ["evtcp.core"] = {
+      sources = {
+        "src/conn.c", "src/conn_props.c", "src/error.c", "src/event.c", "src/listener.c",
+        "src/loop.c", "src/module.c", "src/resolve.c", "src/sockaddr.c", "src/timer.c",
+      },
+      libraries = { "event" },
+      incdirs = { "$(LIBEVENT_INCDIR)" },
+      libdirs = { "$(LIBEVENT_LIBDIR)" },
+    },
+  },
+}
