@@ -1,0 +1,112 @@
+-- The README's tour, the examples and the rockspec, run as a user would.
+local evtcp = require("evtcp")
+local H = require("helper")
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Starts an example in the background; returns its port and a stop function.
+local function start_example(script, pattern)
+  local log = os.tmpname()
+  local pidfile = os.tmpname()
+  os.execute(("lua5.4 %s 0 > %s 2>&1 & echo $! > %s"):format(script, log, pidfile))
+  local pid = read(pidfile):match("%d+")
+  local port
+  local deadline = H.now() + 10
+  repeat
+    port = tonumber(read(log):match(pattern))
+    if not port then evtcp.sleep(0.05) end
+  until port or H.now() > deadline
+  return port, function()
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    local out = read(log)
+    os.remove(log)
+    os.remove(pidfile)
+    return out
+  end
+end
+
+describe("the README", function()
+  it("has a tour that runs as written", function()
+    local tour = read("README.md"):match("## A tour\n\n```lua\n(.-)```")
+    assert.is_string(tour)
+    local ok, out = H.lua_child(tour)
+    assert.is_true(ok, out)
+    assert.matches("client from 127%.0%.0%.1:%d+\n", out)
+    assert.matches("echoed: hello, world\nclosed\n", out)
+  end)
+
+  it("shows the two commands", function()
+    local readme = read("README.md")
+    assert.truthy(readme:find("make demo", 1, true))
+    assert.truthy(readme:find("make test", 1, true))
+  end)
+end)
+
+describe("the examples", function()
+  after_each(function() assert.is_true(H.cleanup()) end)
+
+  it("echo server and the 4D-style client talk to each other", function()
+    local port, stop = start_example("examples/echo_server.lua", "listening on [%d.]+:(%d+)")
+    assert.is_number(port)
+    local f = io.popen("lua5.4 examples/client.lua 127.0.0.1 " .. port .. " 2>&1")
+    local out = f:read("a")
+    local ok = f:close()
+    local server_out = stop()
+    assert.is_true(ok, out)
+    assert.are.equal(("connection established to 127.0.0.1:%d\nreceived: Information\n" ..
+      "connection closed\nconnection terminated\n"):format(port), out)
+    assert.matches("joined", server_out)
+  end)
+
+  it("chat server passes a line from one member to the others", function()
+    local port, stop = start_example("examples/chat_server.lua", "listening on port (%d+)")
+    assert.is_number(port)
+    local alice, bob = H.recorder(), H.recorder()
+    local a = evtcp.connect("127.0.0.1", port, alice)
+    H.run_until(function() return alice.count.onConnection end, "alice")
+    local b = evtcp.connect("127.0.0.1", port, bob)
+    H.run_until(function() return alice.data():find("joined") end, "bob's arrival")
+    b:send("hello ", "alice\nand")
+    b:send(" goodbye\n")
+    H.run_until(function() return alice.data():find("and goodbye\n", 1, true) end, "bob's lines")
+    a:close()
+    H.run_until(function() return bob.data():find("left") end, "alice leaving")
+    b:close()
+    H.run_until(function() return bob.terminated() end, "bob leaving")
+    stop()
+    assert.matches(": hello alice\n127%.0%.0%.1:%d+: and goodbye\n", alice.data())
+  end)
+end)
+
+describe("the rockspec", function()
+  it("lists every C source", function()
+    local spec = read("evtcp-scm-1.rockspec")
+    local p = io.popen("ls src/*.c")
+    for file in p:lines() do
+      assert.truthy(spec:find('"' .. file .. '"', 1, true), file .. " is missing from the rockspec")
+    end
+    p:close()
+  end)
+
+  it("installs with luarocks, offline, and loads from any folder", function()
+    if os.getenv("EVTCP_SANITIZE") then pending("the rock is built without the sanitizer") return end
+    local tree = os.tmpname()
+    os.remove(tree)
+    local f = io.popen(("luarocks --lua-version 5.4 make --tree %s evtcp-scm-1.rockspec 2>&1"):format(tree))
+    local out = f:read("a")
+    assert.is_true(f:close(), out)
+    f = io.popen(("cd / && env -u LUA_PATH -u LUA_CPATH lua5.4 -e 'package.path=%q package.cpath=%q " ..
+      "local e = require(\"evtcp\") print(e.run(), package.searchpath(\"evtcp.core\", package.cpath))' 2>&1")
+      :format(tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua",
+              tree .. "/lib/lua/5.4/?.so"))
+    out = f:read("a")
+    f:close()
+    os.execute("rm -rf " .. tree)
+    assert.are.equal("true\t" .. tree .. "/lib/lua/5.4/evtcp/core.so\n", out)
+  end)
+end)
