@@ -66,11 +66,15 @@ function H.server(make, options)
   return l
 end
 
---- after_each: a failed spec may leave listeners behind; end them, then
--- let the loop finish what is left, bounded.
+--- after_each: ends what a failed spec may have left behind, then lets the
+-- loop finish, bounded. Returns whether it finished.
 function H.cleanup()
-  for l in pairs(listeners) do l:terminate() end
-  return evtcp.run(5)
+  local done = evtcp.run(5)
+  if not done then
+    for l in pairs(listeners) do l:terminate() end
+    evtcp.run(5)
+  end
+  return done
 end
 
 --- An echo server; `server.conns` collects its connection recorders.

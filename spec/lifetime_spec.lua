@@ -21,9 +21,12 @@ describe("lifetime", function()
   end)
 
   it("keeps a listener with onConnection alive without a reference", function()
-    local port
+    local port, seen
     do
-      local l = H.echo_server()
+      local l = assert(evtcp.listen(0, { address = "127.0.0.1", onConnection = function(_, listener)
+        seen = listener
+        return { onData = function(_, c, ev) c:send(ev.data) end }
+      end }))
       port = l.port
     end
     for _ = 1, 5 do collectgarbage() end
@@ -32,6 +35,7 @@ describe("lifetime", function()
     evtcp.connect("127.0.0.1", port, rec)
     H.run_until(rec.terminated, "the unreferenced listener to answer")
     assert.are.equal("alive", rec.data())
+    seen:terminate()
   end)
 
   it("releases a connection without callbacks or references: the peer sees it close", function()
