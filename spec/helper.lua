@@ -18,6 +18,14 @@ function H.run_until(cond, what, timeout)
   end
 end
 
+--- Runs fn in a spawned coroutine and the loop until fn returns (bounded);
+-- an error inside fn propagates.
+function H.go(fn, timeout)
+  local done = false
+  evtcp.spawn(function() fn() done = true end)
+  H.run_until(function() return done end, "the coroutine to finish", timeout)
+end
+
 --- Runs the loop to completion, bounded; fails if it had to be cut off.
 function H.run(timeout)
   local done = evtcp.run(timeout or 10)
@@ -108,6 +116,20 @@ function H.bytes(n, seed)
     if #chunk == 4096 then parts[#parts + 1] = string.char(table.unpack(chunk)); chunk = {} end
   end
   if #chunk > 0 then parts[#parts + 1] = string.char(table.unpack(chunk)) end
+  return table.concat(parts)
+end
+
+--- The bytes at [offset, offset+len) of an endless repetition of pattern:
+-- streams checked without keeping them whole.
+function H.repeat_slice(pattern, offset, len)
+  local period, parts = #pattern, {}
+  while len > 0 do
+    local start = offset % period + 1
+    local s = pattern:sub(start, start + len - 1)
+    parts[#parts + 1] = s
+    len = len - #s
+    offset = offset + #s
+  end
   return table.concat(parts)
 end
 

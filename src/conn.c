@@ -168,6 +168,7 @@ static void conn_finish(evtcp_conn *c) {
   }
   conn_deliver(c, EVT_TERMINATE);
   c->state = CONN_TERMINATED;
+  loop_wake(&c->obj);
   if (c->listener) {
     listener_connection_gone(c->listener);
     c->listener = NULL;
@@ -202,6 +203,7 @@ static void conn_flushed(evtcp_conn *c, int from_loop) {
     return;
   }
   if (c->write_shut_wanted) conn_shut_write(c);
+  if (from_loop) loop_wake(&c->obj); /* a send() waiting for room */
   if (c->drain_wanted) {
     c->drain_wanted = 0;
     if (from_loop) {
@@ -215,29 +217,60 @@ static void conn_flushed(evtcp_conn *c, int from_loop) {
 
 /* ---- libevent callbacks ---- */
 
+/* Input was added for receive(): pause at highWaterMark, wake the reader. */
+static void conn_input_grew(evtcp_conn *c) {
+  if (evbuffer_get_length(c->input) >= c->high_water) {
+    c->input_full = 1;
+    conn_stop_reading(c);
+  }
+  loop_wake(&c->obj);
+}
+
+/* receive() mode: reads from the socket straight into the input buffer. */
+static ssize_t conn_recv_into_input(evtcp_conn *c, evutil_socket_t fd) {
+  struct evbuffer_iovec v[2];
+  ssize_t got, left;
+  size_t room = READ_CHUNK;
+  int i, n = evbuffer_reserve_space(c->input, READ_CHUNK, v, 2);
+  if (n <= 0) { errno = ENOMEM; return -1; }
+  for (i = 0; i < n; i++) { /* it may offer more: read one chunk at most */
+    if (v[i].iov_len > room) v[i].iov_len = room;
+    room -= v[i].iov_len;
+  }
+  got = readv(fd, (struct iovec *)v, n); /* evbuffer_iovec is laid out as iovec */
+  if (got <= 0) return got;
+  for (i = 0, left = got; i < n; i++) {
+    size_t take = (size_t)left < v[i].iov_len ? (size_t)left : v[i].iov_len;
+    v[i].iov_len = take;
+    left -= (ssize_t)take;
+  }
+  evbuffer_commit_space(c->input, v, n);
+  return got;
+}
+
 static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
-  evtcp_notice notice;
-  if (!conn_push(c)) return;
-  notice.type = EVT_DATA;
-  notice.data = buf;
-  notice.len = n;
-  notice.peer = &c->peer.sa;
-  if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK || notice.handled) return;
+  if (!c->receiving) {
+    evtcp_notice notice;
+    if (!conn_push(c)) return;
+    notice.type = EVT_DATA;
+    notice.data = buf;
+    notice.len = n;
+    notice.peer = &c->peer.sa;
+    if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK || notice.handled) return;
+  }
   /* no onData: keep the bytes for receive(), up to highWaterMark */
   if (c->input == NULL) c->input = evbuffer_new();
   if (c->input == NULL || evbuffer_add(c->input, buf, n) != 0) {
     conn_fail(c, ENOMEM, "evtcp");
     return;
   }
-  if (evbuffer_get_length(c->input) >= c->high_water) {
-    c->input_full = 1;
-    conn_stop_reading(c);
-  }
+  conn_input_grew(c);
 }
 
 static void conn_on_peer_eof(evtcp_conn *c) {
   c->peer_eof = 1;
   conn_stop_reading(c);
+  loop_wake(&c->obj); /* a receive("a") is complete */
   if (conn_buffered(c) == 0) conn_flushed(c, 1);
 }
 
@@ -254,9 +287,10 @@ static void conn_on_readable(evutil_socket_t fd, short what, void *arg) {
     return;
   }
   for (round = 0; round < READ_ROUNDS; round++) {
-    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    ssize_t n = c->receiving ? conn_recv_into_input(c, fd) : recv(fd, buf, sizeof buf, 0);
     if (n > 0) {
-      conn_deliver_data(c, buf, (size_t)n);
+      if (c->receiving) conn_input_grew(c);
+      else conn_deliver_data(c, buf, (size_t)n);
       if (!c->reading || loop_has_error(c->obj.loop) || (size_t)n < sizeof buf) return;
     } else if (n == 0) {
       conn_on_peer_eof(c);
@@ -314,6 +348,7 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
       conn_deliver(c, EVT_CONNECTION);
       if (c->state == CONN_OPEN && conn_buffered(c) == 0 && c->write_shut_wanted)
         conn_shut_write(c);
+      loop_wake(&c->obj); /* dial() */
       return;
     }
     /* this address failed: remember why, try the next one */
@@ -478,7 +513,15 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
   loop_anchor(&c->obj, ANCHOR_OUTPUT);
 }
 
-/* conn:send(data, ...) -> true | nil, "closed" */
+static int conn_send_finish(lua_State *L, int status, lua_KContext ctx) {
+  (void)status; (void)ctx;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:send(data, ...) -> true | nil, "closed"
+ * Over highWaterMark in a coroutine, the Lua layer's hook may wait (yield)
+ * until the queue drains; lua_callk lets it yield across this C frame. */
 static int conn_send(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
   int top = lua_gettop(L), i;
@@ -505,8 +548,13 @@ static int conn_send(lua_State *L) {
       loop_anchor(&c->obj, ANCHOR_OUTPUT);
     }
   }
-  lua_pushboolean(L, 1);
-  return 1;
+  if (conn_buffered(c) > c->high_water && c->obj.loop->send_hook_ref != LUA_NOREF &&
+      lua_isyieldable(L)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->obj.loop->send_hook_ref);
+    lua_pushvalue(L, 1);
+    lua_callk(L, 1, 0, 0, conn_send_finish);
+  }
+  return conn_send_finish(L, LUA_OK, 0);
 }
 
 /* conn:shutdown(): half-close once what is queued is flushed. */
@@ -573,6 +621,105 @@ static int conn_set_timeouts(lua_State *L) {
   conn_update_read_timeout(c);
   conn_set_write_timeout(c);
   return 0;
+}
+
+/* ---- reading by pattern, for the Lua layer's receive() ---- */
+
+/* Can more input still come? */
+static int conn_input_may_grow(const evtcp_conn *c) {
+  return c->state < CONN_CLOSING && !c->peer_eof && !c->close_wanted;
+}
+
+/* Pushes and consumes n bytes of input (n <= its length). */
+static void conn_push_input(lua_State *L, evtcp_conn *c, size_t n) {
+  /* pullup copies only if the bytes span chains; then one copy to Lua */
+  const unsigned char *p = n > 0 ? evbuffer_pullup(c->input, (ev_ssize_t)n) : NULL;
+  lua_pushlstring(L, (const char *)p, n);
+  evbuffer_drain(c->input, n);
+  if (c->input_full && evbuffer_get_length(c->input) < c->high_water) {
+    c->input_full = 0;
+    conn_start_reading(c);
+  }
+}
+
+/* Why no more input will come: "closed", or the error's message. */
+static void conn_push_end_reason(lua_State *L, const evtcp_conn *c) {
+  if (c->failure) lua_pushstring(L, c->failure->message);
+  else lua_pushliteral(L, "closed");
+}
+
+/* conn:_read([pattern]) -> data | nil, "wait" | nil, reason, partial
+ * Patterns: nil (what is there, at least a byte), n (exactly n bytes), "l"
+ * or "*l" (a line, without \n or \r\n), "a" or "*a" (all until closed). */
+static int conn_read(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  size_t have;
+  if (!c->receiving) {
+    if (conn_handler_has(L, "onData"))
+      return luaL_error(L, "evtcp: this connection has an onData callback; it cannot also be read with receive");
+    c->receiving = 1;
+  }
+  if (c->input == NULL && (c->input = evbuffer_new()) == NULL) return luaL_error(L, "evtcp: out of memory");
+  have = evbuffer_get_length(c->input);
+  if (lua_isnoneornil(L, 2)) {
+    if (have > 0) { conn_push_input(L, c, have); return 1; }
+  } else if (lua_type(L, 2) == LUA_TNUMBER) {
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 0, 2, "byte count must be >= 0");
+    if ((lua_Integer)have >= n) { conn_push_input(L, c, (size_t)n); return 1; }
+    if ((size_t)n > c->high_water && c->input_full) { /* let it grow past the mark */
+      c->input_full = 0;
+      conn_start_reading(c);
+    }
+  } else {
+    const char *p = luaL_checkstring(L, 2);
+    if (*p == '*') p++;
+    if (*p == 'l') {
+      size_t eol_len;
+      struct evbuffer_ptr eol = evbuffer_search_eol(c->input, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+      if (eol.pos >= 0) {
+        conn_push_input(L, c, (size_t)eol.pos);
+        evbuffer_drain(c->input, eol_len);
+        return 1;
+      }
+      if (c->input_full) { /* a line longer than highWaterMark: keep reading */
+        c->input_full = 0;
+        conn_start_reading(c);
+      }
+    } else if (*p == 'a') {
+      /* everything until a clean close; a reset is an error, with partial */
+      if (!conn_input_may_grow(c) && c->failure == NULL) { conn_push_input(L, c, have); return 1; }
+      if (c->input_full) { c->input_full = 0; conn_start_reading(c); }
+    } else {
+      return luaL_argerror(L, 2, lua_pushfstring(L, "invalid pattern '%s'", luaL_checkstring(L, 2)));
+    }
+  }
+  lua_pushnil(L);
+  if (conn_input_may_grow(c)) {
+    lua_pushliteral(L, "wait");
+    return 2;
+  }
+  conn_push_end_reason(L, c);
+  conn_push_input(L, c, evbuffer_get_length(c->input)); /* the partial result */
+  return 3;
+}
+
+/* conn:_take() -> all buffered input (the partial result of a timeout). */
+static int conn_take(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  if (c->input == NULL) lua_pushliteral(L, "");
+  else conn_push_input(L, c, evbuffer_get_length(c->input));
+  return 1;
+}
+
+/* conn:_state() -> "connecting" | "open" | "closed", and highWaterMark */
+static int conn_state_name(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  if (c->state < CONN_OPEN) lua_pushliteral(L, "connecting");
+  else if (c->state == CONN_OPEN) lua_pushliteral(L, "open");
+  else lua_pushliteral(L, "closed");
+  lua_pushinteger(L, (lua_Integer)c->high_water);
+  return 2;
 }
 
 /* ---- construction and collection ---- */
@@ -672,6 +819,10 @@ static const luaL_Reg conn_methods[] = {
   {"pause", conn_pause},
   {"resume", conn_resume},
   {"setTimeouts", conn_set_timeouts},
+  {"_read", conn_read},
+  {"_take", conn_take},
+  {"_state", conn_state_name},
+  {"_setWaiter", loop_set_waiter},
   {NULL, NULL}
 };
 

@@ -59,6 +59,7 @@ typedef struct evtcp_conn {
   unsigned drain_wanted : 1;      /* a send queued bytes: onDrain once flushed */
   unsigned drain_due : 1;         /* onDrain to deliver from the loop */
   unsigned finish_due : 1;        /* CLOSING: callbacks to deliver */
+  unsigned receiving : 1;         /* read with receive(): input is buffered */
   struct bufferevent *bev;
   struct event *read_ev;
   struct event *connect_timer;    /* the `timeout` option, until OPEN */

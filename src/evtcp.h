@@ -84,6 +84,7 @@ struct evtcp_loop {
   int active;              /* anchored objects: run() returns at 0 */
   int closing;             /* lua_close is tearing the loop down */
   int weak_ref;            /* weak table: lightuserdata -> userdata */
+  int send_hook_ref;       /* Lua layer: waits in a coroutine after a send over highWaterMark */
 };
 
 /* A socket error that means "try again later", not a failure. */
@@ -102,6 +103,8 @@ void loop_defer(evtcp_object *obj);
 void loop_cancel_deferred(evtcp_object *obj);
 void loop_check_not_running(lua_State *L, evtcp_loop *loop);
 int loop_has_error(evtcp_loop *loop);
+void loop_wake(evtcp_object *obj);
+int loop_set_waiter(lua_State *L);
 
 /* ---- event.c ---- */
 typedef enum {

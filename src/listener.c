@@ -60,6 +60,7 @@ static void listener_run_pending(evtcp_object *obj) {
   n.type = EVT_TERMINATE;
   loop_push_object(obj->loop->L, obj);
   event_deliver(obj->loop, &n, 1, 0);
+  loop_wake(obj); /* wait() or accept() */
 }
 
 /* Adopts fd as a TCPConnection with the handler on top of the main stack
@@ -110,6 +111,7 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
     memset(&l->held_addr, 0, sizeof l->held_addr);
     memcpy(&l->held_addr, sa, (size_t)socklen < sizeof l->held_addr ? (size_t)socklen : sizeof l->held_addr);
     evconnlistener_disable(l->lev);
+    loop_wake(&l->obj); /* accept() */
     return;
   }
   if (!lua_toboolean(L, -1)) {
@@ -315,6 +317,7 @@ static const luaL_Reg listener_methods[] = {
   {"terminate", listener_terminate},
   {"close", listener_terminate},
   {"_takeHeld", listener_take_held},
+  {"_setWaiter", loop_set_waiter},
   {NULL, NULL}
 };
 

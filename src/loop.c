@@ -194,6 +194,42 @@ static void loop_run_pending(evutil_socket_t fd, short what, void *arg) {
   if (loop->pending_head != NULL) event_active(loop->pending_ev, EV_TIMEOUT, 0);
 }
 
+/* ---- a coroutine waiting on an object ---- */
+
+/* Calls obj's waiter once, if one is set (the Lua layer's function that
+ * resumes the coroutine blocked on obj): something changed, look again.
+ * The waiter is cleared first: it is one-shot. Runs from libevent only. */
+void loop_wake(evtcp_object *obj) {
+  lua_State *L = obj->loop->L;
+  if (!(obj->anchors & ANCHOR_WAITER)) return; /* no waiter: the common case */
+  loop_push_object(L, obj);                     /* obj */
+  if (lua_getiuservalue(L, -1, UV_WAITER) != LUA_TFUNCTION) {
+    lua_pop(L, 2);
+    return;
+  }
+  lua_pushnil(L);
+  lua_setiuservalue(L, -3, UV_WAITER);
+  loop_unanchor(obj, ANCHOR_WAITER);            /* obj stays on the stack */
+  lua_insert(L, -2);                            /* waiter obj */
+  loop_pcall(obj->loop, 1, 0);
+}
+
+/* obj:_setWaiter(fn | nil), for connections and listeners alike: a waiter
+ * keeps its object anchored until it is called or cleared. */
+int loop_set_waiter(lua_State *L) {
+  evtcp_object *obj = (evtcp_object *)lua_touserdata(L, 1);
+  if (luaL_testudata(L, 1, EVTCP_CONN_MT) == NULL && luaL_testudata(L, 1, EVTCP_LISTENER_MT) == NULL)
+    luaL_typeerror(L, 1, "TCPConnection or TCPListener");
+  int clear = lua_isnoneornil(L, 2);
+  if (!clear) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, UV_WAITER);
+  if (obj->loop == NULL) return 0;
+  if (clear) loop_unanchor(obj, ANCHOR_WAITER);
+  else loop_anchor(obj, ANCHOR_WAITER);
+  return 0;
+}
+
 /* ---- run, step, stop ---- */
 
 static void loop_deadline_cb(evutil_socket_t fd, short what, void *arg) {
@@ -288,6 +324,17 @@ static int loop_is_running(lua_State *L) {
   return 1;
 }
 
+/* core.setSendHook(fn): fn(conn) is called, in a yieldable coroutine, by a
+ * send() that left more than highWaterMark bytes queued. */
+static int loop_set_send_hook(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  if (loop->send_hook_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, loop->send_hook_ref);
+  loop->send_hook_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
 static int loop_active_count(lua_State *L) {
   lua_pushinteger(L, loop_get(L)->active);
   return 1;
@@ -323,6 +370,7 @@ static const luaL_Reg loop_functions[] = {
   {"stop", loop_stop},
   {"running", loop_is_running},
   {"now", loop_now},
+  {"setSendHook", loop_set_send_hook},
   {"activeCount", loop_active_count},
   {NULL, NULL}
 };
@@ -345,6 +393,7 @@ void loop_open(lua_State *L) {
   loop->lookups = NULL;
   loop->running = loop->stop_requested = loop->active = loop->closing = 0;
   loop->error_ref = LUA_NOREF;
+  loop->send_hook_ref = LUA_NOREF;
   luaL_newmetatable(L, EVTCP_LOOP_MT);
   lua_pushcfunction(L, loop__gc);
   lua_setfield(L, -2, "__gc");

@@ -2,8 +2,18 @@
 --
 -- This is the Lua layer: it loads the C core (evtcp.core) and adds what
 -- reads better in Lua: the public names, and the calls that wait (sleep,
--- wait), which drive the loop at top level. See README.md for the tour and
--- ../shared/API.md for the contract.
+-- wait, dial, receive, accept, and send under backpressure).
+--
+-- A waiting call follows one rule per context:
+--   * in a coroutine started by evtcp.spawn, it yields; the loop resumes it;
+--   * at the top level, or in a coroutine evtcp did not start, it drives the
+--     loop until done (other objects' callbacks run meanwhile);
+--   * in a plain callback, it raises the re-entrance error (evtcp.step does).
+--
+-- How a coroutine waits on an object: it leaves a one-shot "waiter" on it
+-- (obj:_setWaiter), which the C core calls when something changed for that
+-- object (input came, it connected, drained, closed); the coroutine then
+-- looks again. A timer bounds the wait when a timeout was given.
 
 local core = require("evtcp.core")
 
@@ -21,21 +31,75 @@ evtcp.TCPConnection = { new = core.connect }
 evtcp.TCPListener = { new = core.listen }
 
 local now = core.now
+local after = core.after
+local connection = core.connectionMethods
+local listener = core.listenerMethods
+local yield, resume, running, status = coroutine.yield, coroutine.resume, coroutine.running, coroutine.status
+local traceback = debug.traceback
 
---- Drives the loop from a blocking call at the top level until done()
--- returns true or the deadline passes. Returns whether done() became true.
--- core.step raises the re-entrance error when called inside a callback.
-local function drive(done, timeout)
-  local deadline = timeout and now() + timeout
+---------------------------------------------------------------- scheduling
+
+-- Coroutines started by evtcp.spawn; only these yield to the loop.
+local spawned = setmetatable({}, { __mode = "k" })
+
+-- One wake-up function per coroutine, made once: waking must not allocate.
+local wake_ok = setmetatable({}, { __mode = "k" })
+local wake_timeout = setmetatable({}, { __mode = "k" })
+
+--- Resumes a spawned coroutine; its error propagates out of the loop.
+local function continue(co, ...)
+  if status(co) ~= "suspended" then return end
+  local ok, err = resume(co, ...)
+  if not ok then
+    if type(err) == "string" then err = traceback(co, err) end
+    error(err, 0)
+  end
+end
+
+local function waker(co, ok)
+  local cache = ok and wake_ok or wake_timeout
+  local f = cache[co]
+  if not f then
+    f = function() continue(co, ok) end
+    cache[co] = f
+  end
+  return f
+end
+
+--- The spawned coroutine we run in, or nil.
+local function current()
+  local co, main = running()
+  if not main and spawned[co] then return co end
+end
+
+--- Waits until obj reports a change (true) or the deadline passes (false).
+-- At the top level this is one pass of the loop; the caller looks again.
+local function block(obj, deadline)
+  local co = current()
+  if co then
+    local timer
+    obj:_setWaiter(waker(co, true))
+    if deadline then timer = after(math.max(0, deadline - now()), waker(co, false)) end
+    local changed = yield()
+    if timer then timer:cancel() end
+    obj:_setWaiter(nil)
+    return changed
+  end
+  local wait = 3600
+  if deadline then
+    wait = deadline - now()
+    if wait <= 0 then return false end
+  end
+  local _, idle = core.step(wait)
+  return not idle
+end
+
+--- Drives the loop, or yields, until done() is true or the deadline passes.
+local function wait_until(obj, done, deadline)
   while not done() do
-    local wait = 3600
-    if deadline then
-      wait = deadline - now()
-      if wait <= 0 then return false end
+    if not block(obj, deadline) and not done() then
+      if deadline == nil or now() >= deadline then return false end
     end
-    local _, idle = core.step(wait)
-    -- nothing at all was pending: nothing can ever make done() true
-    if idle and not done() then return false end
   end
   return true
 end
@@ -44,33 +108,108 @@ local function check_timeout(fname, timeout, arg)
   if timeout ~= nil and (math.type(timeout) == nil or timeout < 0 or timeout ~= timeout) then
     error(("bad argument #%d to '%s' (timeout must be a number >= 0)"):format(arg, fname), 3)
   end
+  return timeout and now() + timeout
 end
 
---- evtcp.sleep(seconds): waits, running other objects' callbacks meanwhile.
+--- evtcp.spawn(fn, ...) runs fn(...) in a coroutine driven by the loop.
+function evtcp.spawn(fn, ...)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  local co = coroutine.create(fn)
+  spawned[co] = true
+  local n, args = select("#", ...), { ... }
+  after(0, function() continue(co, table.unpack(args, 1, n)) end)
+  return co
+end
+
+--- evtcp.sleep(seconds): yields in a spawned coroutine, else drives the loop.
 function evtcp.sleep(seconds)
   if math.type(seconds) == nil or seconds < 0 then
     error("bad argument #1 to 'sleep' (seconds must be a number >= 0)", 2)
   end
+  local co = current()
+  if co then
+    after(seconds, waker(co, true))
+    yield()
+    return
+  end
   local fired = false
-  core.after(seconds, function() fired = true end)
-  drive(function() return fired end)
+  after(seconds, function() fired = true end)
+  while not fired do core.step(3600) end
 end
 
-local connection = core.connectionMethods
-local listener = core.listenerMethods
+---------------------------------------------------------------- waiting
 
 --- conn:wait([timeout]) -> conn.closed
 function connection.wait(conn, timeout)
-  check_timeout("wait", timeout, 2)
-  drive(function() return conn.closed end, timeout)
+  local deadline = check_timeout("wait", timeout, 2)
+  wait_until(conn, function() return conn.closed end, deadline)
   return conn.closed
 end
 
 --- listener:wait([timeout]) -> listener.closed
 function listener.wait(l, timeout)
-  check_timeout("wait", timeout, 2)
-  drive(function() return l.closed end, timeout)
+  local deadline = check_timeout("wait", timeout, 2)
+  wait_until(l, function() return l.closed end, deadline)
   return l.closed
+end
+
+--- evtcp.dial(address, port [, options]) -> conn | nil, errorObject
+-- options.timeout bounds resolving and connecting.
+function evtcp.dial(address, port, options)
+  local conn = core.connect(address, port, options or {})
+  wait_until(conn, function() return conn:_state() ~= "connecting" end)
+  if conn:_state() == "open" then return conn end
+  conn:wait()
+  return nil, conn.errors[1]
+end
+
+--- conn:receive([pattern [, timeout]]) -> data | nil, err, partial
+function connection.receive(conn, pattern, timeout)
+  local deadline = check_timeout("receive", timeout, 3)
+  while true do
+    local data, err, partial = conn:_read(pattern)
+    if data then return data end
+    if err ~= "wait" then return nil, err, partial end
+    if not block(conn, deadline) and (deadline == nil or now() >= deadline) then
+      -- the deadline passed, or (top level) nothing at all can happen
+      data, err, partial = conn:_read(pattern)
+      if data then return data end
+      if err ~= "wait" then return nil, err, partial end
+      return nil, "timeout", conn:_take()
+    end
+  end
+end
+
+--- conn:send(...) waits, in a spawned coroutine, while more than
+-- highWaterMark bytes are queued, so a fast writer has bounded memory. The
+-- C send calls this only then, and only when it may yield.
+core.setSendHook(function(conn)
+  if not current() then return end
+  local state, high = conn:_state()
+  while state == "open" and conn.bufferedAmount > high do
+    block(conn)
+    state = conn:_state()
+  end
+end)
+
+--- listener:accept([timeout]) -> conn | nil, err
+function listener.accept(l, timeout)
+  local deadline = check_timeout("accept", timeout, 2)
+  if l.handler.onConnection ~= nil then
+    error("evtcp: this listener has an onConnection callback; it cannot also accept()", 2)
+  end
+  while true do
+    if l.closed then return nil, "closed" end
+    local conn = l:_takeHeld()
+    if conn then return conn end
+    if not block(l, deadline) and (deadline == nil or now() >= deadline) then
+      conn = l:_takeHeld()
+      if conn then return conn end
+      return nil, "timeout"
+    end
+  end
 end
 
 return evtcp
