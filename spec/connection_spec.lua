@@ -166,7 +166,7 @@ describe("TCPConnection", function()
       local file = os.tmpname()
       local f = assert(io.open(file, "wb")); f:write(tail); f:close()
       local port = H.free_port()
-      local socat = io.popen(("timeout 20 socat TCP4-LISTEN:%d,bind=127.0.0.1,reuseaddr " ..
+      local socat = io.popen((H.peer .. "timeout 20 socat TCP4-LISTEN:%d,bind=127.0.0.1,reuseaddr " ..
         "SYSTEM:'cat >/dev/null; cat %s' 2>&1"):format(port, file), "r")
       local rec, conn
       local deadline = H.now() + 10

@@ -40,6 +40,14 @@ describe("the README", function()
     assert.matches("echoed: hello, world\nclosed\n", out)
   end)
 
+  it("has a blocking-style snippet that runs as written", function()
+    local snippet = read("README.md"):match("## Blocking style, in coroutines\n.-```lua\n(.-)```")
+    assert.is_string(snippet)
+    local ok, out = H.lua_child(snippet)
+    assert.is_true(ok, out)
+    assert.are.equal("HELLO\tWORLD\n", out)
+  end)
+
   it("shows the two commands", function()
     local readme = read("README.md")
     assert.truthy(readme:find("make demo", 1, true))
@@ -108,5 +116,71 @@ describe("the rockspec", function()
     f:close()
     os.execute("rm -rf " .. tree)
     assert.are.equal("true\t" .. tree .. "/lib/lua/5.4/evtcp/core.so\n", out)
+  end)
+end)
+
+describe("the blocking-style examples", function()
+  after_each(function() assert.is_true(H.cleanup()) end)
+
+  it("redis_client speaks RESP to a real redis-server", function()
+    if not os.execute("command -v redis-server >/dev/null 2>&1") then
+      pending("redis-server is not installed (make test installs it)") return
+    end
+    local port = H.free_port()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    -- no persistence, loopback only, stopped below
+    assert(os.execute((H.peer .. "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no " ..
+      "--dir %s --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log"):format(port, dir, dir, dir)))
+    local out
+    local deadline = H.now() + 10
+    repeat
+      local f = io.popen("lua5.4 examples/redis_client.lua " .. port .. " 2>&1")
+      out = f:read("a")
+      f:close()
+      if not out:find("PING") then evtcp.sleep(0.1) end
+    until out:find("PING") or H.now() > deadline
+    os.execute(("kill $(cat %s/redis.pid) 2>/dev/null; sleep 0.2; rm -rf %s"):format(dir, dir))
+    assert.are.equal("PING ->\tPONG\nSET  ->\tOK\nGET  ->\thello from evtcp\n", out)
+  end)
+
+  it("http_get fetches a page from a local HTTP server", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir -p " .. dir)
+    local page = H.bytes(100000, 4):gsub("[^%w]", "x")
+    local f = assert(io.open(dir .. "/page.txt", "wb"))
+    f:write(page)
+    f:close()
+    local port = H.free_port()
+    local server = io.popen(("cd %s && exec " .. H.peer .. "timeout 20 /usr/bin/python3 -m http.server %d --bind 127.0.0.1 2>&1")
+      :format(dir, port))
+    local out
+    local deadline = H.now() + 10
+    repeat
+      local p = io.popen(("lua5.4 examples/http_get.lua %d /page.txt 2>&1"):format(port))
+      out = p:read("a")
+      p:close()
+      if not out:find("^HTTP") then evtcp.sleep(0.1) end
+    until out:find("^HTTP") or H.now() > deadline
+    os.execute(H.peer .. "pkill -f 'http.server " .. port .. "'")
+    server:close()
+    os.execute("rm -rf " .. dir)
+    assert.matches("^HTTP/1%.0 200 OK\ncontent%-type: text/plain, 100000 bytes\n", out)
+    assert.is_true(out:sub(-100000) == page)
+  end)
+
+  it("echo_coroutines echoes like the callback echo server", function()
+    local port, stop = start_example("examples/echo_coroutines.lua", "listening on [%d.]+:(%d+)")
+    assert.is_number(port)
+    local payload = H.bytes(500000, 12)
+    local rec
+    rec = H.recorder({ onConnection = function(_, c) c:send(payload) end,
+                       onData = function(_, c) if #rec.data() == #payload then c:close() end end })
+    evtcp.connect("127.0.0.1", port, rec)
+    H.run_until(rec.terminated, "the echo")
+    stop()
+    assert.is_true(rec.data() == payload)
   end)
 end)

@@ -133,6 +133,11 @@ function H.repeat_slice(pattern, offset, len)
   return table.concat(parts)
 end
 
+--- Prefix for commands that start real peers (python3, redis-server,
+-- socat): under `make sanitize` they must not inherit the sanitizer runtime
+-- preloaded for lua5.4.
+H.peer = "env -u LD_PRELOAD -u ASAN_OPTIONS -u LSAN_OPTIONS "
+
 --- Runs a Lua 5.4 child with the module on its paths; returns ok, output.
 function H.lua_child(code)
   local path = os.tmpname()
