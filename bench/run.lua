@@ -1,0 +1,207 @@
+-- bench/run.lua - runs every echo server under the same load and prints the
+-- table of bench/README.md. usage: lua5.4 run.lua full|quick
+--
+-- Each server runs pinned to CPU 0 and the load generator to CPU 1
+-- (taskset). The order of the servers rotates from round to round. What is
+-- compared is the server's CPU time per unit of work, read from
+-- /proc/PID/stat: it stays meaningful when the load generator is the
+-- bottleneck. Each figure is the median over the rounds, and each ratio the
+-- median of the ratios to the C bufferevent server of the same round.
+
+local quick = arg[1] == "quick"
+local ROUNDS = quick and 1 or 3
+local SECONDS = quick and 1 or 4
+local IDLE_CONNS = quick and 500 or 2000
+
+local servers = {
+  { name = "C, libevent bufferevents", cmd = "bin/c_bufferevent_echo" },
+  { name = "C, libevent events, direct I/O", cmd = "bin/c_direct_echo" },
+  { name = "evtcp, callbacks", cmd = "lua5.4 evtcp_echo.lua" },
+  { name = "evtcp, coroutines", cmd = "lua5.4 evtcp_co_echo.lua" },
+  { name = "luv", cmd = "lua5.4 luv_echo.lua" },
+}
+
+local modes = {
+  { key = "pp50", title = "ping-pong, 50 conns, 64 B", args = "pingpong %d 50 64 " .. SECONDS,
+    unit = "us/rt", scale = 1e6, per = "ops", rate = "rt/s" },
+  { key = "pp500", title = "ping-pong, 500 conns, 64 B", args = "pingpong %d 500 64 " .. SECONDS,
+    unit = "us/rt", scale = 1e6, per = "ops", rate = "rt/s" },
+  { key = "bulk", title = "bulk, 10 conns, 64 KiB writes", args = "bulk %d 10 65536 " .. SECONDS,
+    unit = "ms/MB", scale = 1e3, per = "MB", rate = "MB/s" },
+  { key = "connect", title = "connect, 50 at once", args = "connect %d 50 1 " .. SECONDS,
+    unit = "us/conn", scale = 1e6, per = "ops", rate = "conn/s" },
+  { key = "idle", title = "idle memory per connection", args = "idle %d " .. IDLE_CONNS .. " 1 2",
+    unit = "B/conn" },
+}
+
+local function sh(cmd)
+  local f = assert(io.popen(cmd))
+  local out = f:read("a")
+  f:close()
+  return out
+end
+
+local TICK = tonumber(sh("getconf CLK_TCK")) or 100
+
+local function read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- utime + stime of a process, in seconds.
+local function cpu_seconds(pid)
+  local stat = read_file("/proc/" .. pid .. "/stat")
+  local fields = {}
+  for w in stat:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = w end
+  -- after "pid (comm) ", field 3 of stat is fields[1]: utime is 14, stime 15
+  return (tonumber(fields[12]) + tonumber(fields[13])) / TICK
+end
+
+local function rss_bytes(pid)
+  return tonumber(read_file("/proc/" .. pid .. "/status"):match("VmRSS:%s*(%d+)")) * 1024
+end
+
+local function sleep(s) os.execute("sleep " .. s) end
+
+--- Starts a server on CPU 0; returns its pid and port.
+local function start(server)
+  local log = os.tmpname()
+  local pid = sh(("taskset -c 0 %s > %s 2>&1 & echo $!"):format(server.cmd, log)):match("%d+")
+  local port
+  for _ = 1, 100 do
+    port = tonumber((read_file(log) or ""):match("listening on [%d.]+:(%d+)"))
+    if port then break end
+    sleep(0.05)
+  end
+  os.remove(log)
+  assert(port, server.name .. " did not start")
+  sleep(0.2)
+  return pid, port
+end
+
+local function stop(pid)
+  os.execute("kill " .. pid .. " 2>/dev/null; sleep 0.2")
+end
+
+local function parse(line)
+  local r = {}
+  for k, v in line:gmatch("(%w+)=(%S+)") do r[k] = tonumber(v) or v end
+  return r
+end
+
+--- One measurement: returns { cost = per unit, rate = per second } or nil.
+local function measure(server, mode)
+  local pid, port = start(server)
+  local cmd = ("taskset -c 1 bin/loadgen " .. mode.args .. " 2>&1"):format(port)
+  local result
+  if mode.key == "idle" then
+    local before = rss_bytes(pid)
+    local p = io.popen(cmd)
+    local line = p:read("l")
+    local during = line == "ready" and rss_bytes(pid)
+    local r = parse(p:read("a"))
+    p:close()
+    if during and r.errors == 0 then result = { cost = (during - before) / r.ops } end
+  else
+    local cpu0 = cpu_seconds(pid)
+    local r = parse(sh(cmd))
+    local cpu = cpu_seconds(pid) - cpu0
+    if r.errors == 0 and r.ops then
+      local work = mode.per == "MB" and r.bytes / 1e6 or r.ops
+      result = { cost = cpu / work * mode.scale, rate = work / r.seconds, p99 = r.p99_us }
+    else
+      io.stderr:write(("%s, %s: errors in the run, not counted\n"):format(server.name, mode.key))
+    end
+  end
+  stop(pid)
+  return result
+end
+
+local function median(t)
+  table.sort(t)
+  local n = #t
+  if n == 0 then return nil end
+  if n % 2 == 1 then return t[(n + 1) // 2] end
+  return (t[n // 2] + t[n // 2 + 1]) / 2
+end
+
+-- results[mode][server] = { costs = {}, rates = {}, ratios = {} }
+local results = {}
+for _, m in ipairs(modes) do
+  results[m.key] = {}
+  for _, s in ipairs(servers) do results[m.key][s.name] = { costs = {}, rates = {}, ratios = {} } end
+end
+
+local t0 = os.time()
+for round = 1, ROUNDS do
+  for _, m in ipairs(modes) do
+    local order = {}
+    for i = 1, #servers do order[i] = servers[(i + round - 2) % #servers + 1] end
+    local this_round = {}
+    for _, s in ipairs(order) do
+      io.stderr:write(("round %d/%d  %-32s %s\n"):format(round, ROUNDS, m.title, s.name))
+      this_round[s.name] = measure(s, m)
+    end
+    local ref = this_round[servers[1].name]
+    for _, s in ipairs(servers) do
+      local r, slot = this_round[s.name], results[m.key][s.name]
+      if r then
+        slot.costs[#slot.costs + 1] = r.cost
+        if r.rate then slot.rates[#slot.rates + 1] = r.rate end
+        if ref and ref.cost > 0 then slot.ratios[#slot.ratios + 1] = r.cost / ref.cost end
+      end
+    end
+  end
+end
+
+local function fmt(x, digits)
+  if not x then return "n/a" end
+  return (("%." .. (digits or 2) .. "f"):format(x))
+end
+
+local cpu = sh("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$") or "unknown CPU"
+print(("Machine: %s, %d CPUs; Linux %s; %d round(s) of %d s per mode; %s."):format(
+  cpu, tonumber(sh("nproc")), sh("uname -r"):gsub("%s", ""), ROUNDS, SECONDS, os.date("!%Y-%m-%d")))
+print()
+print("Server CPU per unit of work, median (ratio to the C bufferevent server of the same round; lower is better):")
+print()
+local header = "| server |"
+local rule = "|---|"
+for _, m in ipairs(modes) do
+  header = header .. " " .. m.title .. " |"
+  rule = rule .. "---|"
+end
+print(header)
+print(rule)
+for _, s in ipairs(servers) do
+  local row = "| " .. s.name .. " |"
+  for _, m in ipairs(modes) do
+    local slot = results[m.key][s.name]
+    local digits = m.key == "idle" and 0 or (m.key == "bulk" and 2 or 1)
+    row = row .. (" %s %s (%s) |"):format(fmt(median(slot.costs), digits), m.unit, fmt(median(slot.ratios)))
+  end
+  print(row)
+end
+print()
+print("Throughput, median:")
+print()
+header, rule = "| server |", "|---|"
+for _, m in ipairs(modes) do
+  if m.rate then header = header .. " " .. m.title .. " |" rule = rule .. "---|" end
+end
+print(header)
+print(rule)
+for _, s in ipairs(servers) do
+  local row = "| " .. s.name .. " |"
+  for _, m in ipairs(modes) do
+    if m.rate then
+      row = row .. (" %s %s |"):format(fmt(median(results[m.key][s.name].rates), 0), m.rate)
+    end
+  end
+  print(row)
+end
+print()
+print(("(%d s in all)"):format(os.time() - t0))
