@@ -23,7 +23,7 @@ evtcp_conn *check_conn(lua_State *L, int index) {
 }
 
 static evutil_socket_t conn_fd(const evtcp_conn *c) {
-  return c->bev ? bufferevent_getfd(c->bev) : -1;
+  return c->fd;
 }
 
 size_t conn_buffered(const evtcp_conn *c) {
@@ -100,13 +100,10 @@ static void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst) {
   }
   if (c->connect_timer) event_del(c->connect_timer);
   conn_stop_reading(c);
-  if (c->bev) {
-    evutil_socket_t fd = bufferevent_getfd(c->bev);
-    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
-    if (rst && fd >= 0) {
-      struct linger lg = {1, 0};
-      setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
+  if (c->bev) bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+  if (rst && c->fd >= 0) {
+    struct linger lg = {1, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   }
   c->state = CONN_CLOSING;
   c->finish_due = 1;
@@ -126,6 +123,8 @@ static void conn_release(evtcp_conn *c) {
   if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
   if (c->read_ev) { event_free(c->read_ev); c->read_ev = NULL; c->reading = 0; }
   if (c->bev) { bufferevent_free(c->bev); c->bev = NULL; }
+  if (c->fd >= 0 && !c->bev_owns_fd) evutil_closesocket(c->fd);
+  c->fd = -1;
   if (c->early) { evbuffer_free(c->early); c->early = NULL; }
 }
 
@@ -198,8 +197,7 @@ static void conn_shut_write(evtcp_conn *c) {
 static void conn_flushed(evtcp_conn *c, int from_loop) {
   loop_unanchor(&c->obj, ANCHOR_OUTPUT);
   if (c->close_wanted || c->peer_eof) {
-    conn_shut_write(c);
-    conn_end(c, NULL, 0);
+    conn_end(c, NULL, 0); /* closing the socket sends our FIN */
     return;
   }
   if (c->write_shut_wanted) conn_shut_write(c);
@@ -310,26 +308,19 @@ static void conn_on_written(struct bufferevent *bev, void *arg) {
   if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_flushed(c, 1);
 }
 
-static void conn_remember_addresses(evtcp_conn *c) {
-  evutil_socket_t fd = conn_fd(c);
-  socklen_t len = sizeof c->local;
-  if (getsockname(fd, &c->local.sa, &len) != 0) memset(&c->local, 0, sizeof c->local);
-  len = sizeof c->peer;
-  if (getpeername(fd, &c->peer.sa, &len) != 0) { /* keep the address dialled */ }
-}
-
 /* OPEN: the socket is connected (client) or accepted (server). */
 static int conn_become_open(evtcp_conn *c) {
   evutil_socket_t fd = conn_fd(c);
   c->state = CONN_OPEN;
   if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
   if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
-  conn_remember_addresses(c);
+  /* the peer's address is known (dialled or accepted); the local one is
+   * asked for when the program reads it: no syscalls here */
   conn_apply_socket_options(c);
   conn_set_write_timeout(c);
   c->read_ev = event_new(c->obj.loop->base, fd, EV_READ | EV_PERSIST, conn_on_readable, c);
   if (c->read_ev == NULL) return -1;
-  if (c->early && evbuffer_get_length(c->early) > 0) {
+  if (c->early && evbuffer_get_length(c->early) > 0 && c->bev) {
     if (bufferevent_write_buffer(c->bev, c->early) != 0) return -1;
   }
   conn_start_reading(c);
@@ -344,6 +335,12 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
     if (what & BEV_EVENT_CONNECTED) {
       free(c->failure); /* an earlier address may have failed */
       c->failure = NULL;
+      c->fd = bufferevent_getfd(c->bev);
+      c->bev_owns_fd = 1;
+      {
+        socklen_t len = sizeof c->local;
+        if (getsockname(c->fd, &c->local.sa, &len) != 0) memset(&c->local, 0, sizeof c->local);
+      }
       if (conn_become_open(c) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
       conn_deliver(c, EVT_CONNECTION);
       if (c->state == CONN_OPEN && conn_buffered(c) == 0 && c->write_shut_wanted)
@@ -466,12 +463,23 @@ static int conn_handler_has(lua_State *L, const char *name) {
 
 /* Writes strings first..first+count-1 on an open connection: straight to
  * the socket when nothing is queued, into the bufferevent otherwise. */
+/* The output queue, making the bufferevent on first need. NULL: no memory. */
+static struct evbuffer *conn_output(evtcp_conn *c) {
+  if (c->bev == NULL) {
+    c->bev = bufferevent_socket_new(c->obj.loop->base, c->fd, 0); /* we own fd */
+    if (c->bev == NULL) return NULL;
+    bufferevent_setcb(c->bev, NULL, conn_on_written, conn_on_bev_event, c);
+    conn_set_write_timeout(c);
+  }
+  return bufferevent_get_output(c->bev);
+}
+
 static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
-  struct evbuffer *out = bufferevent_get_output(c->bev);
+  struct evbuffer *out = c->bev ? bufferevent_get_output(c->bev) : NULL;
   struct iovec iov[SEND_IOV_MAX];
   size_t total = 0, len, written;
   int i, k = 0;
-  if (evbuffer_get_length(out) == 0 && count <= SEND_IOV_MAX) {
+  if ((out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX) {
     struct msghdr msg;
     ssize_t n;
     for (i = first; i < first + count; i++) {
@@ -497,6 +505,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
       return;
     }
     /* the kernel took n bytes: queue the rest, in order */
+    if ((out = conn_output(c)) == NULL) { conn_fail(c, ENOMEM, "evtcp"); return; }
     written = (size_t)n;
     for (i = 0; i < k; i++) {
       if (written >= iov[i].iov_len) { written -= iov[i].iov_len; continue; }
@@ -504,6 +513,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
       written = 0;
     }
   } else {
+    if ((out = conn_output(c)) == NULL) luaL_error(L, "evtcp: out of memory");
     for (i = first; i < first + count; i++) {
       const char *s = lua_tolstring(L, i, &len);
       if (len > 0 && evbuffer_add(out, s, len) != 0) luaL_error(L, "evtcp: out of memory");
@@ -730,6 +740,7 @@ static evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
   evtcp_conn *c = (evtcp_conn *)lua_newuserdatauv(L, sizeof *c, UV_CONN_COUNT);
   memset(c, 0, sizeof *c);
   c->state = CONN_TERMINATED;
+  c->fd = -1;
   c->obj.loop = loop;
   c->obj.anchor_ref = LUA_NOREF;
   c->obj.run_pending = conn_run_pending;
@@ -775,7 +786,8 @@ int conn_connect(lua_State *L) {
 }
 
 /* Runs under loop_pcall from the listener: adopts an accepted socket.
- * Stack: listener, handler, fd (integer). Returns the connection. If it
+ * Stack: listener, handler, fd (integer), peer address (light userdata,
+ * an evtcp_addr). Returns the connection. If it
  * raises before the bufferevent owns fd, the caller closes fd. */
 int conn_adopt_accepted(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
@@ -786,11 +798,11 @@ int conn_adopt_accepted(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_OWNER);
   conn_adopt_handler(L, c, 2, 2);
-  c->bev = bufferevent_socket_new(loop->base, fd, BEV_OPT_CLOSE_ON_FREE);
-  if (c->bev == NULL) return luaL_error(L, "evtcp: out of memory");
+  c->fd = fd; /* the connection owns fd now: __gc closes it */
   lua_pushnil(L);
-  lua_replace(L, 3); /* the bufferevent owns fd now */
-  bufferevent_setcb(c->bev, NULL, conn_on_written, conn_on_bev_event, c);
+  lua_replace(L, 3);
+  memcpy(&c->peer, lua_touserdata(L, 4), sizeof c->peer);
+  listener_local_address((struct evtcp_listener *)lua_touserdata(L, 1), &c->local);
   if (conn_become_open(c) != 0) return luaL_error(L, "evtcp: out of memory");
   c->listener = (struct evtcp_listener *)lua_touserdata(L, 1);
   return 1;

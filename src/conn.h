@@ -26,6 +26,10 @@
  * one copy, many KiB per wake-up (a bufferevent reads 4 KiB at a time). A
  * send() with nothing queued is written at once with sendmsg(); only what
  * the kernel does not take is copied into the bufferevent's output.
+ *
+ * An accepted connection gets its bufferevent only when output first has
+ * to be queued: an idle or ping-pong connection never needs one, and it is
+ * most of what a connection costs in memory (the benchmark's idle mode).
  */
 #ifndef EVTCP_CONN_H
 #define EVTCP_CONN_H
@@ -60,7 +64,9 @@ typedef struct evtcp_conn {
   unsigned drain_due : 1;         /* onDrain to deliver from the loop */
   unsigned finish_due : 1;        /* CLOSING: callbacks to deliver */
   unsigned receiving : 1;         /* read with receive(): input is buffered */
-  struct bufferevent *bev;
+  unsigned bev_owns_fd : 1;       /* the bufferevent made the socket (connect) */
+  evutil_socket_t fd;             /* the socket, once connected or accepted; -1 */
+  struct bufferevent *bev;        /* connecting, or output queued: see conn.c */
   struct event *read_ev;
   struct event *connect_timer;    /* the `timeout` option, until OPEN */
   struct evbuffer *early;         /* sends before the socket exists */
@@ -86,5 +92,6 @@ void conn_start_reading(evtcp_conn *c);
 void conn_stop_reading(evtcp_conn *c);
 void conn_deliver(evtcp_conn *c, evtcp_event_type type);
 void conn_props_open(lua_State *L, const luaL_Reg *methods);
+void listener_local_address(struct evtcp_listener *l, evtcp_addr *out);
 
 #endif

@@ -107,6 +107,15 @@ static int push_addr(lua_State *L, const evtcp_addr *a, int want_port) {
   return 1;
 }
 
+/* The local address is asked of the kernel on first use, and kept. */
+static int push_local_addr(lua_State *L, evtcp_conn *c, int want_port) {
+  if (c->local.sa.sa_family == 0 && c->fd >= 0 && c->state == CONN_OPEN) {
+    socklen_t len = sizeof c->local;
+    if (getsockname(c->fd, &c->local.sa, &len) != 0) memset(&c->local, 0, sizeof c->local);
+  }
+  return push_addr(L, &c->local, want_port);
+}
+
 static int conn_push_errors(lua_State *L) {
   if (lua_getiuservalue(L, 1, UV_ERRORS) != LUA_TTABLE) {
     lua_pop(L, 1);
@@ -133,8 +142,8 @@ static int conn_push_property(lua_State *L, evtcp_conn *c, const char *key) {
     if (strcmp(key, "handler") == 0) { lua_getiuservalue(L, 1, UV_HANDLER); return 1; }
     break;
   case 'l':
-    if (strcmp(key, "localAddress") == 0) return push_addr(L, &c->local, 0) || (lua_pushnil(L), 1);
-    if (strcmp(key, "localPort") == 0) return push_addr(L, &c->local, 1) || (lua_pushnil(L), 1);
+    if (strcmp(key, "localAddress") == 0) return push_local_addr(L, c, 0) || (lua_pushnil(L), 1);
+    if (strcmp(key, "localPort") == 0) return push_local_addr(L, c, 1) || (lua_pushnil(L), 1);
     break;
   case 'n':
     if (strcmp(key, "noDelay") == 0) { lua_pushboolean(L, c->no_delay); return 1; }

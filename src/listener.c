@@ -43,6 +43,16 @@ void listener_connection_gone(evtcp_listener *l) {
   if (l->connections > 0) l->connections--;
 }
 
+/* The local address of the listener's clients, when the listener is bound
+ * to one address; left zeroed for a wildcard (the kernel is asked later). */
+void listener_local_address(evtcp_listener *l, evtcp_addr *out) {
+  static const unsigned char any6[16] = {0};
+  if (l->bound.sa.sa_family == AF_INET && l->bound.in.sin_addr.s_addr != htonl(INADDR_ANY))
+    *out = l->bound;
+  else if (l->bound.sa.sa_family == AF_INET6 && memcmp(&l->bound.in6.sin6_addr, any6, 16) != 0)
+    *out = l->bound;
+}
+
 /* Frees the listening socket and a held client. No Lua. */
 static void listener_release(evtcp_listener *l) {
   if (l->lev) { evconnlistener_free(l->lev); l->lev = NULL; }
@@ -65,7 +75,7 @@ static void listener_run_pending(evtcp_object *obj) {
 
 /* Adopts fd as a TCPConnection with the handler on top of the main stack
  * and delivers its onConnection. Pops the handler. */
-static void listener_adopt(evtcp_listener *l, evutil_socket_t fd) {
+static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_addr *peer) {
   lua_State *L = l->obj.loop->L;
   evtcp_notice n;
   lua_pushcfunction(L, conn_adopt_accepted);  /* handler f */
@@ -73,7 +83,8 @@ static void listener_adopt(evtcp_listener *l, evutil_socket_t fd) {
   loop_push_object(L, &l->obj);
   lua_insert(L, -2);                           /* f listener handler */
   lua_pushinteger(L, fd);
-  if (loop_pcall(l->obj.loop, 3, 1) != LUA_OK) {
+  lua_pushlightuserdata(L, (void *)peer);
+  if (loop_pcall(l->obj.loop, 4, 1) != LUA_OK) {
     /* the error is stored; the socket was not adopted */
     evutil_closesocket(fd);
     return;
@@ -119,7 +130,12 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
     evutil_closesocket(fd);
     return;
   }
-  listener_adopt(l, fd); /* pops the handler */
+  {
+    evtcp_addr peer;
+    memset(&peer, 0, sizeof peer);
+    memcpy(&peer, sa, (size_t)socklen < sizeof peer ? (size_t)socklen : sizeof peer);
+    listener_adopt(l, fd, &peer); /* pops the handler */
+  }
 }
 
 static void listener_on_backoff_done(evutil_socket_t fd, short what, void *arg) {
@@ -259,7 +275,8 @@ static int listener_take_held(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
   lua_pushinteger(L, fd);
-  if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+  lua_pushlightuserdata(L, &l->held_addr);
+  if (lua_pcall(L, 4, 1, 0) != LUA_OK) {
     evutil_closesocket(fd);
     return lua_error(L);
   }

@@ -201,17 +201,24 @@ static void loop_run_pending(evutil_socket_t fd, short what, void *arg) {
  * The waiter is cleared first: it is one-shot. Runs from libevent only. */
 void loop_wake(evtcp_object *obj) {
   lua_State *L = obj->loop->L;
+  int top = lua_gettop(L);
   if (!(obj->anchors & ANCHOR_WAITER)) return; /* no waiter: the common case */
   loop_push_object(L, obj);                     /* obj */
   if (lua_getiuservalue(L, -1, UV_WAITER) != LUA_TFUNCTION) {
-    lua_pop(L, 2);
+    lua_settop(L, top);
     return;
   }
   lua_pushnil(L);
   lua_setiuservalue(L, -3, UV_WAITER);
-  loop_unanchor(obj, ANCHOR_WAITER);            /* obj stays on the stack */
   lua_insert(L, -2);                            /* waiter obj */
   loop_pcall(obj->loop, 1, 0);
+  /* The anchor is kept through the call: a coroutine that waits again (a
+   * receive loop) sets a new waiter before the call returns, and keeping the
+   * registry reference saves a luaL_unref and a luaL_ref per message. */
+  loop_push_object(L, obj);
+  if (lua_isnil(L, -1) || lua_getiuservalue(L, -1, UV_WAITER) == LUA_TNIL)
+    loop_unanchor(obj, ANCHOR_WAITER);
+  lua_settop(L, top);
 }
 
 /* obj:_setWaiter(fn | nil), for connections and listeners alike: a waiter

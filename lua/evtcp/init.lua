@@ -82,7 +82,8 @@ local function block(obj, deadline)
     if deadline then timer = after(math.max(0, deadline - now()), waker(co, false)) end
     local changed = yield()
     if timer then timer:cancel() end
-    obj:_setWaiter(nil)
+    -- woken by obj, the core has cleared the waiter already (one-shot)
+    if not changed then obj:_setWaiter(nil) end
     return changed
   end
   local wait = 3600
