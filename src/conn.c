@@ -18,7 +18,20 @@
 
 static void conn_try_next_address(evtcp_conn *c);
 
+static const char conn_mt_key = 'C';
+
+/* The type check of every method: the metatable compared by a light
+ * userdata key (luaL_checkudata looks its name up as a string, which costs
+ * a hash and a strcmp on every call). luaL_checkudata gives the error. */
 evtcp_conn *check_conn(lua_State *L, int index) {
+  void *p = lua_touserdata(L, index);
+  if (p != NULL && lua_getmetatable(L, index)) {
+    int same;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &conn_mt_key);
+    same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (same) return (evtcp_conn *)p;
+  }
   return (evtcp_conn *)luaL_checkudata(L, index, EVTCP_CONN_MT);
 }
 
@@ -746,7 +759,8 @@ static evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
   c->obj.run_pending = conn_run_pending;
   c->read_timeout = c->write_timeout = c->connect_timeout = -1;
   c->high_water = 1024 * 1024;
-  luaL_setmetatable(L, EVTCP_CONN_MT);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &conn_mt_key);
+  lua_setmetatable(L, -2);
   loop_register(L, &c->obj, -1);
   return c;
 }
@@ -840,6 +854,8 @@ static const luaL_Reg conn_methods[] = {
 
 void conn_open(lua_State *L) {
   luaL_newmetatable(L, EVTCP_CONN_MT);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &conn_mt_key);
   lua_pushcfunction(L, conn__gc);
   lua_setfield(L, -2, "__gc");
   lua_pushcfunction(L, conn_close);

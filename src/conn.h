@@ -81,7 +81,6 @@ typedef struct evtcp_conn {
   evtcp_addr peer, local;
 } evtcp_conn;
 
-evtcp_conn *check_conn(lua_State *L, int index);
 size_t conn_buffered(const evtcp_conn *c);
 void conn_apply_socket_options(evtcp_conn *c);
 void conn_read_options(lua_State *L, evtcp_conn *c, int handler_index, int arg);

@@ -225,9 +225,9 @@ void loop_wake(evtcp_object *obj) {
  * keeps its object anchored until it is called or cleared. */
 int loop_set_waiter(lua_State *L) {
   evtcp_object *obj = (evtcp_object *)lua_touserdata(L, 1);
-  if (luaL_testudata(L, 1, EVTCP_CONN_MT) == NULL && luaL_testudata(L, 1, EVTCP_LISTENER_MT) == NULL)
-    luaL_typeerror(L, 1, "TCPConnection or TCPListener");
-  int clear = lua_isnoneornil(L, 2);
+  int clear;
+  if (luaL_testudata(L, 1, EVTCP_LISTENER_MT) == NULL) obj = (evtcp_object *)check_conn(L, 1);
+  clear = lua_isnoneornil(L, 2);
   if (!clear) luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
   lua_setiuservalue(L, 1, UV_WAITER);
