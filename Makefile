@@ -5,7 +5,7 @@
 
 LUA        ?= lua5.4
 LUA_INCDIR ?= $(shell pkg-config --variable=includedir lua5.4 2>/dev/null)/lua5.4
-EVENT_LIBS ?= $(shell pkg-config --libs libevent 2>/dev/null || echo -levent)
+EVENT_LIBS ?= $(shell pkg-config --libs libevent libevent_openssl openssl 2>/dev/null || echo -levent_openssl -levent -lssl -lcrypto)
 CC         ?= cc
 CFLAGS     ?= -O2 -g
 WARN        = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Werror=implicit-function-declaration

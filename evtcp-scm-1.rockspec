@@ -17,7 +17,8 @@ dependencies = {
   "lua >= 5.4, < 5.5",
 }
 external_dependencies = {
-  LIBEVENT = { header = "event2/event.h", library = "event" },
+  LIBEVENT = { header = "event2/bufferevent_ssl.h", library = "event_openssl" },
+  OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
 }
 build = {
   type = "builtin",
@@ -26,11 +27,11 @@ build = {
     ["evtcp.core"] = {
       sources = {
         "src/conn.c", "src/conn_props.c", "src/error.c", "src/event.c", "src/listener.c",
-        "src/loop.c", "src/module.c", "src/resolve.c", "src/sockaddr.c", "src/timer.c",
+        "src/loop.c", "src/module.c", "src/resolve.c", "src/sockaddr.c", "src/timer.c", "src/tls.c",
       },
-      libraries = { "event" },
-      incdirs = { "$(LIBEVENT_INCDIR)" },
-      libdirs = { "$(LIBEVENT_LIBDIR)" },
+      libraries = { "event_openssl", "event", "ssl", "crypto" },
+      incdirs = { "$(LIBEVENT_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(LIBEVENT_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
   },
 }

@@ -59,12 +59,33 @@ static struct timeval seconds_tv(double s) {
 }
 
 static int conn_wants_reading(const evtcp_conn *c) {
-  return c->state == CONN_OPEN && c->read_ev && !c->paused && !c->input_full &&
+  return c->state == CONN_OPEN && (c->read_ev || c->tls) && !c->paused && !c->input_full &&
          !c->peer_eof && !c->close_wanted;
+}
+
+/* The bufferevent's timeouts: write always, read only over TLS (where the
+ * bufferevent reads) and only while reading. */
+static void conn_bev_timeouts(evtcp_conn *c) {
+  struct timeval r, w;
+  int use_r = c->tls && c->reading && c->read_timeout >= 0;
+  if (c->bev == NULL) return;
+  if (use_r) r = seconds_tv(c->read_timeout);
+  if (c->write_timeout >= 0) w = seconds_tv(c->write_timeout);
+  bufferevent_set_timeouts(c->bev, use_r ? &r : NULL, c->write_timeout >= 0 ? &w : NULL);
 }
 
 void conn_start_reading(evtcp_conn *c) {
   if (c->reading || !conn_wants_reading(c)) return;
+  if (c->tls) {
+    c->reading = 1;
+    conn_bev_timeouts(c);
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+      c->tls_backlog = 1; /* decrypted while paused: no new read will report it */
+      loop_defer(&c->obj);
+    }
+    return;
+  }
   if (c->read_timeout >= 0) {
     struct timeval tv = seconds_tv(c->read_timeout);
     event_add(c->read_ev, &tv);
@@ -76,8 +97,13 @@ void conn_start_reading(evtcp_conn *c) {
 
 void conn_stop_reading(evtcp_conn *c) {
   if (!c->reading) return;
-  event_del(c->read_ev);
   c->reading = 0;
+  if (c->tls) {
+    bufferevent_disable(c->bev, EV_READ);
+    conn_bev_timeouts(c);
+  } else {
+    event_del(c->read_ev);
+  }
 }
 
 /* Re-arms read_ev so a changed read timeout takes effect. */
@@ -87,13 +113,7 @@ void conn_update_read_timeout(evtcp_conn *c) {
 }
 
 void conn_set_write_timeout(evtcp_conn *c) {
-  if (c->bev == NULL) return;
-  if (c->write_timeout >= 0) {
-    struct timeval tv = seconds_tv(c->write_timeout);
-    bufferevent_set_timeouts(c->bev, NULL, &tv);
-  } else {
-    bufferevent_set_timeouts(c->bev, NULL, NULL);
-  }
+  conn_bev_timeouts(c);
 }
 
 /* ---- leaving: every way out goes through conn_end ---- */
@@ -114,6 +134,7 @@ static void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst) {
   if (c->connect_timer) event_del(c->connect_timer);
   conn_stop_reading(c);
   if (c->bev) bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+  if (rst) c->aborted = 1;
   if (rst && c->fd >= 0) {
     struct linger lg = {1, 0};
     setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -135,7 +156,14 @@ static void conn_release(evtcp_conn *c) {
   if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
   if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
   if (c->read_ev) { event_free(c->read_ev); c->read_ev = NULL; c->reading = 0; }
+  if (c->bev && c->tls && c->state == CONN_CLOSING && !c->aborted && c->failure == NULL) {
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    if (ssl && SSL_is_init_finished(ssl)) SSL_shutdown(ssl); /* close_notify */
+  }
   if (c->bev) { bufferevent_free(c->bev); c->bev = NULL; }
+  if (c->tls_ctx) { SSL_CTX_free(c->tls_ctx); c->tls_ctx = NULL; }
+  free(c->tls_host);
+  c->tls_host = NULL;
   if (c->fd >= 0 && !c->bev_owns_fd) evutil_closesocket(c->fd);
   c->fd = -1;
   if (c->early) { evbuffer_free(c->early); c->early = NULL; }
@@ -188,8 +216,14 @@ static void conn_finish(evtcp_conn *c) {
   loop_unanchor(&c->obj, ANCHOR_CALLBACKS | ANCHOR_OUTPUT);
 }
 
+static void conn_on_tls_readable(struct bufferevent *bev, void *arg);
+
 static void conn_run_pending(evtcp_object *obj) {
   evtcp_conn *c = (evtcp_conn *)obj;
+  if (c->tls_backlog) {
+    c->tls_backlog = 0;
+    if (c->reading && c->bev) conn_on_tls_readable(c->bev, c);
+  }
   if (c->drain_due) {
     c->drain_due = 0;
     if (conn_is_live(c)) conn_deliver(c, EVT_DRAIN);
@@ -202,6 +236,10 @@ static void conn_run_pending(evtcp_object *obj) {
 static void conn_shut_write(evtcp_conn *c) {
   evutil_socket_t fd = conn_fd(c);
   if (c->write_shut_done || fd < 0) return;
+  if (c->tls) { /* close_notify first: TLS's own end of the stream */
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    if (ssl) SSL_shutdown(ssl);
+  }
   shutdown(fd, SHUT_WR);
   c->write_shut_done = 1;
 }
@@ -285,6 +323,24 @@ static void conn_on_peer_eof(evtcp_conn *c) {
   if (conn_buffered(c) == 0) conn_flushed(c, 1);
 }
 
+/* TLS: the bufferevent decrypted input; hand it on like conn_on_readable. */
+static void conn_on_tls_readable(struct bufferevent *bev, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  struct evbuffer *in = bufferevent_get_input(bev);
+  size_t len;
+  while (c->reading && !loop_has_error(c->obj.loop) && (len = evbuffer_get_length(in)) > 0) {
+    if (c->receiving) {
+      if (evbuffer_add_buffer(c->input, in) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
+      conn_input_grew(c);
+    } else {
+      size_t n = len < READ_CHUNK ? len : READ_CHUNK;
+      const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+      conn_deliver_data(c, p, n);
+      evbuffer_drain(in, n);
+    }
+  }
+}
+
 /* read_ev: reads up to READ_ROUNDS chunks while the socket has data and the
  * program still wants it (a callback may close, pause or fail). */
 static void conn_on_readable(evutil_socket_t fd, short what, void *arg) {
@@ -331,8 +387,10 @@ static int conn_become_open(evtcp_conn *c) {
    * asked for when the program reads it: no syscalls here */
   conn_apply_socket_options(c);
   conn_set_write_timeout(c);
-  c->read_ev = event_new(c->obj.loop->base, fd, EV_READ | EV_PERSIST, conn_on_readable, c);
-  if (c->read_ev == NULL) return -1;
+  if (!c->tls) {
+    c->read_ev = event_new(c->obj.loop->base, fd, EV_READ | EV_PERSIST, conn_on_readable, c);
+    if (c->read_ev == NULL) return -1;
+  }
   if (c->early && evbuffer_get_length(c->early) > 0 && c->bev) {
     if (bufferevent_write_buffer(c->bev, c->early) != 0) return -1;
   }
@@ -361,6 +419,21 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
       loop_wake(&c->obj); /* dial() */
       return;
     }
+    if (c->tls) {
+      evtcp_failure f;
+      int said = tls_bev_failure(c->bev, &f);
+      /* an EOF or a reset here is the peer aborting the handshake: the TCP
+       * connection was up (a refusal would be ECONNREFUSED) */
+      if (said || (what & BEV_EVENT_EOF) || err == ECONNRESET || err == EPIPE) { /* final */
+        if (!said)
+          failure_set(&f, KIND_TLS, err ? err : ECONNRESET, "openssl",
+                      "the peer closed the connection during the TLS handshake");
+        free(c->failure);
+        c->failure = NULL;
+        conn_end(c, &f, 0);
+        return;
+      }
+    }
     /* this address failed: remember why, try the next one */
     if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
     if (c->failure) failure_from_errno(c->failure, err ? err : ECONNREFUSED, "libevent");
@@ -372,10 +445,15 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
   if (c->state != CONN_OPEN) return;
   if (what & BEV_EVENT_TIMEOUT) {
     evtcp_failure f;
-    failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp", "write timeout");
+    failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp",
+                (what & BEV_EVENT_READING) ? "read timeout" : "write timeout");
     conn_end(c, &f, 0);
   } else if (what & BEV_EVENT_ERROR) {
-    conn_fail(c, err ? err : EPIPE, "libevent");
+    evtcp_failure f;
+    if (c->tls && tls_bev_failure(c->bev, &f)) conn_end(c, &f, 0);
+    else conn_fail(c, err ? err : EPIPE, "libevent");
+  } else if (what & BEV_EVENT_EOF) {
+    conn_on_peer_eof(c); /* over TLS the bufferevent reads */
   }
 }
 
@@ -387,9 +465,19 @@ static void conn_try_next_address(evtcp_conn *c) {
   while (c->next_addr != NULL) {
     struct evutil_addrinfo *ai = c->next_addr;
     c->next_addr = ai->ai_next;
-    c->bev = bufferevent_socket_new(c->obj.loop->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (c->bev == NULL) break;
-    bufferevent_setcb(c->bev, NULL, conn_on_written, conn_on_bev_event, c);
+    if (c->tls) {
+      SSL *ssl = tls_client_session(c->tls_ctx, c->tls_host, c->tls_verify);
+      c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl,
+                                                    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE)
+                   : NULL;
+      if (c->bev == NULL) { SSL_free(ssl); break; }
+      /* a peer that closes without close_notify is an end, not an error */
+      bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    } else {
+      c->bev = bufferevent_socket_new(c->obj.loop->base, -1, BEV_OPT_CLOSE_ON_FREE);
+      if (c->bev == NULL) break;
+    }
+    bufferevent_setcb(c->bev, c->tls ? conn_on_tls_readable : NULL, conn_on_written, conn_on_bev_event, c);
     memcpy(&c->peer, ai->ai_addr, ai->ai_addrlen < sizeof c->peer ? ai->ai_addrlen : sizeof c->peer);
     c->state = CONN_CONNECTING;
     if (bufferevent_socket_connect(c->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0) return;
@@ -462,6 +550,22 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
   c->lookup = lookup_start(c->obj.loop, host, portstr, conn_on_resolved, c);
 }
 
+/* Starts the connection, or reports a TLS context that could not be made. */
+static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
+  if (c->tls && c->tls_ctx == NULL) { /* the failure is recorded */
+    c->state = CONN_RESOLVING;
+    conn_end(c, NULL, 0);
+    return;
+  }
+  if (c->tls && c->tls_host == NULL) {
+    size_t n = strlen(host);
+    int bracketed = n >= 2 && host[0] == '[' && host[n - 1] == ']';
+    c->tls_host = bracketed ? strndup(host + 1, n - 2) : strdup(host);
+    if (c->tls_host == NULL) luaL_error(L, "evtcp: out of memory");
+  }
+  conn_start(L, c, host, port);
+}
+
 /* ---- methods ---- */
 
 /* Does the handler of the connection at index 1 have `name`? Runs inside
@@ -492,7 +596,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
   struct iovec iov[SEND_IOV_MAX];
   size_t total = 0, len, written;
   int i, k = 0;
-  if ((out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX) {
+  if (!c->tls && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX) {
     struct msghdr msg;
     ssize_t n;
     for (i = first; i < first + count; i++) {
@@ -795,7 +899,7 @@ int conn_connect(lua_State *L) {
   c = conn_alloc(L, loop);
   conn_adopt_handler(L, c, 3, 3);
   c->state = CONN_RESOLVING;
-  conn_start(L, c, host, (int)port);
+  conn_begin(L, c, host, (int)port);
   return 1;
 }
 
@@ -807,6 +911,7 @@ int conn_adopt_accepted(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
   evutil_socket_t fd = (evutil_socket_t)lua_tointeger(L, 3);
   evtcp_conn *c;
+  SSL_CTX *ctx;
   luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "table (the new connection's handler)");
   c = conn_alloc(L, loop);
   lua_pushvalue(L, 1);
@@ -817,6 +922,24 @@ int conn_adopt_accepted(lua_State *L) {
   lua_replace(L, 3);
   memcpy(&c->peer, lua_touserdata(L, 4), sizeof c->peer);
   listener_local_address((struct evtcp_listener *)lua_touserdata(L, 1), &c->local);
+  ctx = listener_tls_context((struct evtcp_listener *)lua_touserdata(L, 1));
+  if (ctx != NULL) {
+    /* OPEN, and onConnection, once the handshake is done */
+    SSL *ssl = SSL_new(ctx);
+    c->tls = 1;
+    c->bev = ssl ? bufferevent_openssl_socket_new(loop->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                  BEV_OPT_CLOSE_ON_FREE)
+                 : NULL;
+    if (c->bev == NULL) { SSL_free(ssl); return luaL_error(L, "evtcp: out of memory"); }
+    c->bev_owns_fd = 1;
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    bufferevent_setcb(c->bev, conn_on_tls_readable, conn_on_written, conn_on_bev_event, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    conn_bev_timeouts(c);
+    c->state = CONN_CONNECTING;
+    c->listener = (struct evtcp_listener *)lua_touserdata(L, 1);
+    return 1;
+  }
   if (conn_become_open(c) != 0) return luaL_error(L, "evtcp: out of memory");
   c->listener = (struct evtcp_listener *)lua_touserdata(L, 1);
   return 1;

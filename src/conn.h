@@ -37,6 +37,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include "evtcp.h"
+#include "tls.h"
 
 typedef enum {
   CONN_RESOLVING, CONN_CONNECTING, CONN_OPEN, CONN_CLOSING, CONN_TERMINATED
@@ -65,6 +66,10 @@ typedef struct evtcp_conn {
   unsigned finish_due : 1;        /* CLOSING: callbacks to deliver */
   unsigned receiving : 1;         /* read with receive(): input is buffered */
   unsigned bev_owns_fd : 1;       /* the bufferevent made the socket (connect) */
+  unsigned tls : 1;               /* over TLS: the bufferevent reads too */
+  unsigned tls_verify : 1;
+  unsigned tls_backlog : 1;       /* decrypted input left when reading paused */
+  unsigned aborted : 1;           /* reset(): no close_notify */
   evutil_socket_t fd;             /* the socket, once connected or accepted; -1 */
   struct bufferevent *bev;        /* connecting, or output queued: see conn.c */
   struct event *read_ev;
@@ -74,6 +79,8 @@ typedef struct evtcp_conn {
   evtcp_lookup *lookup;
   struct evutil_addrinfo *addrs, *next_addr;
   evtcp_failure *failure;         /* what onError will report */
+  SSL_CTX *tls_ctx;               /* client: for each address tried */
+  char *tls_host;                 /* client: SNI and the name checked */
   struct evtcp_listener *listener;/* the listener that accepted it */
   double read_timeout, write_timeout, connect_timeout; /* < 0: none */
   int keep_alive;                 /* seconds, 0: off */
@@ -92,5 +99,6 @@ void conn_stop_reading(evtcp_conn *c);
 void conn_deliver(evtcp_conn *c, evtcp_event_type type);
 void conn_props_open(lua_State *L, const luaL_Reg *methods);
 void listener_local_address(struct evtcp_listener *l, evtcp_addr *out);
+SSL_CTX *listener_tls_context(struct evtcp_listener *l);
 
 #endif

@@ -6,6 +6,7 @@
  * case), then properties, then the user's own fields, which live in a table
  * created on the first assignment (most connections never pay for it).
  */
+#include <stdlib.h>
 #include <string.h>
 #include <netinet/tcp.h>
 #include "conn.h"
@@ -80,8 +81,22 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg) {
   }
   lua_pop(L, 1);
   t = lua_getfield(L, h, "tls");
-  if (t != LUA_TNIL && !(t == LUA_TBOOLEAN && !lua_toboolean(L, -1)))
-    option_error(L, arg, "tls", "is not supported by this build yet (plain TCP only)");
+  if (t != LUA_TNIL && !(t == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
+    tls_options opts;
+    evtcp_failure f;
+    tls_read_options(L, -1, arg, &opts, 0);
+    c->tls = 1;
+    c->tls_verify = opts.verify;
+    if (opts.server_name && (c->tls_host = strdup(opts.server_name)) == NULL)
+      luaL_error(L, "evtcp: out of memory");
+    c->tls_ctx = tls_context_new(&opts, 0, &f);
+    if (c->tls_ctx == NULL) {
+      /* a file that cannot be read is an error event, once started */
+      c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
+      if (c->failure == NULL) luaL_error(L, "evtcp: out of memory");
+      *c->failure = f;
+    }
+  }
   lua_pop(L, 1);
 }
 
@@ -153,7 +168,11 @@ static int conn_push_property(lua_State *L, evtcp_conn *c, const char *key) {
     if (strcmp(key, "remotePort") == 0) return push_addr(L, &c->peer, 1) || (lua_pushnil(L), 1);
     break;
   case 't':
-    if (strcmp(key, "tls") == 0) { lua_pushnil(L); return 1; }
+    if (strcmp(key, "tls") == 0) {
+      if (c->tls && c->state == CONN_OPEN) tls_push_info(L, c->bev);
+      else lua_pushnil(L);
+      return 1;
+    }
     break;
   }
   return 0;

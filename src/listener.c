@@ -30,6 +30,7 @@ typedef struct evtcp_listener {
   evtcp_addr bound;
   int connections;              /* live accepted connections */
   int max_connections;          /* 0: unlimited */
+  SSL_CTX *tls_ctx;              /* a TLS server */
   unsigned closed : 1;
   unsigned terminate_due : 1;
   unsigned terminated : 1;      /* onTerminate delivered */
@@ -53,8 +54,14 @@ void listener_local_address(evtcp_listener *l, evtcp_addr *out) {
     *out = l->bound;
 }
 
-/* Frees the listening socket and a held client. No Lua. */
+SSL_CTX *listener_tls_context(evtcp_listener *l) {
+  return l->tls_ctx;
+}
+
+/* Frees the listening socket and a held client. No Lua. The TLS context
+ * lives on in the sessions of connections that use it (refcounted). */
 static void listener_release(evtcp_listener *l) {
+  if (l->tls_ctx) { SSL_CTX_free(l->tls_ctx); l->tls_ctx = NULL; }
   if (l->lev) { evconnlistener_free(l->lev); l->lev = NULL; }
   if (l->backoff_ev) { event_free(l->backoff_ev); l->backoff_ev = NULL; }
   if (l->held_fd >= 0) { evutil_closesocket(l->held_fd); l->held_fd = -1; }
@@ -94,6 +101,10 @@ static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_ad
   n.type = EVT_CONNECTION;
   {
     evtcp_conn *c = (evtcp_conn *)lua_touserdata(L, -1);
+    if (c->state != CONN_OPEN) { /* TLS: onConnection after the handshake */
+      lua_pop(L, 1);
+      return;
+    }
     n.peer = &c->peer.sa;
   }
   event_deliver(l->obj.loop, &n, 1, 0);
@@ -197,6 +208,8 @@ int listener_listen(lua_State *L) {
   int sslen, backlog, reuse_port, max_conn, has_cb;
   unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE;
   evtcp_listener *l;
+  tls_options tls;
+  SSL_CTX *tls_ctx = NULL;
   luaL_argexpected(L, lua_type(L, 1) == LUA_TNUMBER, 1, "number");
   port = luaL_checkinteger(L, 1);
   luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port must be in 0..65535");
@@ -212,12 +225,21 @@ int listener_listen(lua_State *L) {
   lua_getfield(L, 2, "reusePort");
   reuse_port = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  if (lua_getfield(L, 2, "tls") != LUA_TNIL)
-    luaL_argerror(L, 2, "option 'tls' is not supported by this build yet (plain TCP only)");
+  if (lua_getfield(L, 2, "tls") != LUA_TNIL) {
+    evtcp_failure f;
+    tls_read_options(L, -1, 2, &tls, 1);
+    if ((tls_ctx = tls_context_new(&tls, 1, &f)) == NULL) {
+      lua_pushnil(L);
+      lua_pushstring(L, f.message);
+      lua_pushinteger(L, f.code);
+      return 3;
+    }
+  }
   lua_pop(L, 1);
   has_cb = lua_getfield(L, 2, "onConnection") != LUA_TNIL;
   lua_pop(L, 1);
   if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0) {
+    SSL_CTX_free(tls_ctx);
     lua_pushnil(L);
     lua_pushfstring(L, "not an IP address of this machine: %s", address);
     lua_pushinteger(L, EADDRNOTAVAIL);
@@ -233,6 +255,7 @@ int listener_listen(lua_State *L) {
   l->closed = 1; /* until the socket exists */
   l->terminated = 1;
   l->max_connections = max_conn;
+  l->tls_ctx = tls_ctx; /* owned by the listener from here: __gc frees it */
   luaL_setmetatable(L, EVTCP_LISTENER_MT);
   loop_register(L, &l->obj, -1);
   l->lev = evconnlistener_new_bind(loop->base, listener_on_accept, l, flags, backlog,
