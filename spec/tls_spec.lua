@@ -1,0 +1,322 @@
+-- TLS: certificates are made at test time with the openssl command line: a
+-- throwaway CA, a server certificate for localhost, a wrong-name one, an
+-- expired one, and a client certificate.
+local evtcp = require("evtcp")
+local H = require("helper")
+
+local dir = os.tmpname()
+os.remove(dir)
+
+local function sh(cmd)
+  local ok = os.execute(H.peer .. "sh -c " .. ("%q"):format(cmd) .. " >/dev/null 2>&1")
+  assert(ok, "failed: " .. cmd)
+end
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function make_certs()
+  os.execute("mkdir -p " .. dir)
+  local d = dir
+  sh(("cd %s && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=evtcp test CA'"):format(d))
+  local function leaf(name, cn, san, days)
+    sh(("cd %s && openssl req -newkey rsa:2048 -nodes -keyout %s.key -out %s.csr -subj '/CN=%s'"):format(d, name, name, cn))
+    sh(("cd %s && printf 'subjectAltName=%s\\n' > %s.ext"):format(d, san, name))
+    sh(("cd %s && openssl x509 -req -in %s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out %s.pem -days %d -extfile %s.ext")
+      :format(d, name, name, days, name))
+  end
+  leaf("server", "localhost", "DNS:localhost,IP:127.0.0.1", 2)
+  leaf("wrong", "wrong.example", "DNS:wrong.example", 2)
+  leaf("expired", "localhost", "DNS:localhost,IP:127.0.0.1", 0)
+  leaf("client", "evtcp client", "DNS:client.example", 2)
+end
+
+local function path(name) return dir .. "/" .. name end
+
+local function tls_server(cert, make, extra)
+  local tls = { cert = path(cert .. ".pem"), key = path(cert .. ".key") }
+  for k, v in pairs(extra or {}) do tls[k] = v end
+  return H.server(make, { tls = tls })
+end
+
+local function echo(extra)
+  return H.recorder(setmetatable({ onData = function(_, c, ev) c:send(ev.data) end }, { __index = extra }))
+end
+
+describe("TLS", function()
+  setup(function()
+    make_certs()
+    evtcp.sleep(1.1) -- the 0-day certificate is now expired
+  end)
+  teardown(function() os.execute("rm -rf " .. dir) end)
+  after_each(function() assert.is_true(H.cleanup(), "the loop did not finish after the spec") end)
+
+  it("connects an evtcp client to an evtcp server, verified, with the core's event order", function()
+    local server_side
+    local l = tls_server("server", function()
+      server_side = echo()
+      return server_side
+    end)
+    local info
+    local rec
+    rec = H.recorder({ tls = { ca = path("ca.pem") }, onConnection = function(_, c)
+      info = c.tls
+      c:send("over ", "tls")
+    end, onData = function(_, c) if rec.data():sub(-8) == "over tls" then c:close() end end })
+    local conn = evtcp.connect("localhost", l.port, rec)
+    conn:send("early ")  -- before the handshake: sent once it is done
+    H.run_until(rec.terminated, "the TLS exchange")
+    H.run_until(server_side.terminated, "the server side")
+    l:terminate()
+    assert.are.same({ "connection", "data", "close", "terminate" },
+      { rec.log[1], rec.log[2], rec.log[#rec.log - 1], rec.log[#rec.log] })
+    assert.are.equal("early over tls", rec.data())
+    assert.matches("^TLSv1%.[23]$", info.protocol)
+    assert.is_string(info.cipher)
+    assert.are.equal("/CN=localhost", info.peerCertificate.subject)
+    assert.are.equal("/CN=evtcp test CA", info.peerCertificate.issuer)
+    assert.are.same({ "connection", "data", "close", "terminate" },
+      { server_side.log[1], server_side.log[2], server_side.log[#server_side.log - 1], server_side.log[#server_side.log] })
+    assert.is_nil(conn.tls) -- closed
+  end)
+
+  it("carries 4 MiB both ways byte for byte", function()
+    local payload = H.bytes(4 * 1024 * 1024, 31)
+    local l = tls_server("server", function() return echo() end)
+    local rec
+    rec = H.recorder({ tls = { ca = path("ca.pem") },
+      onConnection = function(_, c) c:send(payload) end,
+      onData = function(_, c) if #rec.data() >= #payload then c:close() end end })
+    evtcp.connect("127.0.0.1", l.port, rec)
+    H.run_until(rec.terminated, "4 MiB over TLS", 60)
+    l:terminate()
+    assert.is_nil(rec.count.onError)
+    assert.is_true(rec.data() == payload)
+  end)
+
+  it("half-closes: shutdown() sends close_notify and FIN, the answer still arrives", function()
+    local tail = H.bytes(300000, 5)
+    local l = tls_server("server", function()
+      return { onData = function(_, c, ev) if ev.data:find("question") then c:send(tail) end end }
+    end)
+    local rec = H.recorder({ tls = { ca = path("ca.pem") }, onConnection = function(_, c)
+      c:send("question")
+      c:shutdown()
+    end })
+    evtcp.connect("localhost", l.port, rec)
+    H.run_until(rec.terminated, "the answer")
+    l:terminate()
+    assert.is_true(rec.data() == tail)
+    assert.are.equal("close", rec.log[#rec.log - 1])
+  end)
+
+  it("works in blocking style too", function()
+    local l = tls_server("server", function() return echo() end)
+    H.go(function()
+      local c = assert(evtcp.dial("localhost", l.port, { tls = { ca = path("ca.pem") } }))
+      c:send("line one\r\nline two\n")
+      assert.are.equal("line one", c:receive("l", 5))
+      assert.are.equal("line two", c:receive("*l", 5))
+      c:close()
+    end)
+    l:terminate()
+  end)
+
+  it("takes PEM text instead of paths", function()
+    local l = H.server(function() return echo() end, { tls = {
+      cert = read(path("server.pem")), key = read(path("server.key")) } })
+    local rec = H.recorder({ tls = { ca = read(path("ca.pem")) },
+      onConnection = function(_, c) c:send("pem") end, onData = function(_, c) c:close() end })
+    evtcp.connect("localhost", l.port, rec)
+    H.run_until(rec.terminated, "the PEM exchange")
+    l:terminate()
+    assert.are.equal("pem", rec.data())
+  end)
+
+  it("takes a CA folder", function()
+    sh(("mkdir -p %s/cadir && cp %s %s/cadir/ && openssl rehash %s/cadir"):format(dir, path("ca.pem"), dir, dir))
+    local l = tls_server("server", function() return echo() end)
+    local rec = H.recorder({ tls = { ca = dir .. "/cadir" },
+      onConnection = function(_, c) c:close() end })
+    evtcp.connect("localhost", l.port, rec)
+    H.run_until(rec.terminated, "the connection")
+    l:terminate()
+    assert.are.equal("connection", rec.log[1])
+    assert.is_nil(rec.count.onError)
+  end)
+
+  describe("failures are errors of kind 'tls' with OpenSSL's reason", function()
+    local function expect_failure(cert, client_tls, reason, host)
+      local server_errors = {}
+      local l = tls_server(cert, function()
+        return { onError = function(_, _, ev) server_errors[#server_errors + 1] = ev.error end }
+      end)
+      local rec = H.recorder({ tls = client_tls })
+      local conn = evtcp.connect(host or "localhost", l.port, rec)
+      H.run_until(rec.terminated, "the failure")
+      l:terminate()
+      assert.are.same({ "error", "terminate" }, rec.log)
+      assert.are.equal("tls", rec.errors[1].kind)
+      assert.are.equal("openssl", rec.errors[1].componentSignature)
+      assert.matches(reason, rec.errors[1].message)
+      assert.are.equal("tls", conn.errors[1].kind)
+      return server_errors
+    end
+
+    it("an untrusted certificate (the system store does not know our CA)", function()
+      local server_errors = expect_failure("server", true, "certificate verify failed")
+      H.run_until(function() return #server_errors > 0 end, "the server to see the alert")
+      assert.are.equal("tls", server_errors[1].kind)
+    end)
+
+    it("a name mismatch", function()
+      expect_failure("wrong", { ca = path("ca.pem") }, "certificate verify failed %(hostname mismatch%)")
+    end)
+
+    it("a serverName that does not match, on an IP literal", function()
+      expect_failure("server", { ca = path("ca.pem"), serverName = "other.example" }, "hostname mismatch", "127.0.0.1")
+    end)
+
+    it("an expired certificate", function()
+      expect_failure("expired", { ca = path("ca.pem") }, "certificate has expired")
+    end)
+
+    it("a file that cannot be read", function()
+      local rec = H.recorder()
+      rec.tls = { ca = dir .. "/no-such-file.pem" }
+      evtcp.connect("localhost", 1, rec)
+      H.run_until(rec.terminated, "the failure")
+      assert.are.same({ "error", "terminate" }, rec.log)
+      assert.are.equal("tls", rec.errors[1].kind)
+      assert.matches("loading the CA certificates", rec.errors[1].message)
+      local l, msg = evtcp.listen(0, { address = "127.0.0.1", tls = { cert = dir .. "/none.pem", key = dir .. "/none.key" } })
+      assert.is_nil(l)
+      assert.matches("loading the certificate and key", msg)
+    end)
+
+    it("a handshake the peer aborts", function()
+      local l = H.server(function() return { onConnection = function(_, c) c:close() end } end)
+      local rec = H.recorder({ tls = { ca = path("ca.pem") } })
+      evtcp.connect("127.0.0.1", l.port, rec)
+      H.run_until(rec.terminated, "the aborted handshake")
+      l:terminate()
+      assert.are.same({ "error", "terminate" }, rec.log)
+      assert.are.equal("tls", rec.errors[1].kind)
+    end)
+
+    it("verify = false is the way to skip the check", function()
+      local l = tls_server("wrong", function() return echo() end)
+      local rec = H.recorder({ tls = { verify = false }, onConnection = function(_, c) c:send("x") end,
+                               onData = function(_, c) c:close() end })
+      evtcp.connect("127.0.0.1", l.port, rec)
+      H.run_until(rec.terminated, "the unverified exchange")
+      l:terminate()
+      assert.are.equal("x", rec.data())
+    end)
+  end)
+
+  describe("client certificates", function()
+    it("are asked for with ca + verify, and checked", function()
+      local accepted = 0
+      local l = tls_server("server", function()
+        return { onConnection = function(_, c) accepted = accepted + 1 c:send("welcome") end, onShutdown = function() end }
+      end, { ca = path("ca.pem"), verify = true })
+      local with = H.recorder({ tls = { ca = path("ca.pem"), cert = path("client.pem"), key = path("client.key") },
+        onData = function(_, c) c:close() end })
+      evtcp.connect("localhost", l.port, with)
+      H.run_until(with.terminated, "the client with a certificate")
+      local without = H.recorder({ tls = { ca = path("ca.pem") } })
+      evtcp.connect("localhost", l.port, without)
+      H.run_until(without.terminated, "the client without one")
+      l:terminate()
+      assert.are.equal("welcome", with.data())
+      assert.are.equal(1, accepted)
+      assert.is_nil(without.count.onData)
+      assert.are.equal(1, (without.count.onError or 0) + (without.count.onShutdown or 0))
+    end)
+  end)
+
+  describe("real peers", function()
+    it("an evtcp client talks to openssl s_server", function()
+      local port = H.free_port()
+      local out = os.tmpname()
+      os.execute(("%stimeout 20 openssl s_server -accept 127.0.0.1:%d -cert %s -key %s -www -naccept 1 >%s 2>&1 &")
+        :format(H.peer, port, path("server.pem"), path("server.key"), out))
+      local rec, deadline = nil, H.now() + 10
+      repeat
+        rec = H.recorder({ tls = { ca = path("ca.pem") },
+          onConnection = function(_, c) c:send("GET / HTTP/1.0\r\n\r\n") end })
+        evtcp.connect("localhost", port, rec)
+        H.run_until(rec.terminated, "s_server's answer", 20)
+        if not rec.count.onConnection then evtcp.sleep(0.1) end
+      until rec.count.onConnection or H.now() > deadline
+      os.remove(out)
+      assert.matches("^HTTP/1%.0 200 ok", rec.data())
+      assert.are.equal("close", rec.log[#rec.log - 1])
+    end)
+
+    it("openssl s_client talks to an evtcp server", function()
+      local l = tls_server("server", function()
+        return { onData = function(_, c, ev) c:send(ev.data) c:close() end }
+      end)
+      local out, flag = os.tmpname(), os.tmpname()
+      os.remove(flag)
+      os.execute(("(echo hello-from-s_client | %stimeout 20 openssl s_client -connect 127.0.0.1:%d " ..
+        "-servername localhost -CAfile %s -verify_return_error -quiet -ign_eof >%s 2>&1; echo done >%s) &")
+        :format(H.peer, l.port, path("ca.pem"), out, flag))
+      H.run_until(function()
+        local f = io.open(flag)
+        if f then f:close() end
+        return f ~= nil
+      end, "s_client to finish", 20)
+      l:terminate()
+      local got = read(out)
+      os.remove(out)
+      os.remove(flag)
+      assert.matches("hello%-from%-s_client", got)
+    end)
+  end)
+
+  describe("bad tls options", function()
+    it("raise an argument error naming the field", function()
+      local function raises(pattern, f)
+        local ok, err = pcall(f)
+        assert.is_false(ok)
+        assert.matches(pattern, err)
+      end
+      raises("option 'tls' must be true or a table", function() evtcp.connect("h", 1, { tls = "yes" }) end)
+      raises("option 'tls.ca' must be a string", function() evtcp.connect("h", 1, { tls = { ca = 5 } }) end)
+      raises("option 'tls.verify' must be a boolean", function() evtcp.connect("h", 1, { tls = { verify = "no" } }) end)
+      raises("needs both cert and key", function() evtcp.connect("h", 1, { tls = { cert = "x" } }) end)
+      raises("listener needs cert and key", function() evtcp.listen(0, { address = "127.0.0.1", tls = {} }) end)
+      raises("option 'tls' must be a table with cert and key", function() evtcp.listen(0, { tls = true }) end)
+    end)
+  end)
+
+  it("has an example that serves and dials TLS", function()
+    local f = io.popen(("lua5.4 examples/tls_echo.lua %s %s %s 2>&1"):format(path("server.pem"), path("server.key"), path("ca.pem")))
+    local out = f:read("a")
+    assert.is_true(f:close(), out)
+    assert.matches("^connected with TLSv1%.[23], [%w_-]+, to /CN=localhost\nechoed: hello over TLS\n$", out)
+  end)
+
+  it("frees every OpenSSL object at lua_close with live TLS connections", function()
+    local ok, out = H.lua_child(([[
+      local evtcp = require("evtcp")
+      local l = assert(evtcp.listen(0, { address = "127.0.0.1", tls = { cert = %q, key = %q },
+        onConnection = function() return { onData = function(_, c, ev) c:send(ev.data) end } end }))
+      for i = 1, 3 do
+        local c = evtcp.connect("localhost", l.port, { tls = { ca = %q }, onData = function() end })
+        c:send(string.rep("t", 100000))
+      end
+      for _ = 1, 5 do evtcp.step(0.02) end
+      print("closing")
+    ]]):format(path("server.pem"), path("server.key"), path("ca.pem")))
+    assert.is_true(ok, out)
+    assert.are.equal("closing\n", out)
+  end)
+end)
