@@ -30,6 +30,11 @@
  * An accepted connection gets its bufferevent only when output first has
  * to be queued: an idle or ping-pong connection never needs one, and it is
  * most of what a connection costs in memory (the benchmark's idle mode).
+ *
+ * Over TLS an OpenSSL bufferevent does all the I/O (it must: records are
+ * encrypted): it reads into its input, which conn_on_tls_readable hands on
+ * as the plain path does; CONNECTING lasts until the handshake is done,
+ * on the server side too, so onConnection means "handshake complete".
  */
 #ifndef EVTCP_CONN_H
 #define EVTCP_CONN_H

@@ -33,10 +33,6 @@ static const char *const callback_names[EVT_COUNT] = {
   "onConnection", "onData", "onError", "onShutdown", "onTerminate", "onDrain"
 };
 
-const char *event_callback_name(evtcp_event_type type) {
-  return callback_names[type];
-}
-
 static const char event_mt_key = 'E';
 
 /* Pushes a new event for notice; payload_index holds the error object for

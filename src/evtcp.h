@@ -2,14 +2,18 @@
  * evtcp.h - the private header of evtcp.core.
  *
  * One C file per Lua type:
- *   loop.c      the per-state event_base, run/step/stop, timers, the callback
- *               trampoline, anchoring and the deferred-work queue
- *   conn.c      TCPConnection (client and accepted side)
- *   listener.c  TCPListener
- *   event.c     TCPEvent, the immutable event objects handed to callbacks
- *   error.c     error objects and the errno -> kind mapping
- *   resolve.c   asynchronous name resolution (evdns), no Lua in it
- *   module.c    luaopen_evtcp_core
+ *   loop.c        the per-state event_base, run/step/stop, the callback
+ *                 trampoline, anchoring, the deferred-work queue, waiters
+ *   conn.c        TCPConnection: state machine and data path (conn.h)
+ *   conn_props.c  TCPConnection as Lua sees it: properties, options
+ *   listener.c    TCPListener
+ *   event.c       TCPEvent, the immutable event objects handed to callbacks
+ *   timer.c       evtcp.after timers
+ *   error.c       error objects and the errno -> kind mapping
+ *   tls.c         TLS contexts and sessions (OpenSSL), conn.tls
+ *   resolve.c     asynchronous name resolution (evdns), no Lua in it
+ *   sockaddr.c    address helpers
+ *   module.c      luaopen_evtcp_core
  *
  * Lua is only ever entered from libevent through loop_pcall(), on the main
  * thread, and never from __gc.
@@ -123,7 +127,6 @@ typedef struct evtcp_notice {
 } evtcp_notice;
 
 void event_open(lua_State *L);
-const char *event_callback_name(evtcp_event_type type);
 int event_deliver(evtcp_loop *loop, evtcp_notice *notice, int nargs, int nresults);
 int event_dispatch(lua_State *L);
 
