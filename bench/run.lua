@@ -13,6 +13,9 @@ local ROUNDS = quick and 1 or 3
 local SECONDS = quick and 1 or 4
 local IDLE_CONNS = quick and 500 or 2000
 
+-- BENCH_MODES=bulk,pp50 runs only those modes (development)
+local only = os.getenv("BENCH_MODES")
+
 local servers = {
   { name = "C, libevent bufferevents", cmd = "bin/c_bufferevent_echo" },
   { name = "C, libevent events, direct I/O", cmd = "bin/c_direct_echo" },
@@ -33,6 +36,14 @@ local modes = {
   { key = "idle", title = "idle memory per connection", args = "idle %d " .. IDLE_CONNS .. " 1 2",
     unit = "B/conn" },
 }
+
+if only then
+  local keep = {}
+  for _, m in ipairs(modes) do
+    if ("," .. only .. ","):find("," .. m.key .. ",", 1, true) then keep[#keep + 1] = m end
+  end
+  modes = keep
+end
 
 local function sh(cmd)
   local f = assert(io.popen(cmd))

@@ -580,6 +580,41 @@ static int conn_handler_has(lua_State *L, const char *name) {
 
 /* Writes strings first..first+count-1 on an open connection: straight to
  * the socket when nothing is queued, into the bufferevent otherwise. */
+/* Strings at least this long are queued by reference, not copied. */
+#define QUEUE_BY_REFERENCE 4096
+
+typedef struct queued_string {
+  evtcp_loop *loop;
+  int ref;           /* registry reference keeping the Lua string alive */
+} queued_string;
+
+/* evbuffer's cleanup: the bytes were written (or dropped); let the string
+ * go. Runs from libevent, or from bufferevent_free in __gc; no Lua code. */
+static void queued_string_release(const void *data, size_t len, void *extra) {
+  queued_string *q = (queued_string *)extra;
+  (void)data; (void)len;
+  luaL_unref(q->loop->L, LUA_REGISTRYINDEX, q->ref);
+  free(q);
+}
+
+/* Queues len bytes at s, part of the Lua string at stack index i: a long
+ * one by reference (the string is kept alive until written), a short one
+ * by copy. Returns 0, or -1 without memory. */
+static int conn_queue(lua_State *L, evtcp_conn *c, struct evbuffer *out, int i,
+                      const char *s, size_t len) {
+  queued_string *q;
+  if (len < QUEUE_BY_REFERENCE || (q = (queued_string *)malloc(sizeof *q)) == NULL)
+    return evbuffer_add(out, s, len);
+  q->loop = c->obj.loop;
+  lua_pushvalue(L, i);
+  q->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (evbuffer_add_reference(out, s, len, queued_string_release, q) != 0) {
+    queued_string_release(s, len, q);
+    return -1;
+  }
+  return 0;
+}
+
 /* The output queue, making the bufferevent on first need. NULL: no memory. */
 static struct evbuffer *conn_output(evtcp_conn *c) {
   if (c->bev == NULL) {
@@ -594,6 +629,7 @@ static struct evbuffer *conn_output(evtcp_conn *c) {
 static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
   struct evbuffer *out = c->bev ? bufferevent_get_output(c->bev) : NULL;
   struct iovec iov[SEND_IOV_MAX];
+  int slot[SEND_IOV_MAX];          /* the stack index of each iov's string */
   size_t total = 0, len, written;
   int i, k = 0;
   if (!c->tls && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX) {
@@ -604,6 +640,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
       if (len == 0) continue;
       iov[k].iov_base = (void *)s;
       iov[k].iov_len = len;
+      slot[k] = i;
       total += len;
       k++;
     }
@@ -626,14 +663,18 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
     written = (size_t)n;
     for (i = 0; i < k; i++) {
       if (written >= iov[i].iov_len) { written -= iov[i].iov_len; continue; }
-      evbuffer_add(out, (char *)iov[i].iov_base + written, iov[i].iov_len - written);
+      if (conn_queue(L, c, out, slot[i], (char *)iov[i].iov_base + written,
+                     iov[i].iov_len - written) != 0) {
+        conn_fail(c, ENOMEM, "evtcp");
+        return;
+      }
       written = 0;
     }
   } else {
     if ((out = conn_output(c)) == NULL) luaL_error(L, "evtcp: out of memory");
     for (i = first; i < first + count; i++) {
       const char *s = lua_tolstring(L, i, &len);
-      if (len > 0 && evbuffer_add(out, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      if (len > 0 && conn_queue(L, c, out, i, s, len) != 0) luaL_error(L, "evtcp: out of memory");
     }
   }
   c->drain_wanted = 1;
