@@ -34,6 +34,8 @@ local now = core.now
 local after = core.after
 local connection = core.connectionMethods
 local listener = core.listenerMethods
+-- the core's own methods, called directly: no __index lookup per message
+local read, set_waiter = connection._read, connection._setWaiter
 local yield, resume, running, status = coroutine.yield, coroutine.resume, coroutine.running, coroutine.status
 local traceback = debug.traceback
 
@@ -46,21 +48,30 @@ local spawned = setmetatable({}, { __mode = "k" })
 local wake_ok = setmetatable({}, { __mode = "k" })
 local wake_timeout = setmetatable({}, { __mode = "k" })
 
+--- Raises the error of a spawned coroutine out of the loop.
+local function fail(co, err)
+  if type(err) == "string" then err = traceback(co, err) end
+  error(err, 0)
+end
+
 --- Resumes a spawned coroutine; its error propagates out of the loop.
 local function continue(co, ...)
   if status(co) ~= "suspended" then return end
   local ok, err = resume(co, ...)
-  if not ok then
-    if type(err) == "string" then err = traceback(co, err) end
-    error(err, 0)
-  end
+  if not ok then fail(co, err) end
 end
 
+--- The function that resumes co with `ok`, made once per coroutine. It is
+-- on the path of every message a coroutine waits for, so it resumes itself.
 local function waker(co, ok)
   local cache = ok and wake_ok or wake_timeout
   local f = cache[co]
   if not f then
-    f = function() continue(co, ok) end
+    f = function()
+      if status(co) ~= "suspended" then return end
+      local fine, err = resume(co, ok)
+      if not fine then fail(co, err) end
+    end
     cache[co] = f
   end
   return f
@@ -77,13 +88,16 @@ end
 local function block(obj, deadline)
   local co = current()
   if co then
-    local timer
-    obj:_setWaiter(waker(co, true))
-    if deadline then timer = after(math.max(0, deadline - now()), waker(co, false)) end
+    local wake = wake_ok[co] or waker(co, true)
+    if not deadline then
+      set_waiter(obj, wake)
+      return yield() -- the core clears the waiter when it calls it
+    end
+    set_waiter(obj, wake)
+    local timer = after(math.max(0, deadline - now()), waker(co, false))
     local changed = yield()
-    if timer then timer:cancel() end
-    -- woken by obj, the core has cleared the waiter already (one-shot)
-    if not changed then obj:_setWaiter(nil) end
+    timer:cancel()
+    if not changed then set_waiter(obj, nil) end
     return changed
   end
   local wait = 3600
@@ -168,18 +182,21 @@ end
 
 --- conn:receive([pattern [, timeout]]) -> data | nil, err, partial
 function connection.receive(conn, pattern, timeout)
-  local deadline = check_timeout("receive", timeout, 3)
+  local deadline = timeout ~= nil and check_timeout("receive", timeout, 3) or nil
+  local data, err, partial = read(conn, pattern)
+  if data then return data end -- what is buffered is enough: no wait at all
+  if err ~= "wait" then return nil, err, partial end
   while true do
-    local data, err, partial = conn:_read(pattern)
-    if data then return data end
-    if err ~= "wait" then return nil, err, partial end
     if not block(conn, deadline) and (deadline == nil or now() >= deadline) then
       -- the deadline passed, or (top level) nothing at all can happen
-      data, err, partial = conn:_read(pattern)
+      data, err, partial = read(conn, pattern)
       if data then return data end
       if err ~= "wait" then return nil, err, partial end
       return nil, "timeout", conn:_take()
     end
+    data, err, partial = read(conn, pattern)
+    if data then return data end
+    if err ~= "wait" then return nil, err, partial end
   end
 end
 
