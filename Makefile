@@ -5,6 +5,7 @@
 
 LUA        ?= lua5.4
 LUA_INCDIR ?= $(shell pkg-config --variable=includedir lua5.4 2>/dev/null)/lua5.4
+LUA_LIBS   ?= $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
 EVENT_LIBS ?= $(shell pkg-config --libs libevent libevent_openssl openssl 2>/dev/null || echo -levent_openssl -levent -lssl -lcrypto)
 CC         ?= cc
 CFLAGS     ?= -O2 -g
@@ -25,7 +26,12 @@ DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-sock
 
 .PHONY: all deps test demo install sanitize bench bench-quick clean
 
-all: $(CORE)
+all: $(CORE) $(BUILD)/two_states
+
+# The spec helper that runs evtcp in two Lua states in two threads.
+$(BUILD)/two_states: spec/two_states.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) -I$(LUA_INCDIR) -o $@ $< $(LUA_LIBS) -lpthread
 
 $(CORE): $(SRC) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
