@@ -179,40 +179,35 @@ print(("Machine: %s, %d CPUs; Linux %s; %d round(s) of %d s per mode; %s."):form
 print()
 print("Server CPU per unit of work, median (ratio to the C bufferevent server of the same round; lower is better):")
 print()
-local header = "| server |"
-local rule = "|---|"
-for _, m in ipairs(modes) do
-  header = header .. " " .. m.title .. " |"
-  rule = rule .. "---|"
-end
-print(header)
-print(rule)
-for _, s in ipairs(servers) do
-  local row = "| " .. s.name .. " |"
+--- Prints a markdown table: a row per server, a column per mode that cell()
+-- has something for.
+local function table_of(cell)
+  local header, rule = "| server |", "|---|"
   for _, m in ipairs(modes) do
-    local slot = results[m.key][s.name]
-    local digits = m.key == "idle" and 0 or (m.key == "bulk" and 2 or 1)
-    row = row .. (" %s %s (%s) |"):format(fmt(median(slot.costs), digits), m.unit, fmt(median(slot.ratios)))
+    if cell(m, servers[1]) then header, rule = header .. " " .. m.title .. " |", rule .. "---|" end
   end
-  print(row)
+  print(header)
+  print(rule)
+  for _, s in ipairs(servers) do
+    local row = "| " .. s.name .. " |"
+    for _, m in ipairs(modes) do
+      local text = cell(m, s)
+      if text then row = row .. " " .. text .. " |" end
+    end
+    print(row)
+  end
 end
+
+table_of(function(m, s)
+  local slot = results[m.key][s.name]
+  local digits = m.key == "idle" and 0 or (m.key == "bulk" and 2 or 1)
+  return ("%s %s (%s)"):format(fmt(median(slot.costs), digits), m.unit, fmt(median(slot.ratios)))
+end)
 print()
 print("Throughput, median:")
 print()
-header, rule = "| server |", "|---|"
-for _, m in ipairs(modes) do
-  if m.rate then header = header .. " " .. m.title .. " |" rule = rule .. "---|" end
-end
-print(header)
-print(rule)
-for _, s in ipairs(servers) do
-  local row = "| " .. s.name .. " |"
-  for _, m in ipairs(modes) do
-    if m.rate then
-      row = row .. (" %s %s |"):format(fmt(median(results[m.key][s.name].rates), 0), m.rate)
-    end
-  end
-  print(row)
-end
+table_of(function(m, s)
+  return m.rate and ("%s %s"):format(fmt(median(results[m.key][s.name].rates), 0), m.rate)
+end)
 print()
 print(("(%d s in all)"):format(os.time() - t0))

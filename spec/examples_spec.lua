@@ -2,12 +2,7 @@
 local evtcp = require("evtcp")
 local H = require("helper")
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = H.read
 
 --- Starts an example in the background; returns its port and a stop function.
 local function start_example(script, pattern)

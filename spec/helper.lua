@@ -119,6 +119,14 @@ function H.bytes(n, seed)
   return table.concat(parts)
 end
 
+--- A file's whole content.
+function H.read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 --- The bytes at [offset, offset+len) of an endless repetition of pattern:
 -- streams checked without keeping them whole.
 function H.repeat_slice(pattern, offset, len)

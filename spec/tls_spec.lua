@@ -12,12 +12,7 @@ local function sh(cmd)
   assert(ok, "failed: " .. cmd)
 end
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = H.read
 
 local function make_certs()
   os.execute("mkdir -p " .. dir)
