@@ -20,10 +20,10 @@ static void conn_try_next_address(evtcp_conn *c);
 
 static const char conn_mt_key = 'C';
 
-/* The type check of every method: the metatable compared by a light
- * userdata key (luaL_checkudata looks its name up as a string, which costs
- * a hash and a strcmp on every call). luaL_checkudata gives the error. */
-evtcp_conn *check_conn(lua_State *L, int index) {
+/* The connection at index, or NULL: the metatable compared by a light
+ * userdata key (luaL_testudata looks its name up as a string, which costs
+ * a hash and a strcmp on every call). */
+evtcp_conn *test_conn(lua_State *L, int index) {
   void *p = lua_touserdata(L, index);
   if (p != NULL && lua_getmetatable(L, index)) {
     int same;
@@ -32,7 +32,13 @@ evtcp_conn *check_conn(lua_State *L, int index) {
     lua_pop(L, 2);
     if (same) return (evtcp_conn *)p;
   }
-  return (evtcp_conn *)luaL_checkudata(L, index, EVTCP_CONN_MT);
+  return NULL;
+}
+
+/* The type check of every method; luaL_checkudata words the error. */
+evtcp_conn *check_conn(lua_State *L, int index) {
+  evtcp_conn *c = test_conn(L, index);
+  return c ? c : (evtcp_conn *)luaL_checkudata(L, index, EVTCP_CONN_MT);
 }
 
 static evutil_socket_t conn_fd(const evtcp_conn *c) {

@@ -169,6 +169,7 @@ int listener_listen(lua_State *L);
 int timer_after(lua_State *L);
 int conn_connect(lua_State *L);
 struct evtcp_conn *check_conn(lua_State *L, int index);
+struct evtcp_conn *test_conn(lua_State *L, int index);
 int conn_adopt_accepted(lua_State *L);
 struct evtcp_listener;
 void listener_connection_gone(struct evtcp_listener *listener);

@@ -226,7 +226,9 @@ void loop_wake(evtcp_object *obj) {
 int loop_set_waiter(lua_State *L) {
   evtcp_object *obj = (evtcp_object *)lua_touserdata(L, 1);
   int clear;
-  if (luaL_testudata(L, 1, EVTCP_LISTENER_MT) == NULL) obj = (evtcp_object *)check_conn(L, 1);
+  /* a connection, the case on every message, is tested first and fast */
+  if (test_conn(L, 1) == NULL && luaL_testudata(L, 1, EVTCP_LISTENER_MT) == NULL)
+    luaL_typeerror(L, 1, "TCPConnection or TCPListener");
   clear = lua_isnoneornil(L, 2);
   if (!clear) luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
