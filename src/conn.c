@@ -822,11 +822,12 @@ static void conn_push_end_reason(lua_State *L, const evtcp_conn *c) {
   else lua_pushliteral(L, "closed");
 }
 
-/* conn:_read([pattern]) -> data | nil, "wait" | nil, reason, partial
+/* Reads by the pattern at index 2 from the connection at index 1: pushes
+ * data (1 result) or nil, reason, partial (3), or nothing and returns -1
+ * when it must wait for more input.
  * Patterns: nil (what is there, at least a byte), n (exactly n bytes), "l"
  * or "*l" (a line, without \n or \r\n), "a" or "*a" (all until closed). */
-static int conn_read(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
+static int conn_read_now(lua_State *L, evtcp_conn *c) {
   size_t have;
   if (!c->receiving) {
     if (conn_handler_has(L, "onData"))
@@ -868,14 +869,62 @@ static int conn_read(lua_State *L) {
       return luaL_argerror(L, 2, lua_pushfstring(L, "invalid pattern '%s'", luaL_checkstring(L, 2)));
     }
   }
+  if (conn_input_may_grow(c)) return -1;
   lua_pushnil(L);
-  if (conn_input_may_grow(c)) {
-    lua_pushliteral(L, "wait");
-    return 2;
-  }
   conn_push_end_reason(L, c);
   conn_push_input(L, c, evbuffer_get_length(c->input)); /* the partial result */
   return 3;
+}
+
+/* conn:_read([pattern]) -> data | nil, "wait" | nil, reason, partial */
+static int conn_read(lua_State *L) {
+  int n = conn_read_now(L, check_conn(L, 1));
+  if (n >= 0) return n;
+  lua_pushnil(L);
+  lua_pushliteral(L, "wait");
+  return 2;
+}
+
+static int conn_receive_done(lua_State *L, int status, lua_KContext ctx) {
+  (void)status; (void)ctx;
+  return lua_gettop(L);
+}
+
+/* The Lua layer's receive, for timeouts and the contexts that drive the
+ * loop: called with receive's own arguments, its results returned. */
+static int conn_receive_in_lua(lua_State *L) {
+  int nargs = lua_gettop(L);
+  loop_push_scheduler(L, 2);       /* receive() of the Lua layer */
+  lua_insert(L, 1);
+  lua_callk(L, nargs, LUA_MULTRET, 0, conn_receive_done);
+  return lua_gettop(L);
+}
+
+static int conn_receive_k(lua_State *L, int status, lua_KContext ctx);
+
+/* conn:receive([pattern [, timeout]]) -> data | nil, err, partial
+ * The fast path of blocking style: with no timeout, in a coroutine started
+ * by evtcp.spawn, it yields from C and the core resumes this thread when
+ * input comes (loop_wake), no Lua in between. Everything else is the Lua
+ * layer's receive. */
+static int conn_receive(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  int n;
+  if (!lua_isnoneornil(L, 3)) return conn_receive_in_lua(L);
+  lua_settop(L, 2);
+  n = conn_read_now(L, c);
+  if (n >= 0) return n;
+  if (!loop_is_spawned(L)) return conn_receive_in_lua(L);
+  lua_pushthread(L);
+  lua_setiuservalue(L, 1, UV_WAITER);
+  loop_anchor(&c->obj, ANCHOR_WAITER);
+  return lua_yieldk(L, 0, 0, conn_receive_k);
+}
+
+static int conn_receive_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status; (void)ctx;
+  lua_settop(L, 2); /* resumed with no values: look again */
+  return conn_receive(L);
 }
 
 /* conn:_take() -> all buffered input (the partial result of a timeout). */
@@ -1016,6 +1065,7 @@ static const luaL_Reg conn_methods[] = {
   {"resume", conn_resume},
   {"setTimeouts", conn_set_timeouts},
   {"_read", conn_read},
+  {"receive", conn_receive},
   {"_take", conn_take},
   {"_state", conn_state_name},
   {"_setWaiter", loop_set_waiter},

@@ -108,6 +108,8 @@ void loop_cancel_deferred(evtcp_object *obj);
 void loop_check_not_running(lua_State *L, evtcp_loop *loop);
 int loop_has_error(evtcp_loop *loop);
 void loop_wake(evtcp_object *obj);
+void loop_push_scheduler(lua_State *L, int i);
+int loop_is_spawned(lua_State *L);
 int loop_set_waiter(lua_State *L);
 
 /* ---- event.c ---- */

@@ -194,6 +194,61 @@ static void loop_run_pending(evutil_socket_t fd, short what, void *arg) {
   if (loop->pending_head != NULL) event_active(loop->pending_ev, EV_TIMEOUT, 0);
 }
 
+/* ---- the Lua layer's scheduler, as the core needs to know it ---- */
+
+static const char scheduler_key = 'S';
+
+/* core.setScheduler(spawned, receive): the weak set of coroutines started by
+ * evtcp.spawn, and the Lua layer's receive (timeouts, other contexts). */
+static int loop_set_scheduler(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  lua_createtable(L, 2, 0);
+  lua_insert(L, 1);
+  lua_rawseti(L, 1, 2);
+  lua_rawseti(L, 1, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &scheduler_key);
+  return 0;
+}
+
+/* Pushes item i of the scheduler (1: the spawned set, 2: receive). */
+void loop_push_scheduler(lua_State *L, int i) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &scheduler_key) != LUA_TTABLE)
+    luaL_error(L, "evtcp: the Lua layer is not loaded");
+  lua_rawgeti(L, -1, i);
+  lua_remove(L, -2);
+}
+
+/* Is L a coroutine started by evtcp.spawn (and so may it yield to us)? */
+int loop_is_spawned(lua_State *L) {
+  int spawned;
+  if (!lua_isyieldable(L)) return 0;
+  loop_push_scheduler(L, 1);
+  lua_pushthread(L);
+  spawned = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return spawned;
+}
+
+/* Resumes a coroutine waiting in the core (receive's fast path). Its error,
+ * with its own traceback, propagates out of run(). The thread is kept on
+ * the main stack while it runs. [-1, +0]: pops the thread. */
+static void loop_resume_thread(evtcp_loop *loop, lua_State *L) {
+  lua_State *co = lua_tothread(L, -1);
+  int nres, status;
+  if (lua_status(co) != LUA_YIELD) { lua_pop(L, 1); return; }
+  status = lua_resume(co, L, 0, &nres);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    lua_pop(co, nres);
+  } else {
+    if (lua_type(co, -1) == LUA_TSTRING) luaL_traceback(L, co, lua_tostring(co, -1), 0);
+    else lua_xmove(co, L, 1);
+    loop_store_error(loop, L);
+  }
+  lua_pop(L, 1);
+}
+
 /* ---- a coroutine waiting on an object ---- */
 
 /* Calls obj's waiter once, if one is set (the Lua layer's function that
@@ -204,14 +259,22 @@ void loop_wake(evtcp_object *obj) {
   int top = lua_gettop(L);
   if (!(obj->anchors & ANCHOR_WAITER)) return; /* no waiter: the common case */
   loop_push_object(L, obj);                     /* obj */
-  if (lua_getiuservalue(L, -1, UV_WAITER) != LUA_TFUNCTION) {
+  switch (lua_getiuservalue(L, -1, UV_WAITER)) {  /* obj waiter */
+  case LUA_TTHREAD: /* receive's fast path: resume it, no Lua in between */
+    lua_pushnil(L);
+    lua_setiuservalue(L, -3, UV_WAITER);
+    loop_resume_thread(obj->loop, L);
+    break;
+  case LUA_TFUNCTION:
+    lua_pushnil(L);
+    lua_setiuservalue(L, -3, UV_WAITER);
+    lua_insert(L, -2);                          /* waiter obj */
+    loop_pcall(obj->loop, 1, 0);
+    break;
+  default:
     lua_settop(L, top);
     return;
   }
-  lua_pushnil(L);
-  lua_setiuservalue(L, -3, UV_WAITER);
-  lua_insert(L, -2);                            /* waiter obj */
-  loop_pcall(obj->loop, 1, 0);
   /* The anchor is kept through the call: a coroutine that waits again (a
    * receive loop) sets a new waiter before the call returns, and keeping the
    * registry reference saves a luaL_unref and a luaL_ref per message. */
@@ -380,6 +443,7 @@ static const luaL_Reg loop_functions[] = {
   {"running", loop_is_running},
   {"now", loop_now},
   {"setSendHook", loop_set_send_hook},
+  {"setScheduler", loop_set_scheduler},
   {"activeCount", loop_active_count},
   {NULL, NULL}
 };

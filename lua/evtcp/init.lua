@@ -181,7 +181,9 @@ function evtcp.dial(address, port, options)
 end
 
 --- conn:receive([pattern [, timeout]]) -> data | nil, err, partial
-function connection.receive(conn, pattern, timeout)
+-- The core's receive handles a spawned coroutine without a timeout itself
+-- (it yields from C); it calls this for the rest.
+local function receive(conn, pattern, timeout)
   local deadline = timeout ~= nil and check_timeout("receive", timeout, 3) or nil
   local data, err, partial = read(conn, pattern)
   if data then return data end -- what is buffered is enough: no wait at all
@@ -199,6 +201,8 @@ function connection.receive(conn, pattern, timeout)
     if err ~= "wait" then return nil, err, partial end
   end
 end
+
+core.setScheduler(spawned, receive)
 
 --- conn:send(...) waits, in a spawned coroutine, while more than
 -- highWaterMark bytes are queued, so a fast writer has bounded memory. The
