@@ -22,7 +22,7 @@ CORE = $(BUILD)/evtcp/core.so
 
 # Debian packages the build, the tests and the demo need.
 DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-socket \
-       socat netcat-openbsd pkg-config redis-server python3
+       socat netcat-openbsd pkg-config redis-server python3 lua-luv
 
 .PHONY: all deps test demo install sanitize bench bench-quick clean
 
