@@ -80,7 +80,7 @@ static void conn_bev_timeouts(evtcp_conn *c) {
   bufferevent_set_timeouts(c->bev, use_r ? &r : NULL, c->write_timeout >= 0 ? &w : NULL);
 }
 
-void conn_start_reading(evtcp_conn *c) {
+static void conn_start_reading(evtcp_conn *c) {
   if (c->reading || !conn_wants_reading(c)) return;
   if (c->tls) {
     c->reading = 1;
@@ -101,7 +101,7 @@ void conn_start_reading(evtcp_conn *c) {
   c->reading = 1;
 }
 
-void conn_stop_reading(evtcp_conn *c) {
+static void conn_stop_reading(evtcp_conn *c) {
   if (!c->reading) return;
   c->reading = 0;
   if (c->tls) {
@@ -113,12 +113,12 @@ void conn_stop_reading(evtcp_conn *c) {
 }
 
 /* Re-arms read_ev so a changed read timeout takes effect. */
-void conn_update_read_timeout(evtcp_conn *c) {
+static void conn_update_read_timeout(evtcp_conn *c) {
   conn_stop_reading(c);
   conn_start_reading(c);
 }
 
-void conn_set_write_timeout(evtcp_conn *c) {
+static void conn_set_write_timeout(evtcp_conn *c) {
   conn_bev_timeouts(c);
 }
 
@@ -184,7 +184,7 @@ static int conn_push(evtcp_conn *c) {
 }
 
 /* Delivers a plain notice (no payload) to the handler. */
-void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
+static void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
   evtcp_notice n;
   memset(&n, 0, sizeof n);
   n.type = type;

@@ -60,7 +60,7 @@ static void event_push(lua_State *L, const evtcp_notice *notice, int payload_ind
  * userdata). Calls handler:onX(object, event) if the handler has it, and
  * marks the notice as handled; leaves the callback's results (adjusted to
  * notice->nresults by the caller's pcall). */
-int event_dispatch(lua_State *L) {
+static int event_dispatch(lua_State *L) {
   evtcp_notice *notice = (evtcp_notice *)lua_touserdata(L, -1);
   int payload = lua_gettop(L) == 3 ? 2 : 0;
   lua_pop(L, 1);

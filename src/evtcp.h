@@ -104,8 +104,6 @@ void loop_push_object(lua_State *L, evtcp_object *obj);
 void loop_anchor(evtcp_object *obj, unsigned why);
 void loop_unanchor(evtcp_object *obj, unsigned why);
 void loop_defer(evtcp_object *obj);
-void loop_cancel_deferred(evtcp_object *obj);
-void loop_check_not_running(lua_State *L, evtcp_loop *loop);
 int loop_has_error(evtcp_loop *loop);
 void loop_wake(evtcp_object *obj);
 void loop_push_scheduler(lua_State *L, int i);
@@ -130,7 +128,6 @@ typedef struct evtcp_notice {
 
 void event_open(lua_State *L);
 int event_deliver(evtcp_loop *loop, evtcp_notice *notice, int nargs, int nresults);
-int event_dispatch(lua_State *L);
 
 /* ---- error.c ---- */
 typedef enum {

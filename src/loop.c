@@ -27,6 +27,8 @@
 
 static const char loop_key = 'L';
 
+static void loop_cancel_deferred(evtcp_object *obj);
+
 evtcp_loop *loop_get(lua_State *L) {
   evtcp_loop *loop;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &loop_key);
@@ -84,7 +86,7 @@ static void loop_raise_pending(lua_State *L, evtcp_loop *loop) {
   lua_error(L);
 }
 
-void loop_check_not_running(lua_State *L, evtcp_loop *loop) {
+static void loop_check_not_running(lua_State *L, evtcp_loop *loop) {
   if (loop->running) luaL_error(L, EVTCP_REENTER_MSG);
 }
 
@@ -173,7 +175,7 @@ static void loop_unlink_pending(evtcp_object *obj) {
   obj->pending_next = obj->pending_prev = NULL;
 }
 
-void loop_cancel_deferred(evtcp_object *obj) {
+static void loop_cancel_deferred(evtcp_object *obj) {
   if (obj->pending_prev == NULL && obj->loop->pending_head != obj) return;
   loop_unlink_pending(obj);
   loop_unanchor(obj, ANCHOR_PENDING);

@@ -25,7 +25,7 @@ static int is_pem(const char *s) {
 }
 
 /* The reason of the last OpenSSL error, with what we were doing. */
-void tls_failure(evtcp_failure *f, const char *doing) {
+static void tls_failure(evtcp_failure *f, const char *doing) {
   unsigned long e = ERR_peek_last_error();
   char reason[200];
   char msg[256];

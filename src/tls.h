@@ -17,7 +17,6 @@ void tls_read_options(lua_State *L, int index, int arg, tls_options *opts, int s
 SSL_CTX *tls_context_new(const tls_options *opts, int server, evtcp_failure *f);
 SSL *tls_client_session(SSL_CTX *ctx, const char *host, int verify);
 int tls_bev_failure(struct bufferevent *bev, evtcp_failure *f);
-void tls_failure(evtcp_failure *f, const char *doing);
 void tls_push_info(lua_State *L, struct bufferevent *bev);
 
 #endif
