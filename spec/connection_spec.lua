@@ -49,6 +49,46 @@ describe("TCPConnection", function()
       server:terminate()
     end)
 
+    it("tries every address a name resolves to until one connects, and reports the last failure", function()
+      -- a hosts file of our own, bound over /etc/hosts in a private mount
+      -- namespace of the child only (the machine's file is not touched)
+      if not os.execute(H.peer .. "unshare -m true 2>/dev/null") then
+        pending("needs unshare -m (root) to give the child its own /etc/hosts") return
+      end
+      local hosts = os.tmpname()
+      local f = assert(io.open(hosts, "w"))
+      f:write("127.0.0.2 several.test\n::1 several.test\n127.0.0.1 several.test\n")
+      f:write("127.0.0.3 none.test\n127.0.0.2 none.test\n")
+      f:close()
+      local script = os.tmpname()
+      f = assert(io.open(script, "w"))
+      f:write([[
+        local evtcp = require("evtcp")
+        local l = assert(evtcp.listen(0, { address = "127.0.0.1", onConnection = function()
+          return { onConnection = function(_, c) c:close() end } end }))
+        local out = {}
+        for _, name in ipairs({ "several.test", "none.test" }) do
+          local c = evtcp.connect(name, l.port, {
+            onConnection = function(_, c) out[#out + 1] = name .. " connected to " .. c.remoteAddress end,
+            onError = function(_, _, ev) out[#out + 1] = name .. " " .. ev.error.kind end,
+          })
+          c:wait(10)
+        end
+        l:terminate()
+        print(table.concat(out, "\n"))
+      ]])
+      f:close()
+      local preload = os.getenv("LD_PRELOAD") or ""
+      local p = io.popen(("%sunshare -m sh -c 'mount --bind %s /etc/hosts && LD_PRELOAD=\"%s\" exec timeout 60 lua5.4 %s' 2>&1")
+        :format(H.peer, hosts, preload, script))
+      local out = p:read("a")
+      local ok = p:close()
+      os.remove(hosts)
+      os.remove(script)
+      assert.is_true(ok, out)
+      assert.are.equal("several.test connected to 127.0.0.1\nnone.test refused\n", out)
+    end)
+
     it("sends what was queued before the connection was up, in order", function()
       local server = H.echo_server()
       local rec
