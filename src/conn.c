@@ -20,29 +20,15 @@ static void conn_try_next_address(evtcp_conn *c);
 
 static const char conn_mt_key = 'C';
 
-/* The connection at index, or NULL: the metatable compared by a light
- * userdata key (luaL_testudata looks its name up as a string, which costs
- * a hash and a strcmp on every call). */
+/* The connection at index, or NULL. */
 evtcp_conn *test_conn(lua_State *L, int index) {
-  void *p = lua_touserdata(L, index);
-  if (p != NULL && lua_getmetatable(L, index)) {
-    int same;
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &conn_mt_key);
-    same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (same) return (evtcp_conn *)p;
-  }
-  return NULL;
+  return (evtcp_conn *)loop_test_udata(L, index, &conn_mt_key);
 }
 
 /* The type check of every method; luaL_checkudata words the error. */
 evtcp_conn *check_conn(lua_State *L, int index) {
   evtcp_conn *c = test_conn(L, index);
   return c ? c : (evtcp_conn *)luaL_checkudata(L, index, EVTCP_CONN_MT);
-}
-
-static evutil_socket_t conn_fd(const evtcp_conn *c) {
-  return c->fd;
 }
 
 size_t conn_buffered(const evtcp_conn *c) {
@@ -116,10 +102,6 @@ static void conn_stop_reading(evtcp_conn *c) {
 static void conn_update_read_timeout(evtcp_conn *c) {
   conn_stop_reading(c);
   conn_start_reading(c);
-}
-
-static void conn_set_write_timeout(evtcp_conn *c) {
-  conn_bev_timeouts(c);
 }
 
 /* ---- leaving: every way out goes through conn_end ---- */
@@ -240,7 +222,7 @@ static void conn_run_pending(evtcp_object *obj) {
 /* ---- when the output queue empties ---- */
 
 static void conn_shut_write(evtcp_conn *c) {
-  evutil_socket_t fd = conn_fd(c);
+  evutil_socket_t fd = c->fd;
   if (c->write_shut_done || fd < 0) return;
   if (c->tls) { /* close_notify first: TLS's own end of the stream */
     SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
@@ -385,14 +367,14 @@ static void conn_on_written(struct bufferevent *bev, void *arg) {
 
 /* OPEN: the socket is connected (client) or accepted (server). */
 static int conn_become_open(evtcp_conn *c) {
-  evutil_socket_t fd = conn_fd(c);
+  evutil_socket_t fd = c->fd;
   c->state = CONN_OPEN;
   if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
   if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
   /* the peer's address is known (dialled or accepted); the local one is
    * asked for when the program reads it: no syscalls here */
   conn_apply_socket_options(c);
-  conn_set_write_timeout(c);
+  conn_bev_timeouts(c);
   if (!c->tls) {
     c->read_ev = event_new(c->obj.loop->base, fd, EV_READ | EV_PERSIST, conn_on_readable, c);
     if (c->read_ev == NULL) return -1;
@@ -627,7 +609,7 @@ static struct evbuffer *conn_output(evtcp_conn *c) {
     c->bev = bufferevent_socket_new(c->obj.loop->base, c->fd, 0); /* we own fd */
     if (c->bev == NULL) return NULL;
     bufferevent_setcb(c->bev, NULL, conn_on_written, conn_on_bev_event, c);
-    conn_set_write_timeout(c);
+    conn_bev_timeouts(c);
   }
   return bufferevent_get_output(c->bev);
 }
@@ -654,7 +636,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = iov;
     msg.msg_iovlen = (size_t)k;
-    n = sendmsg(conn_fd(c), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    n = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       int err = EVUTIL_SOCKET_ERROR();
       if (!io_would_block(err)) { conn_fail(c, err, "evtcp"); return; }
@@ -793,7 +775,7 @@ static int conn_set_timeouts(lua_State *L) {
   c->read_timeout = r;
   c->write_timeout = w;
   conn_update_read_timeout(c);
-  conn_set_write_timeout(c);
+  conn_bev_timeouts(c);
   return 0;
 }
 

@@ -87,18 +87,10 @@ int event_deliver(evtcp_loop *loop, evtcp_notice *notice, int nargs, int nresult
   return loop_pcall(loop, nargs + 1, nresults);
 }
 
-/* Every event.data goes through here: the metatable is compared by its
- * light-userdata key, not looked up by name. */
+/* Every event.data goes through here. */
 static evtcp_event *check_event(lua_State *L) {
-  void *p = lua_touserdata(L, 1);
-  if (p != NULL && lua_getmetatable(L, 1)) {
-    int same;
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &event_mt_key);
-    same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (same) return (evtcp_event *)p;
-  }
-  return (evtcp_event *)luaL_checkudata(L, 1, EVTCP_EVENT_MT);
+  void *p = loop_test_udata(L, 1, &event_mt_key);
+  return p ? (evtcp_event *)p : (evtcp_event *)luaL_checkudata(L, 1, EVTCP_EVENT_MT);
 }
 
 static int event__index(lua_State *L) {

@@ -106,6 +106,7 @@ void loop_unanchor(evtcp_object *obj, unsigned why);
 void loop_defer(evtcp_object *obj);
 int loop_has_error(evtcp_loop *loop);
 void loop_wake(evtcp_object *obj);
+void *loop_test_udata(lua_State *L, int index, const void *mt_key);
 void loop_push_scheduler(lua_State *L, int i);
 int loop_is_spawned(lua_State *L);
 int loop_set_waiter(lua_State *L);

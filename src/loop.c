@@ -90,6 +90,21 @@ static void loop_check_not_running(lua_State *L, evtcp_loop *loop) {
   if (loop->running) luaL_error(L, EVTCP_REENTER_MSG);
 }
 
+/* The userdata at index if its metatable is the one stored in the registry
+ * under the light-userdata key mt_key, else NULL. The per-message type
+ * checks use this: luaL_testudata looks the metatable up by its name, which
+ * costs a string hash and a strcmp on every call. */
+void *loop_test_udata(lua_State *L, int index, const void *mt_key) {
+  void *p = lua_touserdata(L, index);
+  int same = 0;
+  if (p != NULL && lua_getmetatable(L, index)) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, mt_key);
+    same = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  }
+  return same ? p : NULL;
+}
+
 /* ---- object registry and anchoring ---- */
 
 /* Records the userdata at ud_index as the Lua side of obj. */
