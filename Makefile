@@ -26,7 +26,12 @@ DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-sock
 
 .PHONY: all deps test demo install sanitize bench bench-quick clean
 
-all: $(CORE) $(BUILD)/two_states
+all: $(CORE) $(BUILD)/two_states $(BUILD)/sockopt.so
+
+# The spec helper that reads socket options from the kernel's side.
+$(BUILD)/sockopt.so: spec/sockopt.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) -fPIC -I$(LUA_INCDIR) $(LIBFLAG) -o $@ $<
 
 # The spec helper that runs evtcp in two Lua states in two threads.
 $(BUILD)/two_states: spec/two_states.c

@@ -259,7 +259,9 @@ describe("TCPConnection", function()
       assert.is_nil(conn.tls)
       conn.handler = rec
       assert.are.equal(rec, conn.handler)
-      for _, name in ipairs({ "closed", "errors", "noDelay", "remoteAddress", "remotePort",
+      assert.matches("noDelay must be a boolean", select(2, pcall(function() conn.noDelay = 1 end)))
+      assert.matches("keepAlive must be", select(2, pcall(function() conn.keepAlive = "x" end)))
+      for _, name in ipairs({ "closed", "errors", "remoteAddress", "remotePort",
                               "localAddress", "localPort", "bufferedAmount", "tls", "send", "close" }) do
         local ok, err = pcall(function() conn[name] = 1 end)
         assert.is_false(ok, name)

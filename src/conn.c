@@ -138,22 +138,48 @@ static void conn_fail(evtcp_conn *c, int err, const char *component) {
   conn_end(c, &f, 0);
 }
 
+/* Frees a bufferevent, then its SSL and its socket. The bufferevents are
+ * made without BEV_OPT_CLOSE_ON_FREE: libevent would close the socket only
+ * when the loop next runs, and a connection collected by the GC must close
+ * it right there. Never called inside the bufferevent's own callbacks
+ * (see conn_retire_bev), so bufferevent_free has taken its events out of
+ * the backend before the descriptor is closed. */
+static void conn_free_bev(struct bufferevent **bev, SSL **ssl, evutil_socket_t *fd) {
+  if (*bev) { bufferevent_free(*bev); *bev = NULL; }
+  if (*ssl) { SSL_free(*ssl); *ssl = NULL; }
+  if (*fd >= 0) { evutil_closesocket(*fd); *fd = -1; }
+}
+
+/* Sets aside the bufferevent of an address that failed: we are inside its
+ * callback, where freeing it would close a socket libevent still watches.
+ * The loop frees it next (conn_run_pending). */
+static void conn_retire_bev(evtcp_conn *c) {
+  conn_free_bev(&c->retired_bev, &c->retired_ssl, &c->retired_fd);
+  bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
+  bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+  c->retired_bev = c->bev;
+  c->retired_ssl = c->ssl;
+  c->retired_fd = c->fd;
+  c->bev = NULL;
+  c->ssl = NULL;
+  c->fd = -1;
+  loop_defer(&c->obj);
+}
+
 /* Frees every libevent object and the socket. No Lua. */
 static void conn_release(evtcp_conn *c) {
   if (c->lookup) { lookup_cancel(c->lookup); c->lookup = NULL; }
   if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
   if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
   if (c->read_ev) { event_free(c->read_ev); c->read_ev = NULL; c->reading = 0; }
-  if (c->bev && c->tls && c->state == CONN_CLOSING && !c->aborted && c->failure == NULL) {
-    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-    if (ssl && SSL_is_init_finished(ssl)) SSL_shutdown(ssl); /* close_notify */
-  }
-  if (c->bev) { bufferevent_free(c->bev); c->bev = NULL; }
+  if (c->ssl && c->state == CONN_CLOSING && !c->aborted && c->failure == NULL &&
+      SSL_is_init_finished(c->ssl))
+    SSL_shutdown(c->ssl); /* close_notify */
+  conn_free_bev(&c->bev, &c->ssl, &c->fd);
+  conn_free_bev(&c->retired_bev, &c->retired_ssl, &c->retired_fd);
   if (c->tls_ctx) { SSL_CTX_free(c->tls_ctx); c->tls_ctx = NULL; }
   free(c->tls_host);
   c->tls_host = NULL;
-  if (c->fd >= 0 && !c->bev_owns_fd) evutil_closesocket(c->fd);
-  c->fd = -1;
   if (c->early) { evbuffer_free(c->early); c->early = NULL; }
 }
 
@@ -174,13 +200,49 @@ static void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
   if (conn_push(c)) event_deliver(c->obj.loop, &n, 1, 0);
 }
 
+static void conn_input_drained(evtcp_conn *c);
+
+/* Input kept while the handler had no onData (and nobody reads it with
+ * receive) goes to onData as soon as the handler has one again: at the
+ * next arrival, when conn.handler is assigned, on resume(), and before the
+ * final callbacks. Returns 1 if nothing is left kept. */
+static int conn_deliver_kept(evtcp_conn *c) {
+  while (c->input && !c->receiving && !c->paused && !loop_has_error(c->obj.loop)) {
+    size_t len = evbuffer_get_length(c->input), n = len < READ_CHUNK ? len : READ_CHUNK;
+    evtcp_notice notice;
+    if (len == 0) break;
+    if (!conn_push(c)) return 0;
+    memset(&notice, 0, sizeof notice);
+    notice.type = EVT_DATA;
+    notice.data = (const char *)evbuffer_pullup(c->input, (ev_ssize_t)n);
+    notice.len = n;
+    notice.peer = &c->peer.sa;
+    if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK) {
+      if (notice.handled) evbuffer_drain(c->input, n); /* it ran, and raised */
+      return 0;
+    }
+    if (!notice.handled) return 0;
+    evbuffer_drain(c->input, n);
+    conn_input_drained(c);
+  }
+  return c->input == NULL || evbuffer_get_length(c->input) == 0;
+}
+
 /* CLOSING -> TERMINATED: frees the socket, then onShutdown or onError, then
  * onTerminate. Runs from the loop's deferred queue. */
 static void conn_finish(evtcp_conn *c) {
   lua_State *L = c->obj.loop->L;
-  c->finish_due = 0;
   conn_release(c);
+  if (!c->receiving) {
+    conn_deliver_kept(c); /* the data came before the end */
+    if (loop_has_error(c->obj.loop)) { loop_defer(&c->obj); return; } /* the rest next run */
+  }
+  c->finish_due = 0;
   c->closed = 1;
+  if (c->input && evbuffer_get_length(c->input) == 0) { /* nothing to read any more */
+    evbuffer_free(c->input);
+    c->input = NULL;
+  }
   if (c->failure != NULL) {
     if (conn_push(c)) {
       evtcp_notice n;
@@ -201,13 +263,18 @@ static void conn_finish(evtcp_conn *c) {
     listener_connection_gone(c->listener);
     c->listener = NULL;
   }
-  loop_unanchor(&c->obj, ANCHOR_CALLBACKS | ANCHOR_OUTPUT);
+  loop_unanchor(&c->obj, ANCHOR_CALLBACKS | ANCHOR_OUTPUT | ANCHOR_CONNECTING);
 }
 
 static void conn_on_tls_readable(struct bufferevent *bev, void *arg);
 
 static void conn_run_pending(evtcp_object *obj) {
   evtcp_conn *c = (evtcp_conn *)obj;
+  conn_free_bev(&c->retired_bev, &c->retired_ssl, &c->retired_fd);
+  if (c->input_due) {
+    c->input_due = 0;
+    if (c->state == CONN_OPEN) conn_deliver_kept(c);
+  }
   if (c->tls_backlog) {
     c->tls_backlog = 0;
     if (c->reading && c->bev) conn_on_tls_readable(c->bev, c);
@@ -216,7 +283,8 @@ static void conn_run_pending(evtcp_object *obj) {
     c->drain_due = 0;
     if (conn_is_live(c)) conn_deliver(c, EVT_DRAIN);
   }
-  if (c->finish_due) conn_finish(c);
+  if (c->finish_due && !loop_has_error(c->obj.loop)) conn_finish(c);
+  else if (c->finish_due) loop_defer(&c->obj);
 }
 
 /* ---- when the output queue empties ---- */
@@ -263,29 +331,18 @@ static void conn_input_grew(evtcp_conn *c) {
   loop_wake(&c->obj);
 }
 
-/* receive() mode: reads from the socket straight into the input buffer. */
-static ssize_t conn_recv_into_input(evtcp_conn *c, evutil_socket_t fd) {
-  struct evbuffer_iovec v[2];
-  ssize_t got, left;
-  size_t room = READ_CHUNK;
-  int i, n = evbuffer_reserve_space(c->input, READ_CHUNK, v, 2);
-  if (n <= 0) { errno = ENOMEM; return -1; }
-  for (i = 0; i < n; i++) { /* it may offer more: read one chunk at most */
-    if (v[i].iov_len > room) v[i].iov_len = room;
-    room -= v[i].iov_len;
-  }
-  got = readv(fd, (struct iovec *)v, n); /* evbuffer_iovec is laid out as iovec */
-  if (got <= 0) return got;
-  for (i = 0, left = got; i < n; i++) {
-    size_t take = (size_t)left < v[i].iov_len ? (size_t)left : v[i].iov_len;
-    v[i].iov_len = take;
-    left -= (ssize_t)take;
-  }
-  evbuffer_commit_space(c->input, v, n);
-  return got;
-}
-
+/* Bytes read from the socket (or decrypted): to onData, or kept in `input`
+ * for receive(). Input is appended by copy, sized to what came: reserving
+ * a 64 KiB read area in the buffer instead kept 128 KiB per idle
+ * connection (libevent rounds the reservation up). */
 static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
+  if (!c->receiving && c->input && evbuffer_get_length(c->input) > 0) {
+    /* bytes kept while there was no onData go first */
+    if (evbuffer_add(c->input, buf, n) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
+    if (conn_deliver_kept(c)) return;
+    conn_input_grew(c);
+    return;
+  }
   if (!c->receiving) {
     evtcp_notice notice;
     if (!conn_push(c)) return;
@@ -342,10 +399,9 @@ static void conn_on_readable(evutil_socket_t fd, short what, void *arg) {
     return;
   }
   for (round = 0; round < READ_ROUNDS; round++) {
-    ssize_t n = c->receiving ? conn_recv_into_input(c, fd) : recv(fd, buf, sizeof buf, 0);
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
     if (n > 0) {
-      if (c->receiving) conn_input_grew(c);
-      else conn_deliver_data(c, buf, (size_t)n);
+      conn_deliver_data(c, buf, (size_t)n);
       if (!c->reading || loop_has_error(c->obj.loop) || (size_t)n < sizeof buf) return;
     } else if (n == 0) {
       conn_on_peer_eof(c);
@@ -369,6 +425,8 @@ static void conn_on_written(struct bufferevent *bev, void *arg) {
 static int conn_become_open(evtcp_conn *c) {
   evutil_socket_t fd = c->fd;
   c->state = CONN_OPEN;
+  c->was_open = 1;
+  loop_unanchor(&c->obj, ANCHOR_CONNECTING);
   if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
   if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
   /* the peer's address is known (dialled or accepted); the local one is
@@ -395,15 +453,16 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
       free(c->failure); /* an earlier address may have failed */
       c->failure = NULL;
       c->fd = bufferevent_getfd(c->bev);
-      c->bev_owns_fd = 1;
       {
         socklen_t len = sizeof c->local;
         if (getsockname(c->fd, &c->local.sa, &len) != 0) memset(&c->local, 0, sizeof c->local);
       }
       if (conn_become_open(c) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
       conn_deliver(c, EVT_CONNECTION);
-      if (c->state == CONN_OPEN && conn_buffered(c) == 0 && c->write_shut_wanted)
-        conn_shut_write(c);
+      /* a close() or shutdown() that came while connecting, with nothing
+       * left to flush (what was queued is flushed first: conn_on_written) */
+      if (c->state == CONN_OPEN && conn_buffered(c) == 0 && (c->close_wanted || c->write_shut_wanted))
+        conn_flushed(c, 1);
       loop_wake(&c->obj); /* dial() */
       return;
     }
@@ -425,8 +484,7 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
     /* this address failed: remember why, try the next one */
     if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
     if (c->failure) failure_from_errno(c->failure, err ? err : ECONNREFUSED, "libevent");
-    bufferevent_free(c->bev);
-    c->bev = NULL;
+    conn_retire_bev(c);
     conn_try_next_address(c);
     return;
   }
@@ -456,23 +514,27 @@ static void conn_try_next_address(evtcp_conn *c) {
     if (c->tls) {
       SSL *ssl = tls_client_session(c->tls_ctx, c->tls_host, c->tls_verify);
       c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl,
-                                                    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE)
+                                                    BUFFEREVENT_SSL_CONNECTING, 0)
                    : NULL;
       if (c->bev == NULL) { SSL_free(ssl); break; }
+      c->ssl = ssl;
       /* a peer that closes without close_notify is an end, not an error */
       bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
     } else {
-      c->bev = bufferevent_socket_new(c->obj.loop->base, -1, BEV_OPT_CLOSE_ON_FREE);
+      c->bev = bufferevent_socket_new(c->obj.loop->base, -1, 0);
       if (c->bev == NULL) break;
     }
     bufferevent_setcb(c->bev, c->tls ? conn_on_tls_readable : NULL, conn_on_written, conn_on_bev_event, c);
     memcpy(&c->peer, ai->ai_addr, ai->ai_addrlen < sizeof c->peer ? ai->ai_addrlen : sizeof c->peer);
     c->state = CONN_CONNECTING;
-    if (bufferevent_socket_connect(c->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0) return;
+    if (bufferevent_socket_connect(c->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0) {
+      c->fd = bufferevent_getfd(c->bev); /* ours to close */
+      return;
+    }
     if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
     if (c->failure) failure_from_errno(c->failure, EVUTIL_SOCKET_ERROR(), "libevent");
-    bufferevent_free(c->bev);
-    c->bev = NULL;
+    c->fd = bufferevent_getfd(c->bev); /* libevent closed the socket it made */
+    conn_free_bev(&c->bev, &c->ssl, &c->fd);
   }
   if (c->failure == NULL) {
     evtcp_failure f;
@@ -728,7 +790,10 @@ static int conn_close(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
   if (!conn_is_live(c) || c->close_wanted) return 0;
   if (c->state != CONN_OPEN) {
-    conn_end(c, NULL, 0);
+    /* nothing queued: abort the connect. Queued data is never dropped:
+     * connecting goes on, and the data is flushed before the close */
+    if (conn_buffered(c) == 0) conn_end(c, NULL, 0);
+    else c->close_wanted = 1;
     return 0;
   }
   c->close_wanted = 1;
@@ -755,6 +820,7 @@ static int conn_resume(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
   c->paused = 0;
   conn_start_reading(c);
+  conn_kept_input_due(c);
   return 0;
 }
 
@@ -779,6 +845,15 @@ static int conn_set_timeouts(lua_State *L) {
   return 0;
 }
 
+/* Schedules the delivery of kept input to onData (conn_deliver_kept). */
+void conn_kept_input_due(evtcp_conn *c) {
+  if (c->state != CONN_OPEN || c->receiving || c->input == NULL ||
+      evbuffer_get_length(c->input) == 0 || c->obj.loop == NULL)
+    return;
+  c->input_due = 1;
+  loop_defer(&c->obj);
+}
+
 /* ---- reading by pattern, for the Lua layer's receive() ---- */
 
 /* Can more input still come? */
@@ -792,10 +867,42 @@ static void conn_push_input(lua_State *L, evtcp_conn *c, size_t n) {
   const unsigned char *p = n > 0 ? evbuffer_pullup(c->input, (ev_ssize_t)n) : NULL;
   lua_pushlstring(L, (const char *)p, n);
   evbuffer_drain(c->input, n);
+  conn_input_drained(c);
+}
+
+/* Input was consumed: reading may go on below highWaterMark. */
+static void conn_input_drained(evtcp_conn *c) {
+  c->line_scanned = 0;
   if (c->input_full && evbuffer_get_length(c->input) < c->high_water) {
     c->input_full = 0;
     conn_start_reading(c);
   }
+}
+
+/* Finds the next line end in input, scanning only bytes not scanned by an
+ * earlier call (a long line arriving in many pieces costs O(n), not O(n^2)).
+ * Returns 1 with the line's length and its end's (1 for \n, 2 for \r\n). */
+static int conn_find_line(evtcp_conn *c, size_t have, size_t *line, size_t *eol) {
+  struct evbuffer_ptr from, nl;
+  if (c->line_scanned > have) c->line_scanned = 0;
+  if (evbuffer_ptr_set(c->input, &from, c->line_scanned, EVBUFFER_PTR_SET) != 0) return 0;
+  nl = evbuffer_search(c->input, "\n", 1, &from);
+  if (nl.pos < 0) {
+    c->line_scanned = have;
+    return 0;
+  }
+  *line = (size_t)nl.pos;
+  *eol = 1;
+  if (*line > 0) {
+    struct evbuffer_ptr before;
+    char prev = 0;
+    evbuffer_ptr_set(c->input, &before, *line - 1, EVBUFFER_PTR_SET);
+    if (evbuffer_copyout_from(c->input, &before, &prev, 1) == 1 && prev == '\r') {
+      (*line)--;
+      *eol = 2;
+    }
+  }
+  return 1;
 }
 
 /* Why no more input will come: "closed", or the error's message. */
@@ -809,8 +916,19 @@ static void conn_push_end_reason(lua_State *L, const evtcp_conn *c) {
  * when it must wait for more input.
  * Patterns: nil (what is there, at least a byte), n (exactly n bytes), "l"
  * or "*l" (a line, without \n or \r\n), "a" or "*a" (all until closed). */
+/* receive's argument errors name receive, whichever path called. */
+static int receive_arg_error(lua_State *L, int arg, const char *msg) {
+  return luaL_error(L, "bad argument #%d to 'receive' (%s)", arg, msg);
+}
+
 static int conn_read_now(lua_State *L, evtcp_conn *c) {
   size_t have;
+  if (c->obj.loop == NULL) { /* collected (seen from another finalizer) */
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    lua_pushliteral(L, "");
+    return 3;
+  }
   if (!c->receiving) {
     if (conn_handler_has(L, "onData"))
       return luaL_error(L, "evtcp: this connection has an onData callback; it cannot also be read with receive");
@@ -821,22 +939,26 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
   if (lua_isnoneornil(L, 2)) {
     if (have > 0) { conn_push_input(L, c, have); return 1; }
   } else if (lua_type(L, 2) == LUA_TNUMBER) {
-    lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, n >= 0, 2, "byte count must be >= 0");
+    lua_Integer n = 0;
+    if (!lua_isinteger(L, 2) && !(lua_tonumber(L, 2) == (lua_Number)(n = (lua_Integer)lua_tonumber(L, 2))))
+      return receive_arg_error(L, 2, "byte count must be an integer >= 0");
+    if (lua_isinteger(L, 2)) n = lua_tointeger(L, 2);
+    if (n < 0) return receive_arg_error(L, 2, "byte count must be an integer >= 0");
     if ((lua_Integer)have >= n) { conn_push_input(L, c, (size_t)n); return 1; }
     if ((size_t)n > c->high_water && c->input_full) { /* let it grow past the mark */
       c->input_full = 0;
       conn_start_reading(c);
     }
   } else {
-    const char *p = luaL_checkstring(L, 2);
+    const char *p = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+    if (p == NULL)
+      return receive_arg_error(L, 2, lua_pushfstring(L, "pattern expected, got %s", luaL_typename(L, 2)));
     if (*p == '*') p++;
     if (*p == 'l') {
-      size_t eol_len;
-      struct evbuffer_ptr eol = evbuffer_search_eol(c->input, NULL, &eol_len, EVBUFFER_EOL_CRLF);
-      if (eol.pos >= 0) {
-        conn_push_input(L, c, (size_t)eol.pos);
-        evbuffer_drain(c->input, eol_len);
+      size_t line, eol;
+      if (conn_find_line(c, have, &line, &eol)) {
+        conn_push_input(L, c, line);
+        evbuffer_drain(c->input, eol);
         return 1;
       }
       if (c->input_full) { /* a line longer than highWaterMark: keep reading */
@@ -848,7 +970,7 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
       if (!conn_input_may_grow(c) && c->failure == NULL) { conn_push_input(L, c, have); return 1; }
       if (c->input_full) { c->input_full = 0; conn_start_reading(c); }
     } else {
-      return luaL_argerror(L, 2, lua_pushfstring(L, "invalid pattern '%s'", luaL_checkstring(L, 2)));
+      return receive_arg_error(L, 2, lua_pushfstring(L, "invalid pattern '%s'", lua_tostring(L, 2)));
     }
   }
   if (conn_input_may_grow(c)) return -1;
@@ -917,14 +1039,16 @@ static int conn_take(lua_State *L) {
   return 1;
 }
 
-/* conn:_state() -> "connecting" | "open" | "closed", and highWaterMark */
+/* conn:_state() -> "connecting" | "open" | "closed", highWaterMark, and
+ * whether it ever was open */
 static int conn_state_name(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
   if (c->state < CONN_OPEN) lua_pushliteral(L, "connecting");
   else if (c->state == CONN_OPEN) lua_pushliteral(L, "open");
   else lua_pushliteral(L, "closed");
   lua_pushinteger(L, (lua_Integer)c->high_water);
-  return 2;
+  lua_pushboolean(L, c->was_open);
+  return 3;
 }
 
 /* ---- construction and collection ---- */
@@ -935,7 +1059,7 @@ static evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
   evtcp_conn *c = (evtcp_conn *)lua_newuserdatauv(L, sizeof *c, UV_CONN_COUNT);
   memset(c, 0, sizeof *c);
   c->state = CONN_TERMINATED;
-  c->fd = -1;
+  c->fd = c->retired_fd = -1;
   c->obj.loop = loop;
   c->obj.anchor_ref = LUA_NOREF;
   c->obj.run_pending = conn_run_pending;
@@ -949,8 +1073,8 @@ static evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
 
 /* Stores the handler at handler_index in the new connection on top, reads
  * its options and anchors the connection if the handler has callbacks. */
-static void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index, int arg) {
-  conn_read_options(L, c, handler_index, arg);
+static void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index, int arg, int client) {
+  conn_read_options(L, c, handler_index, arg, client);
   lua_pushvalue(L, handler_index);
   lua_setiuservalue(L, -2, UV_HANDLER);
   if (conn_handler_has_callbacks(L, handler_index)) loop_anchor(&c->obj, ANCHOR_CALLBACKS);
@@ -975,8 +1099,9 @@ int conn_connect(lua_State *L) {
   luaL_argexpected(L, lua_istable(L, 3) || lua_isuserdata(L, 3), 3, "table");
   lua_settop(L, 3);
   c = conn_alloc(L, loop);
-  conn_adopt_handler(L, c, 3, 3);
+  conn_adopt_handler(L, c, 3, 3, 1);
   c->state = CONN_RESOLVING;
+  loop_anchor(&c->obj, ANCHOR_CONNECTING); /* work in flight keeps run() going */
   conn_begin(L, c, host, (int)port);
   return 1;
 }
@@ -990,11 +1115,13 @@ int conn_adopt_accepted(lua_State *L) {
   evutil_socket_t fd = (evutil_socket_t)lua_tointeger(L, 3);
   evtcp_conn *c;
   SSL_CTX *ctx;
-  luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "table (the new connection's handler)");
+  if (!lua_istable(L, 2) && !lua_isuserdata(L, 2))
+    return luaL_error(L, "evtcp: onConnection must return a handler table, or nil/false to refuse "
+                         "the client (it returned a %s)", luaL_typename(L, 2));
   c = conn_alloc(L, loop);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_OWNER);
-  conn_adopt_handler(L, c, 2, 2);
+  conn_adopt_handler(L, c, 2, 2, 0);
   c->fd = fd; /* the connection owns fd now: __gc closes it */
   lua_pushnil(L);
   lua_replace(L, 3);
@@ -1005,11 +1132,11 @@ int conn_adopt_accepted(lua_State *L) {
     /* OPEN, and onConnection, once the handshake is done */
     SSL *ssl = SSL_new(ctx);
     c->tls = 1;
-    c->bev = ssl ? bufferevent_openssl_socket_new(loop->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                                  BEV_OPT_CLOSE_ON_FREE)
+    c->bev = ssl ? bufferevent_openssl_socket_new(loop->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, 0)
                  : NULL;
     if (c->bev == NULL) { SSL_free(ssl); return luaL_error(L, "evtcp: out of memory"); }
-    c->bev_owns_fd = 1;
+    c->ssl = ssl;
+    loop_anchor(&c->obj, ANCHOR_CONNECTING); /* the handshake is work in flight */
     bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
     bufferevent_setcb(c->bev, conn_on_tls_readable, conn_on_written, conn_on_bev_event, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);

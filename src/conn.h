@@ -70,13 +70,21 @@ typedef struct evtcp_conn {
   unsigned drain_due : 1;         /* onDrain to deliver from the loop */
   unsigned finish_due : 1;        /* CLOSING: callbacks to deliver */
   unsigned receiving : 1;         /* read with receive(): input is buffered */
-  unsigned bev_owns_fd : 1;       /* the bufferevent made the socket (connect) */
+  unsigned was_open : 1;          /* OPEN was reached (dial's answer) */
+  unsigned input_due : 1;         /* kept input to hand to a new onData */
   unsigned tls : 1;               /* over TLS: the bufferevent reads too */
   unsigned tls_verify : 1;
   unsigned tls_backlog : 1;       /* decrypted input left when reading paused */
   unsigned aborted : 1;           /* reset(): no close_notify */
-  evutil_socket_t fd;             /* the socket, once connected or accepted; -1 */
+  evutil_socket_t fd;             /* the socket, once connected or accepted; -1.
+                                   * Always ours: closed by conn_release, so __gc
+                                   * closes it at once (libevent defers its own) */
   struct bufferevent *bev;        /* connecting, or output queued: see conn.c */
+  SSL *ssl;                       /* over TLS: ours too, freed after the bev */
+  struct bufferevent *retired_bev;/* a failed address's, freed from the loop */
+  SSL *retired_ssl;
+  evutil_socket_t retired_fd;
+  size_t line_scanned;            /* receive("l"): input bytes known to hold no \n */
   struct event *read_ev;
   struct event *connect_timer;    /* the `timeout` option, until OPEN */
   struct evbuffer *early;         /* sends before the socket exists */
@@ -95,7 +103,10 @@ typedef struct evtcp_conn {
 
 size_t conn_buffered(const evtcp_conn *c);
 void conn_apply_socket_options(evtcp_conn *c);
-void conn_read_options(lua_State *L, evtcp_conn *c, int handler_index, int arg);
+void conn_read_options(lua_State *L, evtcp_conn *c, int handler_index, int arg, int client);
+void conn_kept_input_due(evtcp_conn *c);
+void conn_set_no_delay(evtcp_conn *c, int on);
+void conn_set_keep_alive(evtcp_conn *c, int seconds);
 int conn_handler_has_callbacks(lua_State *L, int handler_index);
 void conn_props_open(lua_State *L, const luaL_Reg *methods);
 void listener_local_address(struct evtcp_listener *l, evtcp_addr *out);

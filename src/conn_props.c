@@ -16,7 +16,7 @@ static const char *const callback_keys[] = {
 };
 
 static const char *const property_keys[] = {
-  "closed", "errors", "noDelay", "remoteAddress", "remotePort", "localAddress",
+  "closed", "errors", "noDelay", "keepAlive", "remoteAddress", "remotePort", "localAddress",
   "localPort", "bufferedAmount", "handler", "tls", NULL
 };
 
@@ -50,9 +50,25 @@ static double option_seconds(lua_State *L, int h, int arg, const char *name) {
   return s;
 }
 
+/* The keepAlive value at the top of the stack: seconds, -1 for true (the
+ * system's idle time), 0 for false or nil; what is wrong words `what`. */
+static int keep_alive_value(lua_State *L, int arg, const char *what) {
+  int t = lua_type(L, -1);
+  if (t == LUA_TNUMBER) {
+    lua_Number s = lua_tonumber(L, -1);
+    if (!(s >= 1 && s <= 32767)) option_error(L, arg, what, "must be 1..32767 seconds or false");
+    return (int)s;
+  }
+  if (t == LUA_TBOOLEAN) return lua_toboolean(L, -1) ? -1 : 0;
+  if (t != LUA_TNIL) option_error(L, arg, what, "must be a number of seconds or false");
+  return 0;
+}
+
 /* Reads the options of the handler at h into c; raises an argument error
- * (argument arg) naming the option at the first bad one. */
-void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg) {
+ * (argument arg) naming the option at the first bad one. `tls` is a
+ * client's option only: an accepted connection is TLS when its listener
+ * is, whatever the handler says. */
+void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg, int client) {
   int t;
   h = lua_absindex(L, h);
   t = lua_getfield(L, h, "noDelay");
@@ -62,16 +78,8 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg) {
   c->connect_timeout = option_seconds(L, h, arg, "timeout");
   c->read_timeout = option_seconds(L, h, arg, "readTimeout");
   c->write_timeout = option_seconds(L, h, arg, "writeTimeout");
-  t = lua_getfield(L, h, "keepAlive");
-  if (t == LUA_TNUMBER) {
-    lua_Number s = lua_tonumber(L, -1);
-    if (!(s >= 1 && s <= 32767)) option_error(L, arg, "keepAlive", "must be 1..32767 seconds or false");
-    c->keep_alive = (int)s;
-  } else if (t == LUA_TBOOLEAN) {
-    c->keep_alive = lua_toboolean(L, -1) ? -1 : 0; /* true: the system's idle time */
-  } else if (t != LUA_TNIL) {
-    option_error(L, arg, "keepAlive", "must be a number of seconds or false");
-  }
+  lua_getfield(L, h, "keepAlive");
+  c->keep_alive = keep_alive_value(L, arg, "keepAlive");
   lua_pop(L, 1);
   t = lua_getfield(L, h, "highWaterMark");
   if (t != LUA_TNIL) {
@@ -80,7 +88,7 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg) {
     c->high_water = (size_t)n;
   }
   lua_pop(L, 1);
-  t = lua_getfield(L, h, "tls");
+  t = client ? lua_getfield(L, h, "tls") : (lua_pushnil(L), LUA_TNIL);
   if (t != LUA_TNIL && !(t == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
     tls_options opts;
     evtcp_failure f;
@@ -100,17 +108,28 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg) {
   lua_pop(L, 1);
 }
 
-/* TCP_NODELAY and keepalive, on a connected socket. */
+/* TCP_NODELAY on the connection's own socket (c->fd: a bufferevent's fd
+ * is not there on an accepted connection), now if it is open. */
+void conn_set_no_delay(evtcp_conn *c, int on) {
+  c->no_delay = on != 0;
+  if (c->fd >= 0 && c->state == CONN_OPEN)
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+}
+
+/* Keepalive: seconds of idle before probes, -1 the system's, 0 off. */
+void conn_set_keep_alive(evtcp_conn *c, int seconds) {
+  int on = seconds != 0;
+  c->keep_alive = seconds;
+  if (c->fd < 0 || c->state != CONN_OPEN) return;
+  setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  if (seconds > 0) setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPIDLE, &seconds, sizeof seconds);
+}
+
+/* The options as the socket opens: only what differs from a new socket's
+ * defaults costs a system call (listening sockets have SO_KEEPALIVE off). */
 void conn_apply_socket_options(evtcp_conn *c) {
-  evutil_socket_t fd = c->bev ? bufferevent_getfd(c->bev) : -1;
-  int one = 1;
-  if (fd < 0) return;
-  if (c->no_delay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (c->keep_alive != 0) {
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
-    if (c->keep_alive > 0)
-      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &c->keep_alive, sizeof c->keep_alive);
-  }
+  if (c->no_delay) conn_set_no_delay(c, 1);
+  if (c->keep_alive != 0) conn_set_keep_alive(c, c->keep_alive);
 }
 
 /* ---- properties ---- */
@@ -163,6 +182,13 @@ static int conn_push_property(lua_State *L, evtcp_conn *c, const char *key) {
   case 'n':
     if (strcmp(key, "noDelay") == 0) { lua_pushboolean(L, c->no_delay); return 1; }
     break;
+  case 'k':
+    if (strcmp(key, "keepAlive") == 0) {
+      if (c->keep_alive > 0) lua_pushinteger(L, c->keep_alive);
+      else lua_pushboolean(L, c->keep_alive != 0);
+      return 1;
+    }
+    break;
   case 'r':
     if (strcmp(key, "remoteAddress") == 0) return push_addr(L, &c->peer, 0) || (lua_pushnil(L), 1);
     if (strcmp(key, "remotePort") == 0) return push_addr(L, &c->peer, 1) || (lua_pushnil(L), 1);
@@ -214,10 +240,24 @@ static int conn__newindex(lua_State *L) {
     luaL_argexpected(L, lua_istable(L, 3) || lua_isuserdata(L, 3), 3, "table");
     lua_pushvalue(L, 3);
     lua_setiuservalue(L, 1, UV_HANDLER);
-    if (c->state != CONN_TERMINATED) {
+    if (c->state != CONN_TERMINATED && c->obj.loop != NULL) {
       if (conn_handler_has_callbacks(L, 3)) loop_anchor(&c->obj, ANCHOR_CALLBACKS);
       else loop_unanchor(&c->obj, ANCHOR_CALLBACKS);
+      conn_kept_input_due(c); /* kept input goes to a new onData */
     }
+    return 0;
+  }
+  if (key != NULL && strcmp(key, "noDelay") == 0) {
+    if (lua_type(L, 3) != LUA_TBOOLEAN)
+      return luaL_error(L, "evtcp: TCPConnection.noDelay must be a boolean (got %s)", luaL_typename(L, 3));
+    conn_set_no_delay(c, lua_toboolean(L, 3));
+    return 0;
+  }
+  if (key != NULL && strcmp(key, "keepAlive") == 0) {
+    int t = lua_type(L, 3);
+    if (t != LUA_TBOOLEAN && !(t == LUA_TNUMBER && lua_tonumber(L, 3) >= 1 && lua_tonumber(L, 3) <= 32767))
+      return luaL_error(L, "evtcp: TCPConnection.keepAlive must be 1..32767 seconds or a boolean");
+    conn_set_keep_alive(c, keep_alive_value(L, 3, "keepAlive"));
     return 0;
   }
   if (key != NULL && is_reserved(L, key))

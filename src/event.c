@@ -68,6 +68,12 @@ static int event_dispatch(lua_State *L) {
   if (lua_isnil(L, -1)) return 0;
   if (lua_getfield(L, -1, callback_names[notice->type]) == LUA_TNIL) return 0;
   notice->handled = 1;
+  if (!lua_isfunction(L, -1)) { /* a callable table will do */
+    if (luaL_getmetafield(L, -1, "__call") == LUA_TNIL)
+      return luaL_error(L, "evtcp: handler.%s is a %s, not a function", callback_names[notice->type],
+                        luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
   lua_insert(L, -2);                                      /* cb handler */
   lua_pushvalue(L, 1);                                    /* cb handler obj */
   event_push(L, notice, payload);                         /* cb handler obj ev */

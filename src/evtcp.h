@@ -56,7 +56,8 @@ enum {
   ANCHOR_CALLBACKS = 1, /* its handler has callbacks and it is not terminated */
   ANCHOR_OUTPUT = 2,    /* it still has queued output to flush */
   ANCHOR_WAITER = 4,    /* a coroutine waits on it */
-  ANCHOR_PENDING = 8    /* it sits in the deferred-work queue */
+  ANCHOR_PENDING = 8,   /* it sits in the deferred-work queue */
+  ANCHOR_CONNECTING = 16 /* resolving, connecting or in its TLS handshake */
 };
 
 typedef struct evtcp_loop evtcp_loop;
@@ -84,7 +85,8 @@ struct evtcp_loop {
   evtcp_lookup *lookups;   /* in flight, freed at lua_close if still there */
   int running;             /* inside run/step/blocking drive */
   int stop_requested;
-  int error_ref;           /* the first error raised by a callback */
+  int errors_ref;          /* queue of errors raised by callbacks, not yet raised */
+  int errors_head, errors_tail; /* its oldest and newest index; empty: head > tail */
   int active;              /* anchored objects: run() returns at 0 */
   int closing;             /* lua_close is tearing the loop down */
   int weak_ref;            /* weak table: lightuserdata -> userdata */
@@ -148,6 +150,7 @@ void failure_from_dns(evtcp_failure *f, int gai_code);
 void failure_set(evtcp_failure *f, evtcp_kind kind, int code, const char *component, const char *msg);
 void error_push(lua_State *L, const evtcp_failure *f);
 void error_append(lua_State *L, int obj_index, int err_index);
+void error_open(lua_State *L);
 
 /* ---- resolve.c ---- */
 typedef void (*lookup_cb)(void *owner, int gai_code, struct evutil_addrinfo *addrs);

@@ -59,9 +59,9 @@ SSL_CTX *listener_tls_context(evtcp_listener *l) {
 }
 
 /* Frees the listening socket and a held client. No Lua. The TLS context
- * lives on in the sessions of connections that use it (refcounted). */
+ * stays until __gc: terminate() may run inside onConnection, and the client
+ * being accepted then still gets its handshake. */
 static void listener_release(evtcp_listener *l) {
-  if (l->tls_ctx) { SSL_CTX_free(l->tls_ctx); l->tls_ctx = NULL; }
   if (l->lev) { evconnlistener_free(l->lev); l->lev = NULL; }
   if (l->backoff_ev) { event_free(l->backoff_ev); l->backoff_ev = NULL; }
   if (l->held_fd >= 0) { evutil_closesocket(l->held_fd); l->held_fd = -1; }
@@ -116,7 +116,7 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
   lua_State *L = l->obj.loop->L;
   evtcp_notice n;
   (void)lev; (void)socklen;
-  if (l->max_connections > 0 && l->connections >= l->max_connections) {
+  if (l->closed || (l->max_connections > 0 && l->connections >= l->max_connections)) {
     evutil_closesocket(fd); /* refused: never reaches onConnection */
     return;
   }
@@ -129,6 +129,7 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
   if (!n.handled) {
     /* no onConnection: hold the client for accept(), stop accepting */
     lua_pop(L, 1);
+    if (l->closed) { evutil_closesocket(fd); return; } /* terminated by __index */
     l->held_fd = fd;
     memset(&l->held_addr, 0, sizeof l->held_addr);
     memcpy(&l->held_addr, sa, (size_t)socklen < sizeof l->held_addr ? (size_t)socklen : sizeof l->held_addr);
@@ -163,9 +164,9 @@ static void listener_on_error(struct evconnlistener *lev, void *arg) {
   int err = EVUTIL_SOCKET_ERROR();
   failure_set(&f, KIND_ACCEPT, err, "libevent", evutil_socket_error_to_string(err));
   evconnlistener_disable(lev);
-  if (l->backoff_ev == NULL)
+  if (l->backoff_ev == NULL && !l->closed)
     l->backoff_ev = evtimer_new(l->obj.loop->base, listener_on_backoff_done, l);
-  if (l->backoff_ev) {
+  if (l->backoff_ev && !l->closed) {
     struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
     evtimer_add(l->backoff_ev, &tv);
   }
@@ -209,43 +210,14 @@ int listener_listen(lua_State *L) {
   unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE;
   evtcp_listener *l;
   tls_options tls;
-  SSL_CTX *tls_ctx = NULL;
   luaL_argexpected(L, lua_type(L, 1) == LUA_TNUMBER, 1, "number");
   port = luaL_checkinteger(L, 1);
   luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port must be in 0..65535");
   if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
   luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "table");
   lua_settop(L, 2);
-  if (lua_getfield(L, 2, "address") != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 2, "option 'address' must be a string");
-    address = lua_tostring(L, -1);
-  }
-  backlog = option_integer(L, 2, "backlog", -1, 1, 65535);
-  max_conn = option_integer(L, 2, "maxConnections", 0, 1, 1 << 30);
-  lua_getfield(L, 2, "reusePort");
-  reuse_port = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  if (lua_getfield(L, 2, "tls") != LUA_TNIL) {
-    evtcp_failure f;
-    tls_read_options(L, -1, 2, &tls, 1);
-    if ((tls_ctx = tls_context_new(&tls, 1, &f)) == NULL) {
-      lua_pushnil(L);
-      lua_pushstring(L, f.message);
-      lua_pushinteger(L, f.code);
-      return 3;
-    }
-  }
-  lua_pop(L, 1);
-  has_cb = lua_getfield(L, 2, "onConnection") != LUA_TNIL;
-  lua_pop(L, 1);
-  if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0) {
-    SSL_CTX_free(tls_ctx);
-    lua_pushnil(L);
-    lua_pushfstring(L, "not an IP address of this machine: %s", address);
-    lua_pushinteger(L, EADDRNOTAVAIL);
-    return 3;
-  }
-  if (reuse_port) flags |= LEV_OPT_REUSEABLE_PORT;
+  /* the userdata first, closed: whatever raises below (an option's
+   * __index, memory), its __gc frees what was made so far */
   l = (evtcp_listener *)lua_newuserdatauv(L, sizeof *l, UV_LISTENER_COUNT);
   memset(l, 0, sizeof *l);
   l->obj.loop = loop;
@@ -254,21 +226,59 @@ int listener_listen(lua_State *L) {
   l->held_fd = -1;
   l->closed = 1; /* until the socket exists */
   l->terminated = 1;
-  l->max_connections = max_conn;
-  l->tls_ctx = tls_ctx; /* owned by the listener from here: __gc frees it */
   luaL_setmetatable(L, EVTCP_LISTENER_MT);
   loop_register(L, &l->obj, -1);
+  lua_insert(L, 1); /* listener port options */
+  if (lua_getfield(L, 3, "address") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 2, "option 'address' must be a string");
+    address = lua_tostring(L, -1);
+  }
+  /* absent: as many as the system allows (the kernel caps the value at
+   * net.core.somaxconn; libevent's own default for -1 is only 128) */
+  backlog = option_integer(L, 3, "backlog", 65535, 1, 65535);
+  max_conn = option_integer(L, 3, "maxConnections", 0, 1, 1 << 30);
+  lua_getfield(L, 3, "reusePort");
+  reuse_port = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (lua_getfield(L, 3, "tls") != LUA_TNIL) {
+    evtcp_failure f;
+    tls_read_options(L, -1, 2, &tls, 1);
+    if ((l->tls_ctx = tls_context_new(&tls, 1, &f)) == NULL) {
+      lua_pushnil(L);
+      lua_pushstring(L, f.message);
+      lua_pushinteger(L, f.code);
+      return 3;
+    }
+  }
+  lua_pop(L, 1);
+  has_cb = lua_getfield(L, 3, "onConnection") != LUA_TNIL;
+  lua_pop(L, 1);
+  if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "not an IP address of this machine: %s", address);
+    lua_pushinteger(L, EADDRNOTAVAIL);
+    return 3;
+  }
+  if (reuse_port) flags |= LEV_OPT_REUSEABLE_PORT;
+  l->max_connections = max_conn;
   l->lev = evconnlistener_new_bind(loop->base, listener_on_accept, l, flags, backlog,
                                    (struct sockaddr *)&ss, sslen);
   if (l->lev == NULL) return listener_fail(L, EVUTIL_SOCKET_ERROR());
   evconnlistener_set_error_cb(l->lev, listener_on_error);
   {
+    /* libevent turns SO_KEEPALIVE on for the listening socket, and accepted
+     * sockets inherit it: off, so keepAlive = false means off */
+    int off = 0;
+    setsockopt(evconnlistener_get_fd(l->lev), SOL_SOCKET, SO_KEEPALIVE, &off, sizeof off);
+  }
+  {
     socklen_t len = sizeof l->bound;
     getsockname(evconnlistener_get_fd(l->lev), &l->bound.sa, &len);
   }
   l->closed = l->terminated = 0;
-  lua_pushvalue(L, 2);
-  lua_setiuservalue(L, -2, UV_HANDLER);
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, 1, UV_HANDLER);
+  lua_settop(L, 1);
   if (has_cb) loop_anchor(&l->obj, ANCHOR_CALLBACKS);
   return 1;
 }
@@ -347,6 +357,7 @@ static int listener__gc(lua_State *L) {
   evtcp_listener *l = (evtcp_listener *)lua_touserdata(L, 1);
   if (l->obj.loop == NULL) return 0;
   listener_release(l);
+  if (l->tls_ctx) { SSL_CTX_free(l->tls_ctx); l->tls_ctx = NULL; }
   l->closed = 1;
   loop_unregister(L, &l->obj);
   l->obj.loop = NULL;

@@ -34,7 +34,8 @@ evtcp_loop *loop_get(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &loop_key);
   loop = (evtcp_loop *)lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (loop == NULL) luaL_error(L, "evtcp: the loop of this Lua state is gone");
+  if (loop == NULL || loop->base == NULL)
+    luaL_error(L, "evtcp: the loop of this Lua state is closed");
   return loop;
 }
 
@@ -48,13 +49,14 @@ static int loop_traceback(lua_State *L) {
   return 1;
 }
 
-/* Stores the error on top of the stack as the loop's pending error, unless
- * one is already pending (the first one is the cause); breaks the dispatch. */
+/* Appends the error on top of the stack to the loop's queue of pending
+ * errors (popping it) and breaks the dispatch. Nothing raised is dropped:
+ * each run/step raises the oldest pending error, in turn. */
 static void loop_store_error(evtcp_loop *loop, lua_State *L) {
-  if (loop->error_ref == LUA_NOREF)
-    loop->error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  else
-    lua_pop(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->errors_ref); /* err queue */
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, ++loop->errors_tail);
+  lua_pop(L, 1);
   event_base_loopbreak(loop->base);
 }
 
@@ -74,15 +76,18 @@ int loop_pcall(evtcp_loop *loop, int nargs, int nresults) {
 }
 
 int loop_has_error(evtcp_loop *loop) {
-  return loop->error_ref != LUA_NOREF;
+  return loop->errors_head <= loop->errors_tail;
 }
 
-/* Raises the pending callback error, if any, in the caller of run/step. */
+/* Raises the oldest pending callback error, if any, in the caller of
+ * run/step; the next one waits for the next call. */
 static void loop_raise_pending(lua_State *L, evtcp_loop *loop) {
-  if (loop->error_ref == LUA_NOREF) return;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->error_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, loop->error_ref);
-  loop->error_ref = LUA_NOREF;
+  if (!loop_has_error(loop)) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->errors_ref);
+  lua_rawgeti(L, -1, loop->errors_head);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, loop->errors_head++);
+  if (!loop_has_error(loop)) loop->errors_head = 1, loop->errors_tail = 0;
   lua_error(L);
 }
 
@@ -348,6 +353,7 @@ static int loop_drive(lua_State *L, evtcp_loop *loop, double timeout, int once) 
   struct event *deadline = NULL;
   int hit = 0, out_of_work = 0;
   loop_check_not_running(L, loop);
+  loop_raise_pending(L, loop); /* one left from an earlier dispatch */
   if (timeout >= 0) {
     struct timeval tv = seconds_to_tv(timeout);
     deadline = evtimer_new(loop->base, loop_deadline_cb, &hit);
@@ -482,7 +488,8 @@ void loop_open(lua_State *L) {
   loop->pending_head = NULL;
   loop->lookups = NULL;
   loop->running = loop->stop_requested = loop->active = loop->closing = 0;
-  loop->error_ref = LUA_NOREF;
+  loop->errors_head = 1;
+  loop->errors_tail = 0;
   loop->send_hook_ref = LUA_NOREF;
   luaL_newmetatable(L, EVTCP_LOOP_MT);
   lua_pushcfunction(L, loop__gc);
@@ -502,6 +509,8 @@ void loop_open(lua_State *L) {
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
   loop->weak_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  loop->errors_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &loop_key);
   /* SIGPIPE: a peer that vanishes mid-write must be an error event, not the
    * death of the process. libevent writes with writev(), which raises

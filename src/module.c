@@ -18,6 +18,7 @@ LUALIB_API int luaopen_evtcp_core(lua_State *L) {
   luaL_newlib(L, core_functions);
   loop_open(L);     /* first: lua_close finalizes the loop last */
   event_open(L);
+  error_open(L);
   conn_open(L);
   listener_open(L);
   timer_open(L);

@@ -70,6 +70,7 @@ static int timer__gc(lua_State *L) {
   if (t->obj.loop == NULL) return 0;
   if (t->ev) event_free(t->ev);
   t->ev = NULL;
+  t->pending = 0; /* a later cancel() from another finalizer is a no-op */
   loop_unregister(L, &t->obj);
   t->obj.loop = NULL;
   return 0;

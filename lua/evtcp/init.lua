@@ -83,8 +83,11 @@ local function current()
   if not main and spawned[co] then return co end
 end
 
---- Waits until obj reports a change (true) or the deadline passes (false).
--- At the top level this is one pass of the loop; the caller looks again.
+--- Waits until obj reports a change (true), or gives up (false): in a
+-- coroutine when the deadline passes; at the top level when the deadline
+-- passes or when nothing at all can happen any more (no event pending in
+-- the loop: waiting longer could only spin). At the top level this is one
+-- pass of the loop; the caller looks again.
 local function block(obj, deadline)
   local co = current()
   if co then
@@ -109,22 +112,36 @@ local function block(obj, deadline)
   return not idle
 end
 
---- Drives the loop, or yields, until done() is true or the deadline passes.
+--- Drives the loop, or yields, until done() is true or block gives up.
 local function wait_until(obj, done, deadline)
   while not done() do
-    if not block(obj, deadline) and not done() then
-      if deadline == nil or now() >= deadline then return false end
-    end
+    if not block(obj, deadline) then return done() end
   end
   return true
 end
 
+local function arg_error(fname, arg, msg)
+  error(("bad argument #%d to '%s' (%s)"):format(arg, fname, msg), 3)
+end
+
+--- The deadline of a timeout argument; nil (no deadline) for nil or math.huge.
 local function check_timeout(fname, timeout, arg)
   if timeout ~= nil and (math.type(timeout) == nil or timeout < 0 or timeout ~= timeout) then
-    error(("bad argument #%d to '%s' (timeout must be a number >= 0)"):format(arg, fname), 3)
+    arg_error(fname, arg, "timeout must be a number >= 0")
   end
-  return timeout and now() + timeout
+  if timeout == nil or timeout == math.huge then return nil end
+  return now() + timeout
 end
+
+--- Checks that the method's self is of the type named by its metatable.
+local function check_self(fname, obj, tname)
+  if getmetatable(obj) ~= tname then
+    error(("bad argument #1 to '%s' (%s expected, got %s)"):format(fname, tname, type(obj)), 3)
+  end
+end
+
+-- timers take at most this many seconds; a longer sleep is as good as forever
+local LONGEST = 1e9 - 1
 
 --- evtcp.spawn(fn, ...) runs fn(...) in a coroutine driven by the loop.
 function evtcp.spawn(fn, ...)
@@ -140,9 +157,10 @@ end
 
 --- evtcp.sleep(seconds): yields in a spawned coroutine, else drives the loop.
 function evtcp.sleep(seconds)
-  if math.type(seconds) == nil or seconds < 0 then
+  if math.type(seconds) == nil or seconds < 0 or seconds ~= seconds then
     error("bad argument #1 to 'sleep' (seconds must be a number >= 0)", 2)
   end
+  seconds = math.min(seconds, LONGEST)
   local co = current()
   if co then
     after(seconds, waker(co, true))
@@ -158,6 +176,7 @@ end
 
 --- conn:wait([timeout]) -> conn.closed
 function connection.wait(conn, timeout)
+  check_self("wait", conn, "TCPConnection")
   local deadline = check_timeout("wait", timeout, 2)
   wait_until(conn, function() return conn.closed end, deadline)
   return conn.closed
@@ -165,19 +184,27 @@ end
 
 --- listener:wait([timeout]) -> listener.closed
 function listener.wait(l, timeout)
+  check_self("wait", l, "TCPListener")
   local deadline = check_timeout("wait", timeout, 2)
   wait_until(l, function() return l.closed end, deadline)
   return l.closed
 end
 
+-- core.connect under the name argument errors should show: 'dial'
+local dial = core.connect
+
 --- evtcp.dial(address, port [, options]) -> conn | nil, errorObject
--- options.timeout bounds resolving and connecting.
+-- options.timeout bounds resolving and connecting. A connection that was
+-- established is returned even if a callback closed it meanwhile (its
+-- reads then say "closed"); one closed before it connected gives the
+-- error object of why, or one of kind "io" if the program closed it.
 function evtcp.dial(address, port, options)
-  local conn = core.connect(address, port, options or {})
+  local conn = dial(address, port, options or {})
   wait_until(conn, function() return conn:_state() ~= "connecting" end)
-  if conn:_state() == "open" then return conn end
+  local state, _, was_open = conn:_state()
+  if state == "open" or was_open then return conn end
   conn:wait()
-  return nil, conn.errors[1]
+  return nil, conn.errors[1] or core.newError("io", "evtcp", "closed before it was connected")
 end
 
 --- conn:receive([pattern [, timeout]]) -> data | nil, err, partial
@@ -189,7 +216,7 @@ local function receive(conn, pattern, timeout)
   if data then return data end -- what is buffered is enough: no wait at all
   if err ~= "wait" then return nil, err, partial end
   while true do
-    if not block(conn, deadline) and (deadline == nil or now() >= deadline) then
+    if not block(conn, deadline) then
       -- the deadline passed, or (top level) nothing at all can happen
       data, err, partial = read(conn, pattern)
       if data then return data end
@@ -218,6 +245,7 @@ end)
 
 --- listener:accept([timeout]) -> conn | nil, err
 function listener.accept(l, timeout)
+  check_self("accept", l, "TCPListener")
   local deadline = check_timeout("accept", timeout, 2)
   if l.handler.onConnection ~= nil then
     error("evtcp: this listener has an onConnection callback; it cannot also accept()", 2)
@@ -226,7 +254,7 @@ function listener.accept(l, timeout)
     if l.closed then return nil, "closed" end
     local conn = l:_takeHeld()
     if conn then return conn end
-    if not block(l, deadline) and (deadline == nil or now() >= deadline) then
+    if not block(l, deadline) then
       conn = l:_takeHeld()
       if conn then return conn end
       return nil, "timeout"
