@@ -24,7 +24,7 @@ CORE = $(BUILD)/evtcp/core.so
 DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-socket \
        socat netcat-openbsd pkg-config redis-server python3 lua-luv
 
-.PHONY: all deps test demo install sanitize bench bench-quick clean
+.PHONY: all deps test demo install sanitize fuzz stress bench bench-quick clean
 
 all: $(CORE) $(BUILD)/two_states $(BUILD)/sockopt.so
 
@@ -71,12 +71,24 @@ install: all
 # instrumented, so the runtime is preloaded.
 ASAN_LIB = $(shell $(CC) -print-file-name=libasan.so)
 UBSAN_LIB = $(shell $(CC) -print-file-name=libubsan.so)
+ASAN_CFLAGS = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 sanitize: deps
-	$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" all
-	LD_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
+	$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_CFLAGS)" all
+	$(SANITIZER_ENV) \
 	  LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="build-asan/?.so;;" \
 	  EVTCP_SANITIZE=1 $(BUSTED) --output=spec/summary_output.lua spec
+
+# The API fuzzer under AddressSanitizer + UBSan (spec/attack/fuzz.lua):
+# FUZZ_N operations from seed FUZZ_SEED. CI runs a slice; `make fuzz` is
+# the long run.
+FUZZ_N    ?= 200000
+FUZZ_SEED ?= 1
+SANITIZER_ENV = LD_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0
+fuzz: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan CFLAGS="$(ASAN_CFLAGS)" all
+	$(SANITIZER_ENV) LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="build-asan/?.so;;" \
+	  FUZZ_N=$(FUZZ_N) FUZZ_SEED=$(FUZZ_SEED) $(LUA) spec/attack/fuzz.lua
 
 bench: deps
 	$(MAKE) -C bench run

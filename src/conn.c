@@ -25,10 +25,11 @@ evtcp_conn *test_conn(lua_State *L, int index) {
   return (evtcp_conn *)loop_test_udata(L, index, &conn_mt_key);
 }
 
-/* The type check of every method; luaL_checkudata words the error. */
+/* The type check of every method. */
 evtcp_conn *check_conn(lua_State *L, int index) {
   evtcp_conn *c = test_conn(L, index);
-  return c ? c : (evtcp_conn *)luaL_checkudata(L, index, EVTCP_CONN_MT);
+  if (c == NULL) loop_self_error(L, index, "TCPConnection", &conn_methods_key);
+  return c;
 }
 
 size_t conn_buffered(const evtcp_conn *c) {
@@ -1051,6 +1052,17 @@ static int conn_state_name(lua_State *L) {
   return 3;
 }
 
+/* conn:_flags() -> the internal state in words, for the fuzzer's reports */
+static int conn_flags(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  lua_pushfstring(L, "state=%d reading=%d paused=%d input_full=%d peer_eof=%d close_wanted=%d "
+                  "receiving=%d anchors=%d input=%d buffered=%d fd=%d",
+                  (int)c->state, c->reading, c->paused, c->input_full, c->peer_eof, c->close_wanted,
+                  c->receiving, (int)c->obj.anchors, c->input ? (int)evbuffer_get_length(c->input) : -1,
+                  (int)conn_buffered(c), (int)c->fd);
+  return 1;
+}
+
 /* ---- construction and collection ---- */
 
 /* Pushes a new connection userdata in its terminated state (safe to
@@ -1121,7 +1133,7 @@ int conn_adopt_accepted(lua_State *L) {
   c = conn_alloc(L, loop);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_OWNER);
-  conn_adopt_handler(L, c, 2, 2, 0);
+  conn_adopt_handler(L, c, 2, 0, 0);
   c->fd = fd; /* the connection owns fd now: __gc closes it */
   lua_pushnil(L);
   lua_replace(L, 3);
@@ -1177,6 +1189,7 @@ static const luaL_Reg conn_methods[] = {
   {"receive", conn_receive},
   {"_take", conn_take},
   {"_state", conn_state_name},
+  {"_flags", conn_flags},
   {"_setWaiter", loop_set_waiter},
   {NULL, NULL}
 };

@@ -33,7 +33,10 @@ int conn_handler_has_callbacks(lua_State *L, int handler_index) {
 
 /* ---- options ---- */
 
+/* arg 0: the handler that a listener's onConnection returned. */
 static int option_error(lua_State *L, int arg, const char *name, const char *what) {
+  if (arg == 0)
+    return luaL_error(L, "evtcp: option '%s' %s (in the handler returned by onConnection)", name, what);
   return luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' %s", name, what));
 }
 
@@ -283,10 +286,14 @@ static int conn__tostring(lua_State *L) {
 
 /* Completes the metatable: __index and __newindex share the method table,
  * which the Lua layer extends (wait, receive) through core.connectionMethods. */
+const char conn_methods_key = 'M';
+
 void conn_props_open(lua_State *L, const luaL_Reg *methods) {
   luaL_getmetatable(L, EVTCP_CONN_MT);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);            /* mt methods */
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &conn_methods_key); /* names for type errors */
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, conn__index, 1);
   lua_setfield(L, -3, "__index");

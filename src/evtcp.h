@@ -109,6 +109,8 @@ void loop_defer(evtcp_object *obj);
 int loop_has_error(evtcp_loop *loop);
 void loop_wake(evtcp_object *obj);
 void *loop_test_udata(lua_State *L, int index, const void *mt_key);
+int loop_self_error(lua_State *L, int arg, const char *tname, const void *methods_key);
+extern const char conn_methods_key, listener_methods_key;
 void loop_push_scheduler(lua_State *L, int i);
 int loop_is_spawned(lua_State *L);
 int loop_set_waiter(lua_State *L);

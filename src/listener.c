@@ -36,8 +36,12 @@ typedef struct evtcp_listener {
   unsigned terminated : 1;      /* onTerminate delivered */
 } evtcp_listener;
 
+const char listener_methods_key = 'M';
+
 static evtcp_listener *check_listener(lua_State *L, int index) {
-  return (evtcp_listener *)luaL_checkudata(L, index, EVTCP_LISTENER_MT);
+  evtcp_listener *l = (evtcp_listener *)luaL_testudata(L, index, EVTCP_LISTENER_MT);
+  if (l == NULL) loop_self_error(L, index, "TCPListener", &listener_methods_key);
+  return l;
 }
 
 void listener_connection_gone(evtcp_listener *l) {
@@ -385,6 +389,8 @@ void listener_open(lua_State *L) {
   lua_pushliteral(L, "TCPListener");
   lua_setfield(L, -2, "__metatable");
   luaL_newlib(L, listener_methods);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &listener_methods_key); /* names for type errors */
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, listener__index, 1);
   lua_setfield(L, -3, "__index");

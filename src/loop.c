@@ -110,6 +110,27 @@ void *loop_test_udata(lua_State *L, int index, const void *mt_key) {
   return same ? p : NULL;
 }
 
+/* Raises "bad argument #arg to 'name' (tname expected, got ...)" for a
+ * method called on the wrong object. The name is the call's, or, when the
+ * call has none (pcall(conn.send, 42)), the method's key in the type's
+ * method table (in the registry under methods_key): never '?'. */
+int loop_self_error(lua_State *L, int arg, const char *tname, const void *methods_key) {
+  lua_Debug ar;
+  const char *name = NULL;
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "nf", &ar)) { /* pushes the function */
+    name = ar.name;
+    if (name == NULL && lua_rawgetp(L, LUA_REGISTRYINDEX, methods_key) == LUA_TTABLE) {
+      lua_pushnil(L);
+      while (name == NULL && lua_next(L, -2)) {
+        if (lua_rawequal(L, -1, -4) && lua_type(L, -2) == LUA_TSTRING) name = lua_tostring(L, -2);
+        lua_pop(L, 1);
+      }
+    }
+  }
+  return luaL_error(L, "bad argument #%d to '%s' (%s expected, got %s)", arg, name ? name : "?",
+                    tname, luaL_typename(L, arg));
+}
+
 /* ---- object registry and anchoring ---- */
 
 /* Records the userdata at ud_index as the Lua side of obj. */

@@ -30,6 +30,12 @@ local evtcp = {
 evtcp.TCPConnection = { new = core.connect }
 evtcp.TCPListener = { new = core.listen }
 
+-- Argument errors of a function called without a name (pcall(conn.send,
+-- conn, {})) are named by where Lua finds the function among the loaded
+-- modules: here, as evtcp.TCPConnection.send, never '?'.
+package.loaded["evtcp.TCPConnection"] = core.connectionMethods
+package.loaded["evtcp.TCPListener"] = core.listenerMethods
+
 local now = core.now
 local after = core.after
 local connection = core.connectionMethods
