@@ -90,6 +90,12 @@ fuzz: deps
 	$(SANITIZER_ENV) LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="build-asan/?.so;;" \
 	  FUZZ_N=$(FUZZ_N) FUZZ_SEED=$(FUZZ_SEED) $(LUA) spec/attack/fuzz.lua
 
+# The stress suite (spec/attack/stress.lua): one line per check with its
+# figures. The sizes are the full ones; CI sets smaller STRESS_* values.
+stress: deps
+	@$(MAKE) --no-print-directory all
+	$(ENV) $(LUA) spec/attack/stress.lua
+
 bench: deps
 	$(MAKE) -C bench run
 
