@@ -120,8 +120,8 @@ describe("errors", function()
       for _, name in ipairs({ "send", "close", "shutdown", "reset", "pause", "resume", "setTimeouts" }) do
         -- called as a program would: conn.send({}) instead of conn:send()
         local call = load("local conn, arg = ... return conn." .. name .. "(arg)")
-        raises("bad argument #1 to '" .. name .. "' %(evtcp.TCPConnection expected, got table%)", call, conn, {})
-        raises("evtcp.TCPConnection expected, got no value", conn[name])
+        raises("bad argument #1 to '" .. name .. "' %(TCPConnection expected, got table%)", call, conn, {})
+        raises("bad argument #1 to .-TCPConnection expected, got no value", conn[name])
       end
       raises("timeout must be a number >= 0", conn.wait, conn, "x")
       raises("read timeout must be >= 0", conn.setTimeouts, conn, -1)

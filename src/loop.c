@@ -117,6 +117,7 @@ void *loop_test_udata(lua_State *L, int index, const void *mt_key) {
 int loop_self_error(lua_State *L, int arg, const char *tname, const void *methods_key) {
   lua_Debug ar;
   const char *name = NULL;
+  const char *got = luaL_typename(L, arg); /* before anything is pushed */
   if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "nf", &ar)) { /* pushes the function */
     name = ar.name;
     if (name == NULL && lua_rawgetp(L, LUA_REGISTRYINDEX, methods_key) == LUA_TTABLE) {
@@ -128,7 +129,7 @@ int loop_self_error(lua_State *L, int arg, const char *tname, const void *method
     }
   }
   return luaL_error(L, "bad argument #%d to '%s' (%s expected, got %s)", arg, name ? name : "?",
-                    tname, luaL_typename(L, arg));
+                    tname, got);
 }
 
 /* ---- object registry and anchoring ---- */

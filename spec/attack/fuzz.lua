@@ -477,9 +477,9 @@ while os.time() < deadline do
     end
     if rounds >= 3 or not is_sink(c) then pcall(c.close, c) end
   end
-  if rounds >= 3 then -- clients no longer in conns, too
-    for _, r in ipairs(records) do
-      if r.client and not r.client.closed then r.spoiled = true pcall(r.client.reset, r.client) end
+  if rounds >= 3 then -- clients no longer in conns or records, too
+    for c, r in pairs(record_of) do
+      if r.client == c and not c.closed then r.spoiled = true pcall(c.reset, c) end
     end
   end
 end
