@@ -259,7 +259,7 @@ static void conn_finish(evtcp_conn *c) {
   }
   conn_deliver(c, EVT_TERMINATE);
   c->state = CONN_TERMINATED;
-  loop_wake(&c->obj);
+  loop_wake(&c->obj, WAKE_ALL);
   if (c->listener) {
     listener_connection_gone(c->listener);
     c->listener = NULL;
@@ -304,12 +304,14 @@ static void conn_shut_write(evtcp_conn *c) {
 /* Everything queued has reached the kernel: do what waited for it. */
 static void conn_flushed(evtcp_conn *c, int from_loop) {
   loop_unanchor(&c->obj, ANCHOR_OUTPUT);
-  if (c->close_wanted || c->peer_eof) {
+  /* after the peer's FIN, our side closes once flushed, unless the program
+   * keeps it open (allowHalfOpen) until it calls shutdown() or close() */
+  if (c->close_wanted || (c->peer_eof && (!c->allow_half_open || c->write_shut_wanted))) {
     conn_end(c, NULL, 0); /* closing the socket sends our FIN */
     return;
   }
   if (c->write_shut_wanted) conn_shut_write(c);
-  if (from_loop) loop_wake(&c->obj); /* a send() waiting for room */
+  if (from_loop) loop_wake(&c->obj, WAKE_OUTPUT); /* a send() waiting for room */
   if (c->drain_wanted) {
     c->drain_wanted = 0;
     if (from_loop) {
@@ -329,7 +331,7 @@ static void conn_input_grew(evtcp_conn *c) {
     c->input_full = 1;
     conn_stop_reading(c);
   }
-  loop_wake(&c->obj);
+  loop_wake(&c->obj, WAKE_INPUT);
 }
 
 /* Bytes read from the socket (or decrypted): to onData, or kept in `input`
@@ -362,11 +364,19 @@ static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
   conn_input_grew(c);
 }
 
+/* The peer's FIN: what came before it has been delivered; then onEnd, then
+ * (without allowHalfOpen) our side closes once what is queued is flushed. */
 static void conn_on_peer_eof(evtcp_conn *c) {
   c->peer_eof = 1;
   conn_stop_reading(c);
-  loop_wake(&c->obj); /* a receive("a") is complete */
-  if (conn_buffered(c) == 0) conn_flushed(c, 1);
+  loop_wake(&c->obj, WAKE_INPUT); /* a receive("a") is complete */
+  if (!c->receiving) conn_deliver_kept(c);
+  if (c->state == CONN_OPEN) {
+    c->in_on_end = 1; /* a reply sent from onEnd is flushed before the close */
+    conn_deliver(c, EVT_END);
+    c->in_on_end = 0;
+  }
+  if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_flushed(c, 1);
 }
 
 /* TLS: the bufferevent decrypted input; hand it on like conn_on_readable. */
@@ -464,7 +474,7 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
        * left to flush (what was queued is flushed first: conn_on_written) */
       if (c->state == CONN_OPEN && conn_buffered(c) == 0 && (c->close_wanted || c->write_shut_wanted))
         conn_flushed(c, 1);
-      loop_wake(&c->obj); /* dial() */
+      loop_wake(&c->obj, WAKE_STATE); /* dial() */
       return;
     }
     if (c->tls) {
@@ -748,7 +758,7 @@ static int conn_send(lua_State *L) {
     int t = lua_type(L, i);
     if (t != LUA_TSTRING && t != LUA_TNUMBER) luaL_typeerror(L, i, "string");
   }
-  if (!conn_is_live(c) || c->close_wanted || c->write_shut_wanted || c->peer_eof) {
+  if (!conn_is_live(c) || c->close_wanted || c->write_shut_wanted || (c->peer_eof && !c->allow_half_open && !c->in_on_end)) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
     return 2;
@@ -781,7 +791,7 @@ static int conn_shutdown(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
   if (conn_is_live(c) && !c->write_shut_wanted) {
     c->write_shut_wanted = 1;
-    if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_shut_write(c);
+    if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_flushed(c, 0);
   }
   return 0;
 }
@@ -880,19 +890,25 @@ static void conn_input_drained(evtcp_conn *c) {
   }
 }
 
-/* Finds the next line end in input, scanning only bytes not scanned by an
- * earlier call (a long line arriving in many pieces costs O(n), not O(n^2)).
- * Returns 1 with the line's length and its end's (1 for \n, 2 for \r\n). */
-static int conn_find_line(evtcp_conn *c, size_t have, size_t *line, size_t *eol) {
-  struct evbuffer_ptr from, nl;
+/* Finds the next occurrence of delim in input, scanning only what an
+ * earlier call has not (a long line or head arriving in many pieces costs
+ * O(n), not O(n^2)): its offset, or -1. */
+static ev_ssize_t conn_find(evtcp_conn *c, size_t have, const char *delim, size_t dlen) {
+  struct evbuffer_ptr from, at;
   if (c->line_scanned > have) c->line_scanned = 0;
-  if (evbuffer_ptr_set(c->input, &from, c->line_scanned, EVBUFFER_PTR_SET) != 0) return 0;
-  nl = evbuffer_search(c->input, "\n", 1, &from);
-  if (nl.pos < 0) {
-    c->line_scanned = have;
-    return 0;
-  }
-  *line = (size_t)nl.pos;
+  if (evbuffer_ptr_set(c->input, &from, c->line_scanned, EVBUFFER_PTR_SET) != 0) return -1;
+  at = evbuffer_search(c->input, delim, dlen, &from);
+  if (at.pos < 0) /* a match may still start in the last dlen-1 bytes */
+    c->line_scanned = have >= dlen ? have - (dlen - 1) : 0;
+  return at.pos;
+}
+
+/* Finds the next line end: the line's length and its end's (1 for \n, 2
+ * for \r\n); 0 if there is none yet. */
+static int conn_find_line(evtcp_conn *c, size_t have, size_t *line, size_t *eol) {
+  ev_ssize_t pos = conn_find(c, have, "\n", 1);
+  if (pos < 0) return 0;
+  *line = (size_t)pos;
   *eol = 1;
   if (*line > 0) {
     struct evbuffer_ptr before;
@@ -906,22 +922,29 @@ static int conn_find_line(evtcp_conn *c, size_t have, size_t *line, size_t *eol)
   return 1;
 }
 
+/* A line or a delimited frame is over highWaterMark with no end in sight:
+ * nil, "too long", and what was buffered (consumed), so that a peer cannot
+ * decide how much memory evtcp keeps. */
+static int conn_too_long(lua_State *L, evtcp_conn *c) {
+  lua_pushnil(L);
+  lua_pushliteral(L, "too long");
+  conn_push_input(L, c, evbuffer_get_length(c->input));
+  return 3;
+}
+
 /* Why no more input will come: "closed", or the error's message. */
 static void conn_push_end_reason(lua_State *L, const evtcp_conn *c) {
   if (c->failure) lua_pushstring(L, c->failure->message);
   else lua_pushliteral(L, "closed");
 }
 
-/* Reads by the pattern at index 2 from the connection at index 1: pushes
- * data (1 result) or nil, reason, partial (3), or nothing and returns -1
- * when it must wait for more input.
- * Patterns: nil (what is there, at least a byte), n (exactly n bytes), "l"
- * or "*l" (a line, without \n or \r\n), "a" or "*a" (all until closed). */
 /* receive's argument errors name receive, whichever path called. */
 static int receive_arg_error(lua_State *L, int arg, const char *msg) {
   return luaL_error(L, "bad argument #%d to 'receive' (%s)", arg, msg);
 }
 
+/* Reads what the arguments ask for: stack (conn, pattern, timeout,
+ * delimiter); a delimiter (receiveUntil) wins over the pattern. */
 static int conn_read_now(lua_State *L, evtcp_conn *c) {
   size_t have;
   if (c->obj.loop == NULL) { /* collected (seen from another finalizer) */
@@ -937,7 +960,17 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
   }
   if (c->input == NULL && (c->input = evbuffer_new()) == NULL) return luaL_error(L, "evtcp: out of memory");
   have = evbuffer_get_length(c->input);
-  if (lua_isnoneornil(L, 2)) {
+  if (lua_type(L, 4) == LUA_TSTRING) {
+    size_t dlen;
+    const char *delim = lua_tolstring(L, 4, &dlen);
+    ev_ssize_t at = conn_find(c, have, delim, dlen);
+    if (at >= 0) {
+      conn_push_input(L, c, (size_t)at);
+      evbuffer_drain(c->input, dlen);
+      return 1;
+    }
+    if (have >= c->high_water) return conn_too_long(L, c);
+  } else if (lua_isnoneornil(L, 2)) {
     if (have > 0) { conn_push_input(L, c, have); return 1; }
   } else if (lua_type(L, 2) == LUA_TNUMBER) {
     lua_Integer n = 0;
@@ -962,10 +995,7 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
         evbuffer_drain(c->input, eol);
         return 1;
       }
-      if (c->input_full) { /* a line longer than highWaterMark: keep reading */
-        c->input_full = 0;
-        conn_start_reading(c);
-      }
+      if (have >= c->high_water) return conn_too_long(L, c);
     } else if (*p == 'a') {
       /* everything until a clean close; a reset is an error, with partial */
       if (!conn_input_may_grow(c) && c->failure == NULL) { conn_push_input(L, c, have); return 1; }
@@ -981,9 +1011,14 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
   return 3;
 }
 
-/* conn:_read([pattern]) -> data | nil, "wait" | nil, reason, partial */
+/* conn:_read(pattern, delimiter) -> data | nil, "wait" | nil, reason, partial */
 static int conn_read(lua_State *L) {
-  int n = conn_read_now(L, check_conn(L, 1));
+  int n;
+  evtcp_conn *c = check_conn(L, 1);
+  lua_settop(L, 3);
+  lua_pushnil(L);
+  lua_insert(L, 3); /* conn pattern nil delimiter */
+  n = conn_read_now(L, c);
   if (n >= 0) return n;
   lua_pushnil(L);
   lua_pushliteral(L, "wait");
@@ -1016,19 +1051,35 @@ static int conn_receive(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
   int n;
   if (!lua_isnoneornil(L, 3)) return conn_receive_in_lua(L);
-  lua_settop(L, 2);
+  lua_settop(L, 4);
   n = conn_read_now(L, c);
   if (n >= 0) return n;
   if (!loop_is_spawned(L)) return conn_receive_in_lua(L);
   lua_pushthread(L);
-  lua_setiuservalue(L, 1, UV_WAITER);
-  loop_anchor(&c->obj, ANCHOR_WAITER);
+  loop_add_waiter(L, 1, -1, WAKE_INPUT | WAKE_STATE, WAIT_READER);
+  lua_pop(L, 1);
   return lua_yieldk(L, 0, 0, conn_receive_k);
 }
 
 static int conn_receive_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status; (void)ctx;
-  lua_settop(L, 2); /* resumed with no values: look again */
+  lua_settop(L, 4); /* resumed with no values: look again */
+  return conn_receive(L);
+}
+
+/* conn:receiveUntil(delimiter [, timeout]) -> the bytes before the next
+ * delimiter (consumed, not returned) | nil, err, partial. OpenResty's
+ * receiveuntil: "\r\n\r\n" reads an HTTP head. Runs as receive does, with
+ * the stack (conn, nil, timeout, delimiter). */
+static int conn_receive_until(lua_State *L) {
+  check_conn(L, 1);
+  if (lua_type(L, 2) != LUA_TSTRING || lua_rawlen(L, 2) == 0)
+    return luaL_error(L, "bad argument #2 to 'receiveUntil' (delimiter must be a non-empty string, got %s)",
+                      lua_type(L, 2) == LUA_TSTRING ? "\"\"" : luaL_typename(L, 2));
+  lua_settop(L, 3);
+  lua_pushvalue(L, 2);
+  lua_pushnil(L);
+  lua_replace(L, 2); /* conn nil timeout delimiter */
   return conn_receive(L);
 }
 
@@ -1133,6 +1184,9 @@ int conn_adopt_accepted(lua_State *L) {
   c = conn_alloc(L, loop);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, UV_OWNER);
+  if (lua_getiuservalue(L, 1, UV_HANDLER) != LUA_TNIL) /* the listener's defaults */
+    conn_read_options(L, c, -1, 0, 0);
+  lua_pop(L, 1);
   conn_adopt_handler(L, c, 2, 0, 0);
   c->fd = fd; /* the connection owns fd now: __gc closes it */
   lua_pushnil(L);
@@ -1187,10 +1241,12 @@ static const luaL_Reg conn_methods[] = {
   {"setTimeouts", conn_set_timeouts},
   {"_read", conn_read},
   {"receive", conn_receive},
+  {"receiveUntil", conn_receive_until},
   {"_take", conn_take},
   {"_state", conn_state_name},
   {"_flags", conn_flags},
-  {"_setWaiter", loop_set_waiter},
+  {"_addWaiter", loop_add_waiter_lua},
+  {"_removeWaiter", loop_remove_waiter_lua},
   {NULL, NULL}
 };
 

@@ -72,6 +72,8 @@ typedef struct evtcp_conn {
   unsigned receiving : 1;         /* read with receive(): input is buffered */
   unsigned was_open : 1;          /* OPEN was reached (dial's answer) */
   unsigned input_due : 1;         /* kept input to hand to a new onData */
+  unsigned allow_half_open : 1;   /* after the peer's FIN, the program closes */
+  unsigned in_on_end : 1;         /* onEnd runs: send() still queues */
   unsigned tls : 1;               /* over TLS: the bufferevent reads too */
   unsigned tls_verify : 1;
   unsigned tls_backlog : 1;       /* decrypted input left when reading paused */

@@ -12,7 +12,7 @@
 #include "conn.h"
 
 static const char *const callback_keys[] = {
-  "onConnection", "onData", "onShutdown", "onError", "onTerminate", "onDrain", NULL
+  "onConnection", "onData", "onShutdown", "onError", "onTerminate", "onDrain", "onEnd", NULL
 };
 
 static const char *const property_keys[] = {
@@ -73,16 +73,22 @@ static int keep_alive_value(lua_State *L, int arg, const char *what) {
  * is, whatever the handler says. */
 void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg, int client) {
   int t;
+  double s;
   h = lua_absindex(L, h);
   t = lua_getfield(L, h, "noDelay");
   if (t != LUA_TNIL && t != LUA_TBOOLEAN) option_error(L, arg, "noDelay", "must be a boolean");
-  c->no_delay = lua_toboolean(L, -1);
+  if (t != LUA_TNIL) c->no_delay = lua_toboolean(L, -1);
   lua_pop(L, 1);
-  c->connect_timeout = option_seconds(L, h, arg, "timeout");
-  c->read_timeout = option_seconds(L, h, arg, "readTimeout");
-  c->write_timeout = option_seconds(L, h, arg, "writeTimeout");
-  lua_getfield(L, h, "keepAlive");
-  c->keep_alive = keep_alive_value(L, arg, "keepAlive");
+  t = lua_getfield(L, h, "allowHalfOpen");
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN) option_error(L, arg, "allowHalfOpen", "must be a boolean");
+  if (t != LUA_TNIL) c->allow_half_open = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  /* only what the handler sets: an accepted connection reads its
+   * listener's options first, then its own handler's */
+  if ((s = option_seconds(L, h, arg, "timeout")) >= 0) c->connect_timeout = s;
+  if ((s = option_seconds(L, h, arg, "readTimeout")) >= 0) c->read_timeout = s;
+  if ((s = option_seconds(L, h, arg, "writeTimeout")) >= 0) c->write_timeout = s;
+  if (lua_getfield(L, h, "keepAlive") != LUA_TNIL) c->keep_alive = keep_alive_value(L, arg, "keepAlive");
   lua_pop(L, 1);
   t = lua_getfield(L, h, "highWaterMark");
   if (t != LUA_TNIL) {

@@ -26,11 +26,11 @@ typedef struct evtcp_event {
 } evtcp_event;
 
 static const char *const type_names[EVT_COUNT] = {
-  "connection", "data", "error", "close", "terminate", "drain"
+  "connection", "data", "error", "close", "terminate", "drain", "end"
 };
 
 static const char *const callback_names[EVT_COUNT] = {
-  "onConnection", "onData", "onError", "onShutdown", "onTerminate", "onDrain"
+  "onConnection", "onData", "onError", "onShutdown", "onTerminate", "onDrain", "onEnd"
 };
 
 static const char event_mt_key = 'E';

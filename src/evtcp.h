@@ -45,7 +45,7 @@ enum {
   UV_HANDLER = 1, /* the options table: callbacks are looked up on it */
   UV_FIELDS,      /* user fields, created on first assignment */
   UV_ERRORS,      /* the `errors` array, created on first error */
-  UV_WAITER,      /* the coroutine blocked on this object, if any */
+  UV_WAITER,      /* the coroutines waiting on this object: loop.c */
   UV_OWNER,       /* connections: the listener that accepted them */
   UV_LISTENER_COUNT = UV_WAITER,
   UV_CONN_COUNT = UV_OWNER
@@ -70,7 +70,19 @@ typedef struct evtcp_object {
   /* the deferred-work queue: doubly linked so __gc can unlink in O(1) */
   struct evtcp_object *pending_next, *pending_prev;
   void (*run_pending)(struct evtcp_object *obj);
+  unsigned waiters;   /* coroutines waiting on it (loop_add_waiter) */
 } evtcp_object;
+
+/* What changed, for loop_wake; what a waiter waits for. */
+enum {
+  WAKE_INPUT = 1,  /* input came, or the end of it (a reader, accept) */
+  WAKE_OUTPUT = 2, /* the send queue drained (a writer waiting for room) */
+  WAKE_STATE = 4,  /* connected, closed, terminated (wait, dial) */
+  WAKE_ALL = 7
+};
+
+/* Roles held by one waiter at a time per connection. */
+enum { WAIT_READER = 1, WAIT_WRITER = 2 };
 
 /* A DNS lookup in flight; outlives its connection when cancelled (evdns
  * reports cancellation later), so it is a separate allocation. */
@@ -90,6 +102,7 @@ struct evtcp_loop {
   int active;              /* anchored objects: run() returns at 0 */
   int closing;             /* lua_close is tearing the loop down */
   int weak_ref;            /* weak table: lightuserdata -> userdata */
+  lua_Integer wait_seq;    /* orders waiters: oldest woken first */
   int send_hook_ref;       /* Lua layer: waits in a coroutine after a send over highWaterMark */
 };
 
@@ -107,17 +120,21 @@ void loop_anchor(evtcp_object *obj, unsigned why);
 void loop_unanchor(evtcp_object *obj, unsigned why);
 void loop_defer(evtcp_object *obj);
 int loop_has_error(evtcp_loop *loop);
-void loop_wake(evtcp_object *obj);
+void loop_wake(evtcp_object *obj, unsigned why);
+void loop_add_waiter(lua_State *L, int obj_index, int waiter_index, unsigned mask, unsigned role);
+void loop_remove_waiter(lua_State *L, int obj_index, int waiter_index);
+int loop_add_waiter_lua(lua_State *L);
+int loop_remove_waiter_lua(lua_State *L);
 void *loop_test_udata(lua_State *L, int index, const void *mt_key);
 int loop_self_error(lua_State *L, int arg, const char *tname, const void *methods_key);
 extern const char conn_methods_key, listener_methods_key;
 void loop_push_scheduler(lua_State *L, int i);
 int loop_is_spawned(lua_State *L);
-int loop_set_waiter(lua_State *L);
+
 
 /* ---- event.c ---- */
 typedef enum {
-  EVT_CONNECTION, EVT_DATA, EVT_ERROR, EVT_CLOSE, EVT_TERMINATE, EVT_DRAIN,
+  EVT_CONNECTION, EVT_DATA, EVT_ERROR, EVT_CLOSE, EVT_TERMINATE, EVT_DRAIN, EVT_END,
   EVT_COUNT
 } evtcp_event_type;
 

@@ -81,7 +81,7 @@ static void listener_run_pending(evtcp_object *obj) {
   n.type = EVT_TERMINATE;
   loop_push_object(obj->loop->L, obj);
   event_deliver(obj->loop, &n, 1, 0);
-  loop_wake(obj); /* wait() or accept() */
+  loop_wake(obj, WAKE_ALL); /* wait() or accept() */
 }
 
 /* Adopts fd as a TCPConnection with the handler on top of the main stack
@@ -138,7 +138,7 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
     memset(&l->held_addr, 0, sizeof l->held_addr);
     memcpy(&l->held_addr, sa, (size_t)socklen < sizeof l->held_addr ? (size_t)socklen : sizeof l->held_addr);
     evconnlistener_disable(l->lev);
-    loop_wake(&l->obj); /* accept() */
+    loop_wake(&l->obj, WAKE_INPUT); /* accept() */
     return;
   }
   if (!lua_toboolean(L, -1)) {
@@ -255,6 +255,12 @@ int listener_listen(lua_State *L) {
     }
   }
   lua_pop(L, 1);
+  { /* defaults for accepted connections (noDelay, readTimeout, ...):
+     * checked now, so a mistake names listen, not a later accept */
+    evtcp_conn probe;
+    memset(&probe, 0, sizeof probe);
+    conn_read_options(L, &probe, 3, 2, 0);
+  }
   has_cb = lua_getfield(L, 3, "onConnection") != LUA_TNIL;
   lua_pop(L, 1);
   if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0) {
@@ -372,7 +378,8 @@ static const luaL_Reg listener_methods[] = {
   {"terminate", listener_terminate},
   {"close", listener_terminate},
   {"_takeHeld", listener_take_held},
-  {"_setWaiter", loop_set_waiter},
+  {"_addWaiter", loop_add_waiter_lua},
+  {"_removeWaiter", loop_remove_waiter_lua},
   {NULL, NULL}
 };
 

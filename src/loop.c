@@ -153,6 +153,7 @@ void loop_unregister(lua_State *L, evtcp_object *obj) {
     loop->active--;
   }
   obj->anchors = 0;
+  obj->waiters = 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, loop->weak_ref);
   if (lua_istable(L, -1)) {
     lua_pushnil(L);
@@ -293,56 +294,160 @@ static void loop_resume_thread(evtcp_loop *loop, lua_State *L) {
   lua_pop(L, 1);
 }
 
-/* ---- a coroutine waiting on an object ---- */
+/* ---- coroutines waiting on an object ----
+ *
+ * Any number of coroutines may wait on one object (full duplex: a reader
+ * and a writer on one connection, many acceptors on one listener). The
+ * waiters live in a table in the object's UV_WAITER slot, waiter -> tag:
+ * a waiter is a thread (receive's fast path, resumed directly) or a
+ * function (the Lua layer's waker, called with the object). The tag holds
+ * what wakes it (WAKE_* bits), its role (one reader and one writer at a
+ * time) and a sequence number: waking goes oldest first, so acceptors are
+ * served first come, first served. A woken waiter is removed; one whose
+ * condition does not hold yet waits again. obj->waiters counts them, and
+ * the object is anchored while there is any.
+ */
+#define TAG_MASK_BITS 3
+#define TAG_ROLE_BITS 2
+#define TAG_SEQ_SHIFT (TAG_MASK_BITS + TAG_ROLE_BITS)
 
-/* Calls obj's waiter once, if one is set (the Lua layer's function that
- * resumes the coroutine blocked on obj): something changed, look again.
- * The waiter is cleared first: it is one-shot. Runs from libevent only. */
-void loop_wake(evtcp_object *obj) {
-  lua_State *L = obj->loop->L;
-  int top = lua_gettop(L);
-  if (!(obj->anchors & ANCHOR_WAITER)) return; /* no waiter: the common case */
-  loop_push_object(L, obj);                     /* obj */
-  switch (lua_getiuservalue(L, -1, UV_WAITER)) {  /* obj waiter */
-  case LUA_TTHREAD: /* receive's fast path: resume it, no Lua in between */
+static unsigned tag_mask(lua_Integer tag) { return (unsigned)(tag & 7); }
+static unsigned tag_role(lua_Integer tag) { return (unsigned)((tag >> TAG_MASK_BITS) & 3); }
+static lua_Integer tag_seq(lua_Integer tag) { return tag >> TAG_SEQ_SHIFT; }
+
+/* Pushes obj's waiter table, made on first use. [-0, +1] */
+static void waiters_push(lua_State *L, int obj_index) {
+  if (lua_getiuservalue(L, obj_index, UV_WAITER) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 2);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, obj_index, UV_WAITER);
+}
+
+static const char *const role_conflicts[] = {
+  NULL,
+  "evtcp: connection is already being read by another coroutine",
+  "evtcp: connection is already being written by another coroutine (waiting in send)"
+};
+
+/* Adds the waiter at waiter_index to the object at obj_index, woken by the
+ * WAKE_* bits in mask; role (WAIT_READER, WAIT_WRITER or 0) may be held by
+ * one waiter at a time: a second one raises. */
+void loop_add_waiter(lua_State *L, int obj_index, int waiter_index, unsigned mask, unsigned role) {
+  evtcp_object *obj = (evtcp_object *)lua_touserdata(L, obj_index);
+  obj_index = lua_absindex(L, obj_index);
+  waiter_index = lua_absindex(L, waiter_index);
+  waiters_push(L, obj_index);                                   /* t */
+  if (role != 0 && obj->waiters > 0) {
     lua_pushnil(L);
-    lua_setiuservalue(L, -3, UV_WAITER);
-    loop_resume_thread(obj->loop, L);
-    break;
-  case LUA_TFUNCTION:
-    lua_pushnil(L);
-    lua_setiuservalue(L, -3, UV_WAITER);
-    lua_insert(L, -2);                          /* waiter obj */
-    loop_pcall(obj->loop, 1, 0);
-    break;
-  default:
-    lua_settop(L, top);
+    while (lua_next(L, -2)) {
+      if (tag_role(lua_tointeger(L, -1)) == role && !lua_rawequal(L, -2, waiter_index))
+        luaL_error(L, "%s", role_conflicts[role]);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pushvalue(L, waiter_index);
+  if (lua_rawget(L, -2) == LUA_TNIL) obj->waiters++;
+  lua_pop(L, 1);
+  lua_pushvalue(L, waiter_index);
+  lua_pushinteger(L, (lua_Integer)(((lua_Unsigned)++obj->loop->wait_seq << TAG_SEQ_SHIFT) |
+                                   (role << TAG_MASK_BITS) | (mask & 7)));
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  loop_anchor(obj, ANCHOR_WAITER);
+}
+
+/* Removes the waiter at waiter_index, if it waits on the object. */
+void loop_remove_waiter(lua_State *L, int obj_index, int waiter_index) {
+  evtcp_object *obj = (evtcp_object *)lua_touserdata(L, obj_index);
+  obj_index = lua_absindex(L, obj_index);
+  waiter_index = lua_absindex(L, waiter_index);
+  if (obj->waiters == 0 || lua_getiuservalue(L, obj_index, UV_WAITER) != LUA_TTABLE) {
+    lua_pop(L, 1);
     return;
   }
-  /* The anchor is kept through the call: a coroutine that waits again (a
-   * receive loop) sets a new waiter before the call returns, and keeping the
-   * registry reference saves a luaL_unref and a luaL_ref per message. */
-  loop_push_object(L, obj);
-  if (lua_isnil(L, -1) || lua_getiuservalue(L, -1, UV_WAITER) == LUA_TNIL)
-    loop_unanchor(obj, ANCHOR_WAITER);
+  lua_pushvalue(L, waiter_index);
+  if (lua_rawget(L, -2) != LUA_TNIL) {
+    lua_pushvalue(L, waiter_index);
+    lua_pushnil(L);
+    lua_rawset(L, -4);
+    obj->waiters--;
+  }
+  lua_pop(L, 2);
+  if (obj->waiters == 0 && obj->loop != NULL) loop_unanchor(obj, ANCHOR_WAITER);
+}
+
+/* Pushes the oldest waiter in the table on top that `why` wakes and that
+ * was waiting before `before`, and removes it from the table; 0 if none. */
+static int waiters_take_oldest(lua_State *L, evtcp_object *obj, unsigned why, lua_Integer before) {
+  int t = lua_gettop(L), found = 0;
+  lua_Integer best = 0;
+  lua_pushnil(L);                                           /* t ... best? key */
+  while (lua_next(L, t)) {
+    lua_Integer tag = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if ((tag_mask(tag) & why) && tag_seq(tag) <= before && (!found || tag_seq(tag) < best)) {
+      if (found) lua_remove(L, -2);
+      lua_pushvalue(L, -1);                                 /* best key */
+      lua_insert(L, -2);
+      best = tag_seq(tag);
+      found = 1;
+    }
+  }
+  if (!found) return 0;
+  lua_pushvalue(L, -1);
+  lua_pushnil(L);
+  lua_rawset(L, t);
+  obj->waiters--;
+  return 1;
+}
+
+/* Something changed for obj (the WAKE_* bits in why): wakes, oldest first,
+ * every waiter that waits for it and was waiting already. Each looks
+ * again and may wait again. Runs from libevent only. */
+void loop_wake(evtcp_object *obj, unsigned why) {
+  lua_State *L = obj->loop->L;
+  int top = lua_gettop(L);
+  lua_Integer before = obj->loop->wait_seq;
+  if (obj->waiters == 0) return; /* the common case */
+  loop_push_object(L, obj);                                 /* obj */
+  if (lua_isnil(L, -1) || lua_getiuservalue(L, -1, UV_WAITER) != LUA_TTABLE) {
+    lua_settop(L, top);
+    return;
+  }                                                         /* obj t */
+  while (!loop_has_error(obj->loop) && waiters_take_oldest(L, obj, why, before)) {
+    if (lua_type(L, -1) == LUA_TTHREAD) {                   /* obj t waiter */
+      loop_resume_thread(obj->loop, L);
+    } else {
+      lua_pushvalue(L, top + 1);
+      loop_pcall(obj->loop, 1, 0);
+    }
+  }
+  if (obj->waiters == 0) loop_unanchor(obj, ANCHOR_WAITER);
   lua_settop(L, top);
 }
 
-/* obj:_setWaiter(fn | nil), for connections and listeners alike: a waiter
- * keeps its object anchored until it is called or cleared. */
-int loop_set_waiter(lua_State *L) {
-  evtcp_object *obj = (evtcp_object *)lua_touserdata(L, 1);
-  int clear;
+static evtcp_object *check_waitable(lua_State *L) {
   /* a connection, the case on every message, is tested first and fast */
   if (test_conn(L, 1) == NULL && luaL_testudata(L, 1, EVTCP_LISTENER_MT) == NULL)
     luaL_typeerror(L, 1, "TCPConnection or TCPListener");
-  clear = lua_isnoneornil(L, 2);
-  if (!clear) luaL_checktype(L, 2, LUA_TFUNCTION);
-  lua_settop(L, 2);
-  lua_setiuservalue(L, 1, UV_WAITER);
-  if (obj->loop == NULL) return 0;
-  if (clear) loop_unanchor(obj, ANCHOR_WAITER);
-  else loop_anchor(obj, ANCHOR_WAITER);
+  return (evtcp_object *)lua_touserdata(L, 1);
+}
+
+/* obj:_addWaiter(fn, mask [, role]) and obj:_removeWaiter(fn), for the Lua
+ * layer's waits on connections and listeners alike. */
+int loop_add_waiter_lua(lua_State *L) {
+  evtcp_object *obj = check_waitable(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (obj->loop == NULL) return 0; /* collected: nothing will change */
+  loop_add_waiter(L, 1, 2, (unsigned)luaL_checkinteger(L, 3), (unsigned)luaL_optinteger(L, 4, 0));
+  return 0;
+}
+
+int loop_remove_waiter_lua(lua_State *L) {
+  check_waitable(L);
+  luaL_checkany(L, 2);
+  loop_remove_waiter(L, 1, 2);
   return 0;
 }
 
@@ -510,6 +615,7 @@ void loop_open(lua_State *L) {
   loop->pending_head = NULL;
   loop->lookups = NULL;
   loop->running = loop->stop_requested = loop->active = loop->closing = 0;
+  loop->wait_seq = 0;
   loop->errors_head = 1;
   loop->errors_tail = 0;
   loop->send_hook_ref = LUA_NOREF;

@@ -10,10 +10,12 @@
 --     loop until done (other objects' callbacks run meanwhile);
 --   * in a plain callback, it raises the re-entrance error (evtcp.step does).
 --
--- How a coroutine waits on an object: it leaves a one-shot "waiter" on it
--- (obj:_setWaiter), which the C core calls when something changed for that
--- object (input came, it connected, drained, closed); the coroutine then
--- looks again. A timer bounds the wait when a timeout was given.
+-- How a coroutine waits on an object: it adds itself as a waiter
+-- (obj:_addWaiter) for the changes it cares about (input, room to send,
+-- state); the C core wakes it, once, when one of them happens, and the
+-- coroutine looks again. Any number of coroutines may wait on one object:
+-- a reader and a writer on one connection, many acceptors on a listener.
+-- A timer bounds the wait when a timeout was given.
 
 local core = require("evtcp.core")
 
@@ -41,7 +43,12 @@ local after = core.after
 local connection = core.connectionMethods
 local listener = core.listenerMethods
 -- the core's own methods, called directly: no __index lookup per message
-local read, set_waiter = connection._read, connection._setWaiter
+local read, add_waiter, remove_waiter = connection._read, connection._addWaiter, connection._removeWaiter
+
+-- what a waiter waits for (the core's WAKE_* bits) and the roles one
+-- coroutine at a time may hold on a connection
+local INPUT, OUTPUT, STATE = 1, 2, 4
+local READER, WRITER = 1, 2
 local yield, resume, running, status = coroutine.yield, coroutine.resume, coroutine.running, coroutine.status
 local traceback = debug.traceback
 
@@ -94,19 +101,18 @@ end
 -- passes or when nothing at all can happen any more (no event pending in
 -- the loop: waiting longer could only spin). At the top level this is one
 -- pass of the loop; the caller looks again.
-local function block(obj, deadline)
+local function block(obj, deadline, mask, role)
   local co = current()
   if co then
     local wake = wake_ok[co] or waker(co, true)
+    add_waiter(obj, wake, mask or STATE, role)
     if not deadline then
-      set_waiter(obj, wake)
-      return yield() -- the core clears the waiter when it calls it
+      return yield() -- the core removes the waiter when it wakes it
     end
-    set_waiter(obj, wake)
     local timer = after(math.max(0, deadline - now()), waker(co, false))
     local changed = yield()
     timer:cancel()
-    if not changed then set_waiter(obj, nil) end
+    if not changed then remove_waiter(obj, wake) end
     return changed
   end
   local wait = 3600
@@ -119,9 +125,9 @@ local function block(obj, deadline)
 end
 
 --- Drives the loop, or yields, until done() is true or block gives up.
-local function wait_until(obj, done, deadline)
+local function wait_until(obj, done, deadline, mask)
   while not done() do
-    if not block(obj, deadline) then return done() end
+    if not block(obj, deadline, mask) then return done() end
   end
   return true
 end
@@ -149,6 +155,31 @@ end
 -- timers take at most this many seconds; a longer sleep is as good as forever
 local LONGEST = 1e9 - 1
 
+-- Spawned coroutines start from the loop in the order they were spawned
+-- (timers due at the same moment would start them in any order).
+local starting, start_timer = {}, nil
+local function start_all()
+  start_timer = nil
+  local batch = starting
+  starting = {}
+  for i = 1, #batch, 3 do
+    local co, n, args = batch[i], batch[i + 1], batch[i + 2]
+    local ok, err = pcall(continue, co, table.unpack(args, 1, n))
+    if not ok then -- the error leaves run; the rest start on the next pass, first
+      local rest = table.move(batch, i + 3, #batch, 1, {})
+      starting = table.move(starting, 1, #starting, #rest + 1, rest)
+      if #starting > 0 and not start_timer then start_timer = after(0, start_all) end
+      error(err, 0)
+    end
+  end
+end
+local function start_soon(co, n, args)
+  starting[#starting + 1] = co
+  starting[#starting + 1] = n
+  starting[#starting + 1] = args
+  if not start_timer then start_timer = after(0, start_all) end
+end
+
 --- evtcp.spawn(fn, ...) runs fn(...) in a coroutine driven by the loop.
 function evtcp.spawn(fn, ...)
   if type(fn) ~= "function" then
@@ -156,8 +187,7 @@ function evtcp.spawn(fn, ...)
   end
   local co = coroutine.create(fn)
   spawned[co] = true
-  local n, args = select("#", ...), { ... }
-  after(0, function() continue(co, table.unpack(args, 1, n)) end)
+  start_soon(co, select("#", ...), { ... })
   return co
 end
 
@@ -216,20 +246,20 @@ end
 --- conn:receive([pattern [, timeout]]) -> data | nil, err, partial
 -- The core's receive handles a spawned coroutine without a timeout itself
 -- (it yields from C); it calls this for the rest.
-local function receive(conn, pattern, timeout)
-  local deadline = timeout ~= nil and check_timeout("receive", timeout, 3) or nil
-  local data, err, partial = read(conn, pattern)
+local function receive(conn, pattern, timeout, delimiter)
+  local deadline = timeout ~= nil and check_timeout(delimiter and "receiveUntil" or "receive", timeout, 3) or nil
+  local data, err, partial = read(conn, pattern, delimiter)
   if data then return data end -- what is buffered is enough: no wait at all
   if err ~= "wait" then return nil, err, partial end
   while true do
-    if not block(conn, deadline) then
+    if not block(conn, deadline, INPUT | STATE, READER) then
       -- the deadline passed, or (top level) nothing at all can happen
-      data, err, partial = read(conn, pattern)
+      data, err, partial = read(conn, pattern, delimiter)
       if data then return data end
       if err ~= "wait" then return nil, err, partial end
       return nil, "timeout", conn:_take()
     end
-    data, err, partial = read(conn, pattern)
+    data, err, partial = read(conn, pattern, delimiter)
     if data then return data end
     if err ~= "wait" then return nil, err, partial end
   end
@@ -244,7 +274,7 @@ core.setSendHook(function(conn)
   if not current() then return end
   local state, high = conn:_state()
   while state == "open" and conn.bufferedAmount > high do
-    block(conn)
+    block(conn, nil, OUTPUT | STATE, WRITER)
     state = conn:_state()
   end
 end)
@@ -260,7 +290,7 @@ function listener.accept(l, timeout)
     if l.closed then return nil, "closed" end
     local conn = l:_takeHeld()
     if conn then return conn end
-    if not block(l, deadline) then
+    if not block(l, deadline, INPUT | STATE) then
       conn = l:_takeHeld()
       if conn then return conn end
       return nil, "timeout"
