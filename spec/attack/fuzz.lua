@@ -113,6 +113,8 @@ local function check_event(r, name)
   if r.terminated > 0 then fail("%s after onTerminate (%s)", name, table.concat(log, ",")) end
   if name == "onConnection" and #log > 0 then fail("onConnection not first (%s)", table.concat(log, ",")) end
   if (name == "onData" or name == "onEnd") and r.ended then fail("%s after the end (%s)", name, table.concat(log, ",")) end
+  if (name == "onData" or name == "onEnd") and r.got_end then fail("%s after onEnd (%s)", name, table.concat(log, ",")) end
+  if name == "onEnd" then r.got_end = true end
   if name == "onShutdown" or name == "onError" then
     if r.ended then fail("two ends (%s,%s)", table.concat(log, ","), name) end
     r.ended = name
@@ -149,7 +151,7 @@ local function new_handler(r, mode)
       end
     end
   end
-  for _, name in ipairs({ "onConnection", "onData", "onShutdown", "onError", "onTerminate" }) do
+  for _, name in ipairs({ "onConnection", "onData", "onEnd", "onShutdown", "onError", "onTerminate" }) do
     h[name] = cb(name)
   end
   if chance(0.2) then -- inherited callbacks: looked up through __index
@@ -166,6 +168,7 @@ local function random_options(h)
   if chance(0.1) then h.keepAlive = pick({ true, false, 10, 0, 40000 }) end
   if chance(0.1) then h.highWaterMark = pick({ 1, 100, 65536, 0, 1.5 }) end
   if chance(0.02) then h.tls = pick({ true, { verify = false }, 5 }) end
+  if chance(0.1) then h.allowHalfOpen = pick({ true, false, "x" }) end
   return h
 end
 
@@ -193,6 +196,7 @@ local function op_listen()
     end
   end
   opts.onError = function() end
+  if chance(0.2) then random_options(opts) opts.tls = nil end -- defaults for accepted connections
   if chance(0.1) then opts.maxConnections = pick({ 1, 5, 0 }) end
   if chance(0.05) then opts.backlog = pick({ 1, 100, -3 }) end
   if chance(0.05) then
@@ -347,7 +351,11 @@ local function op_coroutine()
       local c = pick(conns)
       if c then
         if record_of[c] then record_of[c].spoiled = true end -- a second reader takes bytes
-        pcall(c.receive, c, pick({ nil, 10, "l", "a", "bogus" }), pick({ nil, 0.05, -1 }))
+        if chance(0.3) then
+          pcall(c.receiveUntil, c, pick({ "\r\n", "x", "" }), pick({ nil, 0.05 }))
+        else
+          pcall(c.receive, c, pick({ nil, 10, "l", "a", "bogus" }), pick({ nil, 0.05, -1 }))
+        end
       end
     elseif kind == "sleep" then
       evtcp.sleep(pick({ 0, 0.01, 0.1 }))
@@ -480,6 +488,14 @@ while os.time() < deadline do
   if rounds >= 3 then -- clients no longer in conns or records, too
     for c, r in pairs(record_of) do
       if r.client == c and not c.closed then r.spoiled = true pcall(c.reset, c) end
+    end
+  end
+  if rounds >= 4 then -- sinks kept half-open (allowHalfOpen) after their client's end
+    for c, r in pairs(record_of) do
+      if not c.closed then
+        if not r.got_end then r.spoiled = true end
+        pcall(c.close, c)
+      end
     end
   end
 end
