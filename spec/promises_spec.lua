@@ -255,6 +255,46 @@ describe("promises", function()
     end)
   end)
 
+  describe("TLS under a hostile peer", function()
+    local function tls_server(log)
+      local cert, key = self_signed()
+      return assert(evtcp.listen(0, { address = "127.0.0.1", tls = { cert = cert, key = key },
+        onConnection = function()
+          return { onData = function(_, c) c:send(string.rep("r", 100000)) end,
+                   onShutdown = function() log[#log + 1] = "shutdown" end,
+                   onError = function(_, _, ev) log[#log + 1] = ev.error.kind end,
+                   onTerminate = function() log[#log + 1] = "terminate" end }
+        end }))
+    end
+
+    it("a server answering a client that sent a request and closed at once ends", function()
+      local log = {}
+      local l = tls_server(log)
+      for _ = 1, 3 do
+        evtcp.connect("127.0.0.1", l.port, { tls = { verify = false },
+          onConnection = function(_, c) c:send("request") c:close() end, onError = function() end })
+      end
+      H.run_until(function() return #log == 6 end, "three server connections to end", 5)
+      l:terminate()
+      for i = 1, 6, 2 do
+        assert.are.equal("terminate", log[i + 1])
+        assert.is_true(log[i] == "reset" or log[i] == "shutdown", log[i])
+      end
+    end)
+
+    it("a reset by the peer is an error of kind reset", function()
+      local log = {}
+      local l = tls_server(log)
+      for _ = 1, 3 do
+        evtcp.connect("127.0.0.1", l.port, { tls = { verify = false },
+          onConnection = function(_, c) c:send("request") c:reset() end })
+      end
+      H.run_until(function() return #log == 6 end, "three server connections to end", 5)
+      l:terminate()
+      assert.are.same({ "reset", "terminate", "reset", "terminate", "reset", "terminate" }, log)
+    end)
+  end)
+
   describe("errors raised by callbacks", function()
     it("a second pending error is raised by the next run, none vanish", function()
       local server = H.server(function() return { onData = function(_, c) c:close() end } end)

@@ -455,6 +455,24 @@ static int conn_become_open(evtcp_conn *c) {
   return 0;
 }
 
+/* Was the connection reset? A FIN leaves the socket in CLOSE_WAIT, a
+ * reset in CLOSE. */
+static int conn_was_reset(const evtcp_conn *c) {
+  struct tcp_info info;
+  socklen_t len = sizeof info;
+  if (c->fd < 0 || getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
+  return info.tcpi_state == TCP_CLOSE;
+}
+
+/* The socket's pending error (SO_ERROR), or err when it has none. */
+static int conn_socket_error(evtcp_conn *c, int err) {
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  if (err == ECONNRESET || err == EPIPE || c->fd < 0) return err;
+  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr != 0) return soerr;
+  return err;
+}
+
 static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
   evtcp_conn *c = (evtcp_conn *)arg;
   int err = EVUTIL_SOCKET_ERROR();
@@ -507,8 +525,19 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
     conn_end(c, &f, 0);
   } else if (what & BEV_EVENT_ERROR) {
     evtcp_failure f;
-    if (c->tls && tls_bev_failure(c->bev, &f)) conn_end(c, &f, 0);
-    else conn_fail(c, err ? err : EPIPE, "libevent");
+    int soerr = conn_socket_error(c, err);
+    /* a reset is a reset over TLS too, whatever OpenSSL queued about it */
+    if (c->tls && soerr != ECONNRESET && soerr != EPIPE && tls_bev_failure(c->bev, &f)) conn_end(c, &f, 0);
+    else conn_fail(c, soerr ? soerr : EPIPE, "libevent");
+  } else if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_WRITING)) {
+    /* over TLS: the peer's close_notify came while we still had output,
+     * which can no longer be delivered (libevent stops writing): as a
+     * write to a closed socket is over plain TCP */
+    conn_fail(c, EPIPE, "libevent");
+  } else if ((what & BEV_EVENT_EOF) && c->tls && conn_was_reset(c)) {
+    /* OpenSSL can report a reset as an end (a write inside SSL_read took the
+     * socket's error first): the kernel's state tells */
+    conn_fail(c, ECONNRESET, "libevent");
   } else if (what & BEV_EVENT_EOF) {
     conn_on_peer_eof(c); /* over TLS the bufferevent reads */
   }

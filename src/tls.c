@@ -139,6 +139,12 @@ SSL_CTX *tls_context_new(const tls_options *opts, int server, evtcp_failure *f) 
     tls_failure(f, "loading the certificate and key");
     goto fail;
   }
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+  /* OpenSSL 3 reports a peer that closes without close_notify as an SSL
+   * error, which libevent's allow_dirty_shutdown does not recognize: an
+   * end like any other, as it was with OpenSSL 1.1 */
+  SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
   if (server)
     SSL_CTX_set_verify(ctx, opts->verify ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_NONE, NULL);
   else
