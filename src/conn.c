@@ -456,11 +456,12 @@ static int conn_become_open(evtcp_conn *c) {
 }
 
 /* Was the connection reset? A FIN leaves the socket in CLOSE_WAIT, a
- * reset in CLOSE. */
+ * reset in CLOSE. (Once our side has sent its FIN, the peer's FIN moves
+ * the socket to CLOSE too: then it cannot be told apart, and is an end.) */
 static int conn_was_reset(const evtcp_conn *c) {
   struct tcp_info info;
   socklen_t len = sizeof info;
-  if (c->fd < 0 || getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
+  if (c->fd < 0 || c->write_shut_done || getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
   return info.tcpi_state == TCP_CLOSE;
 }
 
