@@ -160,12 +160,13 @@ describe("promises", function()
   end)
 
   describe("lifetime", function()
-    it("a collected connection's socket is closed by __gc, without the loop running", function()
-      local server = H.server(function() return { onData = function() end } end)
+    --- Connects with `options`, waits for ready(c), drops the connection and
+    -- collects it: its descriptor must be gone at once, with no loop run.
+    local function collected_closes_socket(server, options, ready)
       local before
       do
-        local c = evtcp.connect("127.0.0.1", server.port)
-        H.run_until(function() return c.localPort ~= nil end, "connected")
+        local c = evtcp.connect("127.0.0.1", server.port, options)
+        H.run_until(function() return ready(c) end, "connected")
         evtcp.run(0.1)
         before = sockopt.fds()
       end
@@ -174,25 +175,18 @@ describe("promises", function()
       assert.are.equal(before - 1, sockopt.fds())
       server:terminate()
       evtcp.run(1)
-      -- the accepted side: the peer saw the close
+    end
+
+    it("a collected connection's socket is closed by __gc, without the loop running", function()
+      local server = H.server(function() return { onData = function() end } end)
+      collected_closes_socket(server, nil, function(c) return c.localPort ~= nil end)
     end)
 
     it("a collected client's TLS socket is closed by __gc too", function()
       local cert, key = self_signed()
       local server = assert(evtcp.listen(0, { address = "127.0.0.1", tls = { cert = cert, key = key },
         onConnection = function() return { onData = function() end } end }))
-      local before
-      do
-        local c = evtcp.connect("127.0.0.1", server.port, { tls = { verify = false } })
-        H.run_until(function() return c.tls ~= nil end, "the handshake")
-        evtcp.run(0.1)
-        before = sockopt.fds()
-      end
-      collectgarbage()
-      collectgarbage()
-      assert.are.equal(before - 1, sockopt.fds())
-      server:terminate()
-      evtcp.run(1)
+      collected_closes_socket(server, { tls = { verify = false } }, function(c) return c.tls ~= nil end)
     end)
 
     it("a connection without callbacks is anchored while it connects", function()
@@ -334,14 +328,22 @@ describe("promises", function()
   end)
 
   describe("options reach the socket", function()
-    it("noDelay and keepAlive on an accepted connection", function()
+    --- A client connected to a server whose handler has `options`: the
+    -- client, the accepted connection and the listener.
+    local function connected_pair(options)
       local accepted
       local server = H.server(function()
-        return { noDelay = true, keepAlive = 7, onConnection = function(_, c) accepted = c end,
-                 onData = function() end }
+        local h = { onConnection = function(_, c) accepted = c end, onData = function() end }
+        for k, v in pairs(options or {}) do h[k] = v end
+        return h
       end)
       local c = evtcp.connect("127.0.0.1", server.port, { onData = function() end })
       H.run_until(function() return accepted ~= nil and c.localPort ~= nil end, "accepted")
+      return c, accepted, server
+    end
+
+    it("noDelay and keepAlive on an accepted connection", function()
+      local c, accepted, server = connected_pair({ noDelay = true, keepAlive = 7 })
       local fd = assert(sockopt.find(server.port, c.localPort), "the accepted socket")
       assert.are.equal(1, sockopt.get(fd, "nodelay"))
       assert.are.equal(1, sockopt.get(fd, "keepalive"))
@@ -350,12 +352,7 @@ describe("promises", function()
     end)
 
     it("an accepted connection without keepAlive has no SO_KEEPALIVE", function()
-      local accepted
-      local server = H.server(function()
-        return { onConnection = function(_, c) accepted = c end, onData = function() end }
-      end)
-      local c = evtcp.connect("127.0.0.1", server.port, { onData = function() end })
-      H.run_until(function() return accepted ~= nil and c.localPort ~= nil end, "accepted")
+      local c, accepted, server = connected_pair()
       local fd = assert(sockopt.find(server.port, c.localPort))
       assert.are.equal(0, sockopt.get(fd, "keepalive"))
       assert.are.equal(0, sockopt.get(fd, "nodelay"))
@@ -363,12 +360,7 @@ describe("promises", function()
     end)
 
     it("noDelay and keepAlive assigned on an open connection reach the socket", function()
-      local accepted
-      local server = H.server(function()
-        return { onConnection = function(_, c) accepted = c end, onData = function() end }
-      end)
-      local c = evtcp.connect("127.0.0.1", server.port, { onData = function() end })
-      H.run_until(function() return accepted ~= nil and c.localPort ~= nil end, "accepted")
+      local c, accepted, server = connected_pair()
       local fd = assert(sockopt.find(c.localPort, server.port))
       c.noDelay = true
       c.keepAlive = 9

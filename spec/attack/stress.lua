@@ -79,53 +79,54 @@ local function finish_clients(child, script)
   return tonumber(out:match("echoed (%d+)")) or 0
 end
 
-local function many_callbacks()
+--- One 10k check: serve() starts a server and returns its port and a
+-- function counting its open connections; the child's clients connect.
+local function many(name, serve)
   local base_fds = sockopt.fds()
-  local peak = 0
-  local server = assert(evtcp.listen(0, { address = "127.0.0.1", onConnection = function()
-    return { onData = function(_, c, ev) c:send(ev.data) end }
-  end }))
   local t0 = core.now()
-  local child, script = start_clients(server.port, CONNS)
-  run_until(function() peak = math.max(peak, server.connections) return peak == CONNS end, 60)
-  run_until(function() return server.connections == 0 end, 60)
+  local port, open_now, stop = serve()
+  local peak = 0
+  local child, script = start_clients(port, CONNS)
+  run_until(function() peak = math.max(peak, open_now()) return peak == CONNS end, 60)
+  run_until(function() return open_now() == 0 end, 60)
   local echoed = finish_clients(child, script)
-  server:terminate()
+  stop()
   settle()
   local fds = sockopt.fds()
-  report("10k connections, callbacks", echoed == CONNS and peak == CONNS and fds == base_fds,
+  report(name, echoed == CONNS and peak == CONNS and fds == base_fds,
          "%d echoed, %d open at once, %.1f s, fds %d -> %d", echoed, peak, core.now() - t0, base_fds, fds)
 end
 
-local function many_coroutines()
-  local base_fds = sockopt.fds()
-  local live, peak = 0, 0
-  local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))
-  local t0 = core.now()
-  evtcp.spawn(function()
-    for _ = 1, CONNS do
-      local s = l:accept(60)
-      if not s then break end
-      evtcp.spawn(function()
-        live = live + 1
-        peak = math.max(peak, live)
-        local data = s:receive(4)
-        if data then s:send(data) end
-        s:receive("a") -- until the client closes
-        s:close()
-        live = live - 1
-      end)
-    end
-    l:terminate()
+local function many_callbacks()
+  many("10k connections, callbacks", function()
+    local server = assert(evtcp.listen(0, { address = "127.0.0.1", onConnection = function()
+      return { onData = function(_, c, ev) c:send(ev.data) end }
+    end }))
+    return server.port, function() return server.connections end, function() server:terminate() end
   end)
-  local child, script = start_clients(l.port, CONNS)
-  run_until(function() return peak == CONNS end, 60)
-  run_until(function() return live == 0 end, 60)
-  local echoed = finish_clients(child, script)
-  settle()
-  local fds = sockopt.fds()
-  report("10k connections, coroutines", echoed == CONNS and peak == CONNS and fds == base_fds,
-         "%d echoed, %d open at once, %.1f s, fds %d -> %d", echoed, peak, core.now() - t0, base_fds, fds)
+end
+
+local function many_coroutines()
+  many("10k connections, coroutines", function()
+    local live = 0
+    local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))
+    evtcp.spawn(function()
+      for _ = 1, CONNS do
+        local s = l:accept(60)
+        if not s then break end
+        evtcp.spawn(function()
+          live = live + 1
+          local data = s:receive(4)
+          if data then s:send(data) end
+          s:receive("a") -- until the client closes
+          s:close()
+          live = live - 1
+        end)
+      end
+      l:terminate()
+    end)
+    return l.port, function() return live end, function() l:terminate() end
+  end)
 end
 
 ---------------------------------------------------------------- EMFILE
