@@ -400,6 +400,35 @@ describe("promises", function()
       c:close() server:terminate()
     end)
 
+    it("receive('l') scans a long line once: 8x the bytes cost far less than 64x the CPU", function()
+      -- a complexity check, not a speed one: a line that arrives in 64 KiB
+      -- pieces was rescanned from its start at every piece (O(n^2))
+      local function cpu_for(mib)
+        local l = assert(evtcp.listen(0, { address = "127.0.0.1", highWaterMark = 64 << 20 }))
+        local piece = string.rep("x", 65536)
+        local spent, got
+        H.go(function()
+          local c = assert(evtcp.dial("127.0.0.1", l.port))
+          evtcp.spawn(function()
+            for _ = 1, mib * 16 do c:send(piece) end
+            c:send("\n")
+          end)
+          local s = assert(l:accept(5))
+          local t0 = os.clock()
+          got = s:receive("l")
+          spent = os.clock() - t0
+          s:close() c:close()
+        end, 60)
+        l:terminate()
+        assert.are.equal(mib << 20, #got)
+        return spent
+      end
+      cpu_for(1) -- warm up
+      local small, large = cpu_for(4), cpu_for(32)
+      assert.is_true(large < 24 * math.max(small, 0.005),
+                     ("4 MiB: %.3f s, 32 MiB: %.3f s of CPU"):format(small, large))
+    end)
+
     it("receive('l') finds a CRLF split across arrivals", function()
       local server = H.server(function()
         return { onConnection = function(_, c)
