@@ -311,5 +311,14 @@ void conn_props_open(lua_State *L, const luaL_Reg *methods) {
   lua_pushliteral(L, "TCPConnection");
   lua_setfield(L, -3, "__metatable");
   lua_setfield(L, -3, "connectionMethods"); /* into the module table */
+  { /* the property names, for the reference spec (docs/reference.md) */
+    int i;
+    lua_newtable(L);
+    for (i = 0; property_keys[i] != NULL; i++) {
+      lua_pushstring(L, property_keys[i]);
+      lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -3, "connectionProperties");
+  }
   lua_pop(L, 1);
 }

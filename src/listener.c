@@ -346,7 +346,6 @@ static int listener__index(lua_State *L) {
       lua_setiuservalue(L, 1, UV_ERRORS);
     }
   } else if (strcmp(key, "handler") == 0) lua_getiuservalue(L, 1, UV_HANDLER);
-  else if (strcmp(key, "hasWaitingClient") == 0) lua_pushboolean(L, l->held_fd >= 0);
   else return 0;
   return 1;
 }

@@ -254,7 +254,7 @@ local function proxy(style)
   front:terminate()
   sink:terminate()
   settle()
-  report("proxy 1 GiB, " .. style, sink_ok and sink_got == total,
+  report("proxy under pauses, " .. style, sink_ok and sink_got == total,
          "%d MiB checked byte by byte, %d random pauses, %.1f s (%.0f MiB/s)", sink_got // 1048576, pauses,
          secs, sink_got / 1048576 / secs)
 end

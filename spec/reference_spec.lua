@@ -1,0 +1,86 @@
+-- docs/reference.md names every public name: the exports and the document
+-- cannot drift apart.
+local evtcp = require("evtcp")
+local core = require("evtcp.core")
+local H = require("helper")
+
+--- The names in the first column of the tables of one section.
+local function documented(section)
+  local text = H.read("docs/reference.md")
+  local body = text:match("\n## " .. section:gsub("%p", "%%%0") .. "\n(.-)\n## ") or
+               text:match("\n## " .. section:gsub("%p", "%%%0") .. "\n(.*)$")
+  assert(body, "no section " .. section)
+  local names = {}
+  for cell in body:gmatch("\n| ([^|]-) |") do
+    for name in cell:gmatch("`([%a_][%w_]*)`") do names[name] = true end
+  end
+  return names
+end
+
+local function public(t)
+  local names = {}
+  for k in pairs(t) do if type(k) == "string" and not k:match("^_") then names[k] = true end end
+  return names
+end
+
+local function same(doc, real, what)
+  for name in pairs(real) do assert(doc[name], what .. " '" .. name .. "' is not in docs/reference.md") end
+  for name in pairs(doc) do assert(real[name], what .. " '" .. name .. "' is documented but does not exist") end
+end
+
+describe("docs/reference.md", function()
+  it("names every function of the module, and nothing else", function()
+    local real = public(evtcp)
+    real._VERSION = true
+    same(documented("The module"), real, "module function")
+  end)
+
+  it("names every method of TCPConnection and TCPListener", function()
+    same(documented("TCPConnection methods"), public(core.connectionMethods), "connection method")
+    same(documented("TCPListener methods"), public(core.listenerMethods), "listener method")
+  end)
+
+  it("names every property of TCPConnection", function()
+    local real = {}
+    for _, k in ipairs(core.connectionProperties) do real[k] = true end
+    same(documented("TCPConnection properties"), real, "connection property")
+  end)
+
+  it("names the listener's properties, the timer's methods and the event's fields, which exist", function()
+    local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))
+    for name in pairs(documented("TCPListener properties")) do
+      assert.is_not_nil(l[name], "listener property " .. name)
+    end
+    l:terminate()
+    local t = evtcp.after(1, function() end)
+    same(documented("Timer"), public(getmetatable(t).__index), "timer method")
+    t:cancel()
+    evtcp.run(1)
+    local fields, got = documented("TCPEvent"), {}
+    local server = H.server(function() return { onData = function(_, c, ev)
+      for name in pairs(fields) do got[name] = ev[name] ~= nil end
+      c:close()
+    end } end)
+    evtcp.connect("127.0.0.1", server.port, { onConnection = function(_, c) c:send("x") end, onShutdown = function() end })
+    H.run_until(function() return next(got) ~= nil end, "an event")
+    server:terminate()
+    evtcp.run(1)
+    assert.are.same({ type = true, data = true, ip = true, port = true, error = false }, got)
+  end)
+
+  it("names the error object's fields, every kind and every layer", function()
+    same(documented("Error objects"), public(core.newError("io", "evtcp", "x")), "error object field")
+    local text = H.read("docs/reference.md")
+    for _, k in ipairs({ "refused", "unreachable", "dns", "timeout", "reset", "tls", "accept", "io",
+                         "evtcp", "libevent", "openssl" }) do
+      assert(text:find('`"' .. k .. '"`', 1, true), k .. " is not in docs/reference.md")
+    end
+  end)
+
+  it("names every callback the core looks up", function()
+    local names = documented("Callbacks")
+    for _, cb in ipairs({ "onConnection", "onData", "onEnd", "onDrain", "onShutdown", "onError", "onTerminate" }) do
+      assert(names[cb], cb)
+    end
+  end)
+end)
