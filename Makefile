@@ -24,9 +24,17 @@ CORE = $(BUILD)/evtcp/core.so
 DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-socket \
        socat netcat-openbsd pkg-config redis-server python3 lua-luv
 
-.PHONY: all deps test demo install sanitize fuzz stress bench bench-quick clean
+.PHONY: all checkout deps test demo install sanitize fuzz stress bench bench-quick clean
 
-all: $(CORE) $(BUILD)/two_states $(BUILD)/sockopt.so
+all: $(CORE) $(BUILD)/two_states $(BUILD)/sockopt.so checkout
+
+# Runs from a checkout: lua5.4's default paths include ./?.so and
+# ./?/init.lua, so evtcp/core.so and evtcp/init.lua at the root let
+# `lua5.4 examples/x.lua` and plain `busted` work there with no environment.
+checkout: $(CORE)
+	@mkdir -p evtcp
+	@cp $(CORE) evtcp/core.so
+	@ln -sfn ../lua/evtcp/init.lua evtcp/init.lua
 
 # The spec helper that reads socket options from the kernel's side.
 $(BUILD)/sockopt.so: spec/sockopt.c
@@ -45,7 +53,11 @@ $(CORE): $(SRC) $(HDRS) Makefile
 # Installs what is missing, through apt-get (root) or sudo; a machine that
 # has everything pays one dpkg query.
 deps:
-	@missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	@if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then \
+	  echo "evtcp: no apt-get here; skipping the install step (needs: Lua 5.4 with headers, libevent 2.1 with libevent_openssl, OpenSSL, busted; the specs also use socat, redis-server, python3, luv)"; \
+	  exit 0; \
+	fi; \
+	missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -103,5 +115,5 @@ bench-quick: deps
 	$(MAKE) -C bench quick
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan evtcp
 	-$(MAKE) -C bench clean 2>/dev/null

@@ -96,6 +96,19 @@ describe("the rockspec", function()
     p:close()
   end)
 
+  it("runs from a checkout after make, with no environment set", function()
+    if os.getenv("EVTCP_SANITIZE") then pending("the checkout's module is built without the sanitizer") return end
+    local clean = "env -u LUA_PATH -u LUA_CPATH -u LD_PRELOAD "
+    local f = io.popen(clean .. "timeout 5 lua5.4 examples/echo_server.lua 0 2>&1")
+    local line = f:read("l")
+    f:close()
+    assert.matches("echo server listening on 127%.0%.0%.1:%d+", line)
+    f = io.popen(clean .. "timeout 60 lua5.4 /usr/bin/busted spec/module_spec.lua 2>&1")
+    local out = f:read("a")
+    assert.is_true(f:close(), out)
+    assert.matches("%d+ successes / 0 failures / 0 errors", out)
+  end)
+
   it("installs with luarocks, offline, and loads from any folder", function()
     if os.getenv("EVTCP_SANITIZE") then pending("the rock is built without the sanitizer") return end
     local tree = os.tmpname()
