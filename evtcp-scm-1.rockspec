@@ -1,6 +1,8 @@
 rockspec_format = "3.0"
 package = "evtcp"
 version = "scm-1"
+-- PLACEHOLDER: example.invalid is not a real host. The maintainers put the
+-- public repository's URL here when it is published (README, "Releases").
 source = {
   url = "git+https://example.invalid/evtcp.git",
 }
@@ -12,6 +14,7 @@ the object model of 4D's TCPConnection / TCPListener / TCPEvent, written in
 C on libevent bufferevents.
 ]],
   license = "MIT",
+  homepage = "https://example.invalid/evtcp",
 }
 dependencies = {
   "lua >= 5.4, < 5.5",
@@ -22,6 +25,7 @@ external_dependencies = {
 }
 build = {
   type = "builtin",
+  copy_directories = { "docs", "examples" },
   modules = {
     ["evtcp"] = "lua/evtcp/init.lua",
     ["evtcp.core"] = {

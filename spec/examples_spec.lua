@@ -109,6 +109,33 @@ describe("the rockspec", function()
     assert.matches("%d+ successes / 0 failures / 0 errors", out)
   end)
 
+  it("both rockspecs pass luarocks lint, and the release packs and installs offline", function()
+    if os.getenv("EVTCP_SANITIZE") then pending("the rock is built without the sanitizer") return end
+    local function sh(cmd)
+      local f = io.popen(cmd .. " 2>&1")
+      local out = f:read("a")
+      assert(f:close(), cmd .. "\n" .. out)
+      return out
+    end
+    sh("luarocks --lua-version 5.4 lint evtcp-scm-1.rockspec")
+    sh("luarocks --lua-version 5.4 lint evtcp-0.1.0-1.rockspec")
+    local tree, tree2, dir = os.tmpname(), os.tmpname(), os.tmpname()
+    os.remove(tree) os.remove(tree2) os.remove(dir)
+    sh(("luarocks --lua-version 5.4 make --tree %s evtcp-0.1.0-1.rockspec"):format(tree))
+    sh(("mkdir -p %s && cd %s && luarocks --lua-version 5.4 pack --tree %s evtcp"):format(dir, dir, tree))
+    local rock = sh("ls " .. dir):match("(evtcp%-0%.1%.0%-1%.[%w_%-]+%.rock)")
+    assert(rock, "no .rock was packed")
+    sh(("luarocks --lua-version 5.4 install --tree %s %s/%s"):format(tree2, dir, rock))
+    local out = sh(("cd / && env -u LUA_PATH -u LUA_CPATH lua5.4 -e 'package.path=%q package.cpath=%q " ..
+      "print(require(\"evtcp\")._VERSION)'"):format(tree2 .. "/share/lua/5.4/?.lua;" .. tree2 .. "/share/lua/5.4/?/init.lua",
+      tree2 .. "/lib/lua/5.4/?.so"))
+    local docs = sh(("ls %s/lib/luarocks/rocks-5.4/evtcp/0.1.0-1/"):format(tree2))
+    os.execute(("rm -rf %s %s %s"):format(tree, tree2, dir))
+    assert.are.equal("evtcp 0.1.0\n", out)
+    assert.matches("docs", docs)
+    assert.matches("examples", docs)
+  end)
+
   it("installs with luarocks, offline, and loads from any folder", function()
     if os.getenv("EVTCP_SANITIZE") then pending("the rock is built without the sanitizer") return end
     local tree = os.tmpname()

@@ -20,7 +20,8 @@
 local core = require("evtcp.core")
 
 local evtcp = {
-  _VERSION = "evtcp scm",
+  _VERSION = "evtcp 0.1.0",
+  version = "0.1.0",
   connect = core.connect,
   listen = core.listen,
   run = core.run,

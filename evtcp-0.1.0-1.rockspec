@@ -1,0 +1,42 @@
+rockspec_format = "3.0"
+package = "evtcp"
+version = "0.1.0-1"
+-- PLACEHOLDER: example.invalid is not a real host. The maintainers put the
+-- public repository's URL here when it is published (README, "Releases").
+source = {
+  url = "git+https://example.invalid/evtcp.git",
+  tag = "v0.1.0",
+}
+description = {
+  summary = "Asynchronous TCP for Lua 5.4 on libevent: connections, listeners, events",
+  detailed = [[
+evtcp gives Lua 5.4 asynchronous TCP client connections and listeners with
+the object model of 4D's TCPConnection / TCPListener / TCPEvent, written in
+C on libevent bufferevents.
+]],
+  license = "MIT",
+  homepage = "https://example.invalid/evtcp",
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+}
+external_dependencies = {
+  LIBEVENT = { header = "event2/bufferevent_ssl.h", library = "event_openssl" },
+  OPENSSL = { header = "openssl/ssl.h", library = "ssl" },
+}
+build = {
+  type = "builtin",
+  copy_directories = { "docs", "examples" },
+  modules = {
+    ["evtcp"] = "lua/evtcp/init.lua",
+    ["evtcp.core"] = {
+      sources = {
+        "src/conn.c", "src/conn_props.c", "src/error.c", "src/event.c", "src/listener.c",
+        "src/loop.c", "src/module.c", "src/resolve.c", "src/sockaddr.c", "src/timer.c", "src/tls.c",
+      },
+      libraries = { "event_openssl", "event", "ssl", "crypto" },
+      incdirs = { "$(LIBEVENT_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(LIBEVENT_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+    },
+  },
+}
