@@ -77,6 +77,31 @@ describe("docs/reference.md", function()
     end
   end)
 
+  it("has LuaLS stubs (docs/meta.lua) that parse and name the same methods and properties", function()
+    local meta = H.read("docs/meta.lua")
+    assert(load(meta, "docs/meta.lua"), "docs/meta.lua does not parse")
+    --- the ---@field names and function names of one ---@class block
+    local function class_names(class)
+      local block = meta:match("%-%-%-@class " .. class:gsub("%.", "%%.") .. "\n(.-)\n%-%-%-@class ") or
+                    meta:match("%-%-%-@class " .. class:gsub("%.", "%%.") .. "\n(.*)$")
+      local names = {}
+      for f in block:gmatch("%-%-%-@field ([%a_][%w_]*)") do names[f] = true end
+      for f in block:gmatch("\nfunction [%a_][%w_]*[:.]([%a_][%w_]*)%(") do names[f] = true end
+      return names
+    end
+    local conn = public(core.connectionMethods)
+    for _, k in ipairs(core.connectionProperties) do conn[k] = true end
+    same(class_names("evtcp.TCPConnection"), conn, "TCPConnection stub name")
+    local listener = public(core.listenerMethods)
+    for name in pairs(documented("TCPListener properties")) do listener[name] = true end
+    same(class_names("evtcp.TCPListener"), listener, "TCPListener stub name")
+    local module = public(evtcp)
+    module._VERSION = true
+    same(class_names("evtcp"), module, "module stub name")
+    same(class_names("evtcp.Error"), public(core.newError("io", "evtcp", "x")), "error stub field")
+    same(class_names("evtcp.TCPEvent"), documented("TCPEvent"), "event stub field")
+  end)
+
   it("names every callback the core looks up", function()
     local names = documented("Callbacks")
     for _, cb in ipairs({ "onConnection", "onData", "onEnd", "onDrain", "onShutdown", "onError", "onTerminate" }) do

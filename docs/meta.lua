@@ -1,0 +1,173 @@
+---@meta evtcp
+-- LuaLS type stubs for evtcp (docs/reference.md has the words). Installed
+-- with the rock under docs/; point "workspace.library" at this file.
+-- spec/reference_spec.lua checks these names against the module's exports.
+
+---@class evtcp.Error
+---@field kind "refused"|"unreachable"|"dns"|"timeout"|"reset"|"tls"|"accept"|"io"
+---@field message string
+---@field componentSignature "evtcp"|"libevent"|"dns"|"openssl"
+---@field errCode integer
+
+---@class evtcp.TCPEvent
+---@field type "connection"|"data"|"end"|"drain"|"close"|"error"|"terminate"
+---@field data string? the bytes, for "data"
+---@field ip string the remote address
+---@field port integer? the remote port
+---@field error evtcp.Error? for "error"
+
+---@class evtcp.TLSInfo
+---@field protocol string
+---@field cipher string
+---@field peerCertificate { subject: string, issuer: string }?
+
+---@class evtcp.TLSOptions
+---@field serverName string?
+---@field verify boolean?
+---@field ca string? path or PEM text
+---@field cert string? path or PEM text
+---@field key string? path or PEM text
+
+---@class evtcp.Handler
+---@field onConnection fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
+---@field onData fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
+---@field onEnd fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
+---@field onDrain fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
+---@field onShutdown fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
+---@field onError fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
+---@field onTerminate fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
+---@field noDelay boolean?
+---@field timeout number?
+---@field readTimeout number?
+---@field writeTimeout number?
+---@field keepAlive number|boolean?
+---@field highWaterMark integer?
+---@field allowHalfOpen boolean?
+---@field tls boolean|evtcp.TLSOptions?
+
+---@class evtcp.ListenerOptions
+---@field onConnection fun(self: evtcp.ListenerOptions, listener: evtcp.TCPListener, event: evtcp.TCPEvent): evtcp.Handler|false|nil
+---@field onError fun(self: evtcp.ListenerOptions, listener: evtcp.TCPListener, event: evtcp.TCPEvent)?
+---@field onTerminate fun(self: evtcp.ListenerOptions, listener: evtcp.TCPListener, event: evtcp.TCPEvent)?
+---@field address string?
+---@field backlog integer?
+---@field reusePort boolean?
+---@field maxConnections integer?
+---@field tls evtcp.TLSOptions?
+---@field noDelay boolean?
+---@field keepAlive number|boolean?
+---@field readTimeout number?
+---@field writeTimeout number?
+---@field highWaterMark integer?
+---@field allowHalfOpen boolean?
+
+---@class evtcp.TCPConnection
+---@field closed boolean
+---@field errors evtcp.Error[]
+---@field noDelay boolean
+---@field keepAlive number|boolean
+---@field remoteAddress string?
+---@field remotePort integer?
+---@field localAddress string?
+---@field localPort integer?
+---@field bufferedAmount integer
+---@field handler evtcp.Handler
+---@field tls evtcp.TLSInfo?
+local TCPConnection = {}
+
+---@param ... string|number
+---@return true|nil ok
+---@return string? err "closed"
+function TCPConnection:send(...) end
+function TCPConnection:shutdown() end
+function TCPConnection:close() end
+function TCPConnection:reset() end
+function TCPConnection:pause() end
+function TCPConnection:resume() end
+---@param read number?
+---@param write number?
+function TCPConnection:setTimeouts(read, write) end
+---@param timeout number?
+---@return boolean closed
+function TCPConnection:wait(timeout) end
+---@param pattern (integer|"l"|"*l"|"a"|"*a")?
+---@param timeout number?
+---@return string? data
+---@return string? err "timeout", "closed", "too long" or a message
+---@return string? partial
+function TCPConnection:receive(pattern, timeout) end
+---@param delimiter string
+---@param timeout number?
+---@return string? data
+---@return string? err
+---@return string? partial
+function TCPConnection:receiveUntil(delimiter, timeout) end
+
+---@class evtcp.TCPListener
+---@field port integer
+---@field address string
+---@field closed boolean
+---@field connections integer
+---@field errors evtcp.Error[]
+---@field handler evtcp.ListenerOptions
+local TCPListener = {}
+
+function TCPListener:terminate() end
+function TCPListener:close() end
+---@param timeout number?
+---@return evtcp.TCPConnection? conn
+---@return string? err "timeout" or "closed"
+function TCPListener:accept(timeout) end
+---@param timeout number?
+---@return boolean closed
+function TCPListener:wait(timeout) end
+
+---@class evtcp.Timer
+local Timer = {}
+---@return boolean stopped
+function Timer:cancel() end
+
+---@class evtcp
+---@field _VERSION string
+---@field version string
+---@field TCPConnection { new: fun(address: string, port: integer, handler: evtcp.Handler?): evtcp.TCPConnection }
+---@field TCPListener { new: fun(port: integer, options: evtcp.ListenerOptions?): evtcp.TCPListener? }
+local evtcp = {}
+
+---@param address string
+---@param port integer
+---@param handler evtcp.Handler?
+---@return evtcp.TCPConnection
+function evtcp.connect(address, port, handler) end
+---@param port integer
+---@param options evtcp.ListenerOptions?
+---@return evtcp.TCPListener? listener
+---@return string? message
+---@return integer? errCode
+function evtcp.listen(port, options) end
+---@param address string
+---@param port integer
+---@param options evtcp.Handler?
+---@return evtcp.TCPConnection? conn
+---@return evtcp.Error? err
+function evtcp.dial(address, port, options) end
+---@param timeout number?
+---@return boolean finished
+function evtcp.run(timeout) end
+---@param timeout number?
+---@return boolean active
+---@return boolean idle
+function evtcp.step(timeout) end
+function evtcp.stop() end
+---@param seconds number
+function evtcp.sleep(seconds) end
+---@param seconds number
+---@param fn fun(timer: evtcp.Timer)
+---@return evtcp.Timer
+function evtcp.after(seconds, fn) end
+---@param fn function
+---@param ... any
+---@return thread
+function evtcp.spawn(fn, ...) end
+
+return evtcp
