@@ -10,7 +10,12 @@ EVENT_LIBS ?= $(shell pkg-config --libs libevent libevent_openssl openssl 2>/dev
 CC         ?= cc
 CFLAGS     ?= -O2 -g
 WARN        = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Werror=implicit-function-declaration
+# macOS loads Lua modules as bundles whose Lua symbols come from the host
+ifeq ($(shell uname -s),Darwin)
+LIBFLAG    ?= -bundle -undefined dynamic_lookup
+else
 LIBFLAG    ?= -shared
+endif
 LUADIR     ?= /usr/local/share/lua/5.4
 LIBDIR     ?= /usr/local/lib/lua/5.4
 BUILD      ?= build
@@ -21,10 +26,10 @@ HDRS = $(wildcard src/*.h)
 CORE = $(BUILD)/evtcp/core.so
 
 # Debian packages the build, the tests and the demo need.
-DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-socket \
+DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-socket clang \
        socat netcat-openbsd pkg-config redis-server python3 lua-luv
 
-.PHONY: all checkout deps test demo install sanitize fuzz stress bench bench-quick clean
+.PHONY: all checkout warnings deps test demo install sanitize fuzz stress bench bench-quick clean
 
 all: $(CORE) $(BUILD)/two_states $(BUILD)/sockopt.so checkout
 
@@ -49,6 +54,15 @@ $(BUILD)/two_states: spec/two_states.c
 $(CORE): $(SRC) $(HDRS) Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(WARN) -fPIC -I$(LUA_INCDIR) $(LIBFLAG) -o $@ $(SRC) $(EVENT_LIBS)
+
+# The C core compiles without a warning under gcc and clang in strict C99
+# (the CI gate for portability: the sources use no GNU extension).
+STRICT = -std=c99 -pedantic -Werror $(WARN) -fPIC -I$(LUA_INCDIR) -fsyntax-only
+warnings:
+	@for cc in gcc clang; do \
+	  if command -v $$cc >/dev/null 2>&1; then $$cc $(STRICT) $(SRC) && echo "$$cc -std=c99 -pedantic: no warnings"; \
+	  else echo "$$cc: not installed, skipped"; fi; \
+	done
 
 # Installs what is missing, through apt-get (root) or sudo; a machine that
 # has everything pays one dpkg query.

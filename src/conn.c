@@ -4,6 +4,7 @@
  * The state machine and the data path are described in conn.h; properties,
  * options and the metatable are in conn_props.c.
  */
+#include "platform.h" /* first: feature macros */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -435,6 +436,12 @@ static void conn_on_written(struct bufferevent *bev, void *arg) {
 /* OPEN: the socket is connected (client) or accepted (server). */
 static int conn_become_open(evtcp_conn *c) {
   evutil_socket_t fd = c->fd;
+#if !defined(MSG_NOSIGNAL) && defined(SO_NOSIGPIPE)
+  {
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+  }
+#endif
   c->state = CONN_OPEN;
   c->was_open = 1;
   loop_unanchor(&c->obj, ANCHOR_CONNECTING);
@@ -459,10 +466,15 @@ static int conn_become_open(evtcp_conn *c) {
  * reset in CLOSE. (Once our side has sent its FIN, the peer's FIN moves
  * the socket to CLOSE too: then it cannot be told apart, and is an end.) */
 static int conn_was_reset(const evtcp_conn *c) {
+#if defined(__linux__) && defined(TCP_INFO)
   struct tcp_info info;
   socklen_t len = sizeof info;
   if (c->fd < 0 || c->write_shut_done || getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
   return info.tcpi_state == TCP_CLOSE;
+#else
+  (void)c; /* elsewhere a reset OpenSSL swallowed reads as an end */
+  return 0;
+#endif
 }
 
 /* The socket's pending error (SO_ERROR), or err when it has none. */
@@ -739,7 +751,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = iov;
     msg.msg_iovlen = (size_t)k;
-    n = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    n = sendmsg(c->fd, &msg, EVTCP_MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       int err = EVUTIL_SOCKET_ERROR();
       if (!io_would_block(err)) { conn_fail(c, err, "evtcp"); return; }

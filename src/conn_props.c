@@ -6,6 +6,7 @@
  * case), then properties, then the user's own fields, which live in a table
  * created on the first assignment (most connections never pay for it).
  */
+#include "platform.h" /* first: feature macros */
 #include <stdlib.h>
 #include <string.h>
 #include <netinet/tcp.h>
@@ -131,7 +132,9 @@ void conn_set_keep_alive(evtcp_conn *c, int seconds) {
   c->keep_alive = seconds;
   if (c->fd < 0 || c->state != CONN_OPEN) return;
   setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-  if (seconds > 0) setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPIDLE, &seconds, sizeof seconds);
+#ifdef EVTCP_TCP_KEEPIDLE
+  if (seconds > 0) setsockopt(c->fd, IPPROTO_TCP, EVTCP_TCP_KEEPIDLE, &seconds, sizeof seconds);
+#endif
 }
 
 /* The options as the socket opens: only what differs from a new socket's

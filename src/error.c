@@ -6,6 +6,7 @@
  * only when they are delivered. kind says what happened in words a program
  * can branch on; errCode and message keep the system's own detail.
  */
+#include "platform.h" /* first: feature macros */
 #include <errno.h>
 #include <string.h>
 #include <stdio.h>

@@ -11,6 +11,7 @@
  * run __index metamethods), the allocations and the callback itself all
  * happen inside the protected call.
  */
+#include "platform.h" /* first: feature macros */
 #include <string.h>
 #include <sys/socket.h>
 #include <netinet/in.h>

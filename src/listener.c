@@ -14,6 +14,7 @@
  * for a moment: a full descriptor table would otherwise make the listening
  * socket readable forever and spin the loop.
  */
+#include "platform.h" /* first: feature macros */
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>

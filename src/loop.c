@@ -21,6 +21,7 @@
  * any method, and so can top-level code with no loop running). They queue
  * the object, and loop_run_pending() advances it from inside the loop.
  */
+#include "platform.h" /* first: feature macros */
 #include <signal.h>
 #include <time.h>
 #include "evtcp.h"

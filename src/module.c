@@ -3,6 +3,7 @@
  *
  * The Lua layer (lua/evtcp/init.lua) builds the public API on it.
  */
+#include "platform.h" /* first: feature macros */
 #include "evtcp.h"
 
 static const luaL_Reg core_functions[] = {

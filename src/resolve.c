@@ -10,6 +10,7 @@
  * resolvers should answer them negatively themselves). /etc/hosts is read
  * by evdns when the resolver is created, on the first host-name lookup.
  */
+#include "platform.h" /* first: feature macros */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>

@@ -2,6 +2,7 @@
  * sockaddr.c - socket address helpers shared by connections and listeners.
  * Nothing here touches Lua but the push function.
  */
+#include "platform.h" /* first: feature macros */
 #include <string.h>
 #include <sys/socket.h>
 #include <netinet/in.h>

@@ -4,6 +4,7 @@
  * A pending timer is anchored (run() waits for it); it lets go when it
  * fires or is cancelled. The function lives in the userdata's uservalue.
  */
+#include "platform.h" /* first: feature macros */
 #include <string.h>
 #include "evtcp.h"
 

@@ -12,6 +12,7 @@
  * is checked first (argument errors naming the field); what OpenSSL says
  * of the files is a failure of kind "tls" with its reason.
  */
+#include "platform.h" /* first: feature macros */
 #include <string.h>
 #include <sys/stat.h>
 #include <openssl/err.h>
@@ -201,7 +202,11 @@ void tls_push_info(lua_State *L, struct bufferevent *bev) {
   lua_setfield(L, -2, "protocol");
   lua_pushstring(L, SSL_get_cipher_name(ssl));
   lua_setfield(L, -2, "cipher");
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
   peer = SSL_get1_peer_certificate(ssl);
+#else
+  peer = SSL_get_peer_certificate(ssl); /* OpenSSL 1.1.1: the same, older name */
+#endif
   if (peer) {
     lua_createtable(L, 0, 2);
     X509_NAME_oneline(X509_get_subject_name(peer), buf, sizeof buf);
