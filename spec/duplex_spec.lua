@@ -304,48 +304,7 @@ describe("blocking style", function()
 
   describe("examples/proxy_coroutines.lua", function()
     it("relays 16 MiB each way and the half-close, byte for byte", function()
-      local n = 16 << 20
-      local up, down = H.bytes(1 << 20, 11), H.bytes(1 << 20, 12)
-      local target_got, target = 0, nil
-      local target_ok = true
-      target = assert(evtcp.listen(0, { address = "127.0.0.1", allowHalfOpen = true }))
-      evtcp.spawn(function()
-        local s = target:accept(10)
-        while true do
-          local d = s:receive()
-          if not d then break end
-          if d ~= H.repeat_slice(up, target_got, #d) then target_ok = false end
-          target_got = target_got + #d
-        end
-        for _ = 1, 16 do s:send(down) end -- the reply, after the request's end
-        s:close()
-      end)
-      -- the child is evtcp itself: it keeps the environment (the sanitizer's too)
-      local p = io.popen("sh -c 'echo $$; exec lua5.4 examples/proxy_coroutines.lua " .. target.port .. "'")
-      local pid = p:read("l")
-      local port = tonumber(p:read("l"):match("127%.0%.0%.1:(%d+)"))
-      local back, back_ok = 0, true
-      H.go(function()
-        local c = assert(evtcp.dial("127.0.0.1", port))
-        evtcp.spawn(function()
-          for _ = 1, 16 do c:send(up) end
-          c:shutdown() -- half-close: the proxy must relay it
-        end)
-        while true do
-          local d = c:receive()
-          if not d then break end
-          if d ~= H.repeat_slice(down, back, #d) then back_ok = false end
-          back = back + #d
-        end
-        c:close()
-      end, 60)
-      os.execute("kill " .. pid)
-      p:close()
-      target:terminate()
-      assert.are.equal(n, target_got)
-      assert.is_true(target_ok)
-      assert.are.equal(n, back)
-      assert.is_true(back_ok)
+      H.check_proxy("examples/proxy_coroutines.lua", 16)
     end)
   end)
 end)

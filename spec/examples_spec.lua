@@ -154,6 +154,53 @@ describe("the rockspec", function()
   end)
 end)
 
+describe("the examples users copy", function()
+  after_each(function() assert.is_true(H.cleanup()) end)
+
+  it("proxy.lua relays 16 MiB each way with backpressure, and the half-close", function()
+    H.check_proxy("examples/proxy.lua", 16)
+  end)
+
+  it("reconnect_client.lua retries with a growing wait until the server is up", function()
+    local port = H.free_port()
+    local out = os.tmpname()
+    os.execute(("lua5.4 examples/reconnect_client.lua %d 127.0.0.1 10 > %s 2>&1 &"):format(port, out))
+    evtcp.sleep(0.5) -- refused meanwhile: attempts 1 to 3
+    local l = assert(evtcp.listen(port, { address = "127.0.0.1", onConnection = function()
+      return { onConnection = function(_, c) c:send("welcome\n") end, onData = function() end }
+    end }))
+    local deadline = H.now() + 10
+    while not read(out):find("connected after") and H.now() < deadline do evtcp.sleep(0.05) end
+    l:terminate()
+    local text = read(out)
+    os.remove(out)
+    assert.matches("attempt 1: Connection refused %(refused%); next in 0%.1 s", text)
+    assert.matches("attempt 2: [^\n]*next in 0%.2 s", text)
+    assert.matches("connected after %d attempt%(s%): welcome", text)
+  end)
+
+  it("line_server.lua keeps one Session per client", function()
+    local port, stop = start_example("examples/line_server.lua", "listening on 127%.0%.0%.1:(%d+)")
+    local replies = {}
+    H.go(function()
+      local a = assert(evtcp.dial("127.0.0.1", port))
+      local b = assert(evtcp.dial("127.0.0.1", port))
+      replies[#replies + 1] = a:receive("l")
+      a:send("ECHO one\r\nECH") -- a command split over two sends
+      a:send("O two\nCOUNT\n")
+      for _ = 1, 3 do replies[#replies + 1] = a:receive("l") end
+      b:send("COUNT\nQUIT\n")
+      replies[#replies + 1] = b:receive("l") -- hello
+      replies[#replies + 1] = b:receive("l")
+      replies[#replies + 1] = b:receive("l")
+      replies[#replies + 1] = b:receive("a")
+      a:close()
+    end)
+    stop()
+    assert.are.same({ "hello", "one", "two", "3", "hello", "1", "bye", "" }, replies)
+  end)
+end)
+
 describe("the blocking-style examples", function()
   after_each(function() assert.is_true(H.cleanup()) end)
 

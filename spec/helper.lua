@@ -162,6 +162,52 @@ function H.lua_child(code)
   return ok, out, how, code_
 end
 
+--- Runs a proxy example (its first line names its port) in front of a
+-- target here, and pushes `mib` MiB through it each way: the client sends,
+-- then half-closes; the target replies once it saw the end; both streams
+-- are checked byte for byte.
+function H.check_proxy(script, mib)
+  local n = mib << 20
+  local up, down = H.bytes(1 << 20, 11), H.bytes(1 << 20, 12)
+  local target_got, target_ok = 0, true
+  local target = assert(evtcp.listen(0, { address = "127.0.0.1", allowHalfOpen = true }))
+  evtcp.spawn(function()
+    local s = target:accept(10)
+    while true do
+      local d = s:receive()
+      if not d then break end
+      if d ~= H.repeat_slice(up, target_got, #d) then target_ok = false end
+      target_got = target_got + #d
+    end
+    for _ = 1, mib do s:send(down) end -- the reply, after the request's end
+    s:close()
+  end)
+  -- the child is evtcp itself: it keeps the environment (the sanitizer's too)
+  local p = io.popen("sh -c 'echo $$; exec lua5.4 " .. script .. " " .. target.port .. "'")
+  local pid = p:read("l")
+  local port = tonumber(p:read("l"):match("127%.0%.0%.1:(%d+)"))
+  local back, back_ok = 0, true
+  H.go(function()
+    local c = assert(evtcp.dial("127.0.0.1", port))
+    evtcp.spawn(function()
+      for _ = 1, mib do c:send(up) end
+      c:shutdown() -- half-close: the proxy must relay it
+    end)
+    while true do
+      local d = c:receive()
+      if not d then break end
+      if d ~= H.repeat_slice(down, back, #d) then back_ok = false end
+      back = back + #d
+    end
+    c:close()
+  end, 60)
+  os.execute("kill " .. pid)
+  p:close()
+  target:terminate()
+  assert(target_got == n and target_ok, ("the target got %d of %d bytes (intact: %s)"):format(target_got, n, tostring(target_ok)))
+  assert(back == n and back_ok, ("the client got %d of %d bytes back (intact: %s)"):format(back, n, tostring(back_ok)))
+end
+
 function H.has_ipv6()
   local l = evtcp.listen(0, { address = "::1" })
   if not l then return false end

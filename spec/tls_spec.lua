@@ -299,6 +299,22 @@ describe("TLS", function()
     assert.matches("^connected with TLSv1%.[23], [%w_-]+, to /CN=localhost\nechoed: hello over TLS\n$", out)
   end)
 
+  it("has a client example that trusts a private CA, and refuses a certificate that names another host", function()
+    local outs = {}
+    for _, cert in ipairs({ "server", "wrong" }) do
+      local l = tls_server(cert, function() return echo() end)
+      local out = os.tmpname()
+      os.execute(("(lua5.4 examples/tls_client.lua localhost %d %s 'over a private CA' > %s 2>&1; echo \"exit $?\" >> %s) &")
+        :format(l.port, path("ca.pem"), out, out))
+      H.run_until(function() return H.read(out):find("exit %d") ~= nil end, "the example to finish", 15)
+      outs[cert] = H.read(out)
+      os.remove(out)
+      l:terminate()
+    end
+    assert.matches("^connected: TLSv1%.[23], [%w_-]+, server /CN=localhost\nreply: over a private CA\nexit 0\n$", outs.server)
+    assert.matches("^failed: .*%(tls%)\nexit 1\n$", outs.wrong)
+  end)
+
   it("frees every OpenSSL object at lua_close with live TLS connections", function()
     local ok, out = H.lua_child(([[
       local evtcp = require("evtcp")

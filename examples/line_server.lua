@@ -1,0 +1,34 @@
+-- usage: lua5.4 examples/line_server.lua [PORT]
+-- A line-protocol server in callback style, one object per client: the
+-- Session class is the handler, so each connection's state lives in its own
+-- instance. Commands: ECHO <text>, COUNT (lines this client sent), QUIT.
+local evtcp = require("evtcp")
+
+local Session = {}
+Session.__index = Session
+
+function Session.new() return setmetatable({ pending = "", lines = 0 }, Session) end
+
+function Session:onConnection(conn) conn:send("hello\n") end
+
+--- Input comes in pieces of any size: keep what follows the last newline.
+function Session:onData(conn, event)
+  self.pending = self.pending .. event.data
+  for line in self.pending:gmatch("([^\n]*)\n") do self:command(conn, (line:gsub("\r$", ""))) end
+  self.pending = self.pending:match("[^\n]*$")
+end
+
+function Session:command(conn, line)
+  self.lines = self.lines + 1
+  local verb, rest = line:match("^(%u+)%s*(.*)$")
+  if verb == "ECHO" then conn:send(rest, "\n")
+  elseif verb == "COUNT" then conn:send(self.lines, "\n")
+  elseif verb == "QUIT" then conn:send("bye\n") conn:close()
+  else conn:send("unknown command\n") end
+end
+
+local listener = assert(evtcp.listen(tonumber(arg[1]) or 7001, { address = "127.0.0.1",
+  onConnection = function() return Session.new() end }))
+print(("line server listening on 127.0.0.1:%d"):format(listener.port))
+io.stdout:flush()
+evtcp.run()
