@@ -205,6 +205,34 @@ static int option_integer(lua_State *L, int h, const char *name, lua_Integer dfl
   return (int)v;
 }
 
+/* Makes the listening socket ourselves rather than with libevent's
+ * evconnlistener_new_bind: libevent 2.1 sets SO_REUSEPORT only on Linux,
+ * and turns SO_KEEPALIVE on for the listening socket, which accepted
+ * sockets would inherit. Returns the socket, or -1 with *err set. */
+static evutil_socket_t listener_bind(const struct sockaddr *sa, int len, int reuse_port, int backlog,
+                                     int *err) {
+  int one = 1;
+  evutil_socket_t fd = socket(sa->sa_family, SOCK_STREAM, 0);
+  if (fd < 0) { *err = errno; return -1; }
+  if (evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+    goto fail;
+  if (reuse_port) {
+#ifdef SO_REUSEPORT
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) goto fail;
+#else
+    errno = ENOPROTOOPT; /* this system cannot share a port */
+    goto fail;
+#endif
+  }
+  if (bind(fd, sa, (socklen_t)len) != 0 || listen(fd, backlog) != 0) goto fail;
+  return fd;
+fail:
+  *err = errno;
+  evutil_closesocket(fd);
+  return -1;
+}
+
 /* evtcp.listen(port [, options]) -> listener | nil, message, errCode */
 int listener_listen(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
@@ -212,7 +240,7 @@ int listener_listen(lua_State *L) {
   const char *address = "0.0.0.0";
   struct sockaddr_storage ss;
   int sslen, backlog, reuse_port, max_conn, has_cb;
-  unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE;
+  unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
   evtcp_listener *l;
   tls_options tls;
   luaL_argexpected(L, lua_type(L, 1) == LUA_TNUMBER, 1, "number");
@@ -270,18 +298,19 @@ int listener_listen(lua_State *L) {
     lua_pushinteger(L, EADDRNOTAVAIL);
     return 3;
   }
-  if (reuse_port) flags |= LEV_OPT_REUSEABLE_PORT;
   l->max_connections = max_conn;
-  l->lev = evconnlistener_new_bind(loop->base, listener_on_accept, l, flags, backlog,
-                                   (struct sockaddr *)&ss, sslen);
-  if (l->lev == NULL) return listener_fail(L, EVUTIL_SOCKET_ERROR());
-  evconnlistener_set_error_cb(l->lev, listener_on_error);
   {
-    /* libevent turns SO_KEEPALIVE on for the listening socket, and accepted
-     * sockets inherit it: off, so keepAlive = false means off */
-    int off = 0;
-    setsockopt(evconnlistener_get_fd(l->lev), SOL_SOCKET, SO_KEEPALIVE, &off, sizeof off);
+    int err = 0;
+    evutil_socket_t fd = listener_bind((struct sockaddr *)&ss, sslen, reuse_port, backlog, &err);
+    if (fd < 0) return listener_fail(L, err);
+    /* backlog 0: the socket listens already */
+    l->lev = evconnlistener_new(loop->base, listener_on_accept, l, flags, 0, fd);
+    if (l->lev == NULL) {
+      evutil_closesocket(fd);
+      return listener_fail(L, ENOMEM);
+    }
   }
+  evconnlistener_set_error_cb(l->lev, listener_on_error);
   {
     socklen_t len = sizeof l->bound;
     getsockname(evconnlistener_get_fd(l->lev), &l->bound.sa, &len);
