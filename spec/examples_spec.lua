@@ -109,7 +109,7 @@ describe("the rockspec", function()
     assert.matches("%d+ successes / 0 failures / 0 errors", out)
   end)
 
-  it("both rockspecs pass luarocks lint, and the release packs and installs offline", function()
+  it("both rockspecs pass luarocks lint, build, pack and install offline into fresh trees", function()
     if os.getenv("EVTCP_SANITIZE") then pending("the rock is built without the sanitizer") return end
     local function sh(cmd)
       local f = io.popen(cmd .. " 2>&1")
@@ -117,23 +117,25 @@ describe("the rockspec", function()
       assert(f:close(), cmd .. "\n" .. out)
       return out
     end
-    sh("luarocks --lua-version 5.4 lint evtcp-scm-1.rockspec")
-    sh("luarocks --lua-version 5.4 lint evtcp-0.1.0-1.rockspec")
-    local tree, tree2, dir = os.tmpname(), os.tmpname(), os.tmpname()
-    os.remove(tree) os.remove(tree2) os.remove(dir)
-    sh(("luarocks --lua-version 5.4 make --tree %s evtcp-0.1.0-1.rockspec"):format(tree))
-    sh(("mkdir -p %s && cd %s && luarocks --lua-version 5.4 pack --tree %s evtcp"):format(dir, dir, tree))
-    local rock = sh("ls " .. dir):match("(evtcp%-0%.1%.0%-1%.[%w_%-]+%.rock)")
-    assert(rock, "no .rock was packed")
-    sh(("luarocks --lua-version 5.4 install --tree %s %s/%s"):format(tree2, dir, rock))
-    local out = sh(("cd / && env -u LUA_PATH -u LUA_CPATH lua5.4 -e 'package.path=%q package.cpath=%q " ..
-      "print(require(\"evtcp\")._VERSION)'"):format(tree2 .. "/share/lua/5.4/?.lua;" .. tree2 .. "/share/lua/5.4/?/init.lua",
-      tree2 .. "/lib/lua/5.4/?.so"))
-    local docs = sh(("ls %s/lib/luarocks/rocks-5.4/evtcp/0.1.0-1/"):format(tree2))
-    os.execute(("rm -rf %s %s %s"):format(tree, tree2, dir))
-    assert.are.equal("evtcp 0.1.0\n", out)
-    assert.matches("docs", docs)
-    assert.matches("examples", docs)
+    for _, spec in ipairs({ { "evtcp-0.1.0-1.rockspec", "0.1.0-1" }, { "evtcp-scm-1.rockspec", "scm-1" } }) do
+      local rockspec, version = spec[1], spec[2]
+      sh("luarocks --lua-version 5.4 lint " .. rockspec)
+      local tree, tree2, dir = os.tmpname(), os.tmpname(), os.tmpname()
+      os.remove(tree) os.remove(tree2) os.remove(dir)
+      sh(("luarocks --lua-version 5.4 make --tree %s %s"):format(tree, rockspec))
+      sh(("mkdir -p %s && cd %s && luarocks --lua-version 5.4 pack --tree %s evtcp %s"):format(dir, dir, tree, version))
+      local rock = sh("ls " .. dir):match("(evtcp%-[%w.]+%-1%.[%w_%-]+%.rock)")
+      assert(rock, "no .rock was packed for " .. rockspec)
+      sh(("luarocks --lua-version 5.4 install --tree %s %s/%s"):format(tree2, dir, rock))
+      local out = sh(("cd / && env -u LUA_PATH -u LUA_CPATH lua5.4 -e 'package.path=%q package.cpath=%q " ..
+        "print(require(\"evtcp\")._VERSION)'"):format(tree2 .. "/share/lua/5.4/?.lua;" .. tree2 .. "/share/lua/5.4/?/init.lua",
+        tree2 .. "/lib/lua/5.4/?.so"))
+      local installed = sh(("ls %s/lib/luarocks/rocks-5.4/evtcp/%s/"):format(tree2, version))
+      os.execute(("rm -rf %s %s %s"):format(tree, tree2, dir))
+      assert.are.equal("evtcp 0.1.0\n", out)
+      assert.matches("docs", installed)
+      assert.matches("examples", installed)
+    end
   end)
 
   it("installs with luarocks, offline, and loads from any folder", function()
