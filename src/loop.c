@@ -541,12 +541,6 @@ static int loop_stop(lua_State *L) {
   return 0;
 }
 
-/* core.running(): true while a callback is being dispatched. */
-static int loop_is_running(lua_State *L) {
-  lua_pushboolean(L, loop_get(L)->running);
-  return 1;
-}
-
 /* core.setSendHook(fn): fn(conn) is called, in a yieldable coroutine, by a
  * send() that left more than highWaterMark bytes queued. */
 static int loop_set_send_hook(lua_State *L) {
@@ -591,7 +585,6 @@ static const luaL_Reg loop_functions[] = {
   {"run", loop_run},
   {"step", loop_step},
   {"stop", loop_stop},
-  {"running", loop_is_running},
   {"now", loop_now},
   {"setSendHook", loop_set_send_hook},
   {"setScheduler", loop_set_scheduler},
