@@ -127,3 +127,48 @@ describe("the loop", function()
     assert.matches("bad argument #2 to '[%w.]*after'", err)
   end)
 end)
+
+describe("Ctrl-C", function()
+  --- Runs `code` in a standalone lua5.4, sends it SIGINT after 0.5 s and
+  -- reports how it ended: its stderr, whether it exited, and how fast.
+  local function interrupt(code)
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(code)
+    f:close()
+    local p = io.popen(("sh -c 'lua5.4 %s 2>%s.err & pid=$!; sleep 0.5; t0=$(date +%%s%%N); kill -INT $pid; " ..
+      "for i in $(seq 1 200); do kill -0 $pid 2>/dev/null || break; sleep 0.01; done; t1=$(date +%%s%%N); " ..
+      "if kill -0 $pid 2>/dev/null; then kill -9 $pid; echo still running; else echo ms=$(( (t1 - t0) / 1000000 )); fi'")
+      :format(script, script))
+    local out = p:read("a")
+    p:close()
+    local err = H.read(script .. ".err")
+    os.remove(script)
+    os.remove(script .. ".err")
+    return out, err
+  end
+
+  it("stops an idle server run by lua5.4: interrupted! comes out of run", function()
+    local out, err = interrupt([[
+      local evtcp = require("evtcp")
+      assert(evtcp.listen(0, { address = "127.0.0.1", onConnection = function() return {} end }))
+      evtcp.run()
+    ]])
+    local ms = tonumber(out:match("ms=(%d+)"))
+    assert(ms, "the process did not stop: " .. out)
+    assert.is_true(ms < 1000, ms .. " ms")
+    assert.matches("interrupted!", err)
+    assert.matches("in function 'evtcp.run'", err)
+  end)
+
+  it("stops a busy one too", function()
+    local out, err = interrupt([[
+      local evtcp = require("evtcp")
+      local function again() local x = 0 for i = 1, 1e5 do x = x + i end evtcp.after(0, again) end
+      again()
+      evtcp.run()
+    ]])
+    assert(out:match("ms=(%d+)"), "the process did not stop: " .. out)
+    assert.matches("interrupted!", err)
+  end)
+end)

@@ -101,6 +101,8 @@ struct evtcp_loop {
   int errors_head, errors_tail; /* its oldest and newest index; empty: head > tail */
   int active;              /* anchored objects: run() returns at 0 */
   int closing;             /* lua_close is tearing the loop down */
+  struct event *sigint_ev; /* Ctrl-C while the loop waits: loop.c */
+  int interrupted;         /* SIGINT came while the loop ran */
   int weak_ref;            /* weak table: lightuserdata -> userdata */
   lua_Integer wait_seq;    /* orders waiters: oldest woken first */
   int send_hook_ref;       /* Lua layer: waits in a coroutine after a send over highWaterMark */

@@ -454,6 +454,47 @@ int loop_remove_waiter_lua(lua_State *L) {
 
 /* ---- run, step, stop ---- */
 
+/* ---- Ctrl-C ----
+ *
+ * The standalone lua5.4 answers SIGINT with a handler that sets a hook, and
+ * the hook raises "interrupted!" when Lua code next runs. While the loop
+ * waits in epoll no Lua runs, so Ctrl-C did nothing until an event came.
+ * While the loop runs, evtcp takes SIGINT through libevent (which keeps the
+ * previous handler and puts it back afterwards), breaks the loop, and then
+ * calls that previous handler itself: its hook fires as soon as run returns
+ * to Lua. Only a handler function is chained: with SIG_DFL the signal kills
+ * the process as it always did, and SIG_IGN stays ignored.
+ */
+static void loop_on_sigint(evutil_socket_t sig, short what, void *arg) {
+  evtcp_loop *loop = (evtcp_loop *)arg;
+  (void)sig; (void)what;
+  loop->interrupted = 1;
+  event_base_loopbreak(loop->base);
+}
+
+/* Returns the handler to chain to (and takes SIGINT), or NULL. */
+static void (*loop_take_sigint(evtcp_loop *loop))(int) {
+  struct sigaction prev;
+  if (sigaction(SIGINT, NULL, &prev) != 0 || (prev.sa_flags & SA_SIGINFO) ||
+      prev.sa_handler == SIG_DFL || prev.sa_handler == SIG_IGN)
+    return NULL;
+  if (loop->sigint_ev == NULL &&
+      (loop->sigint_ev = evsignal_new(loop->base, SIGINT, loop_on_sigint, loop)) == NULL)
+    return NULL;
+  if (evsignal_add(loop->sigint_ev, NULL) != 0) return NULL;
+  return prev.sa_handler;
+}
+
+/* Gives SIGINT back; if it came, hands it to the handler it was meant for. */
+static void loop_give_sigint(evtcp_loop *loop, void (*prev)(int)) {
+  if (prev == NULL) return;
+  evsignal_del(loop->sigint_ev); /* libevent restores prev */
+  if (loop->interrupted) {
+    loop->interrupted = 0;
+    prev(SIGINT);
+  }
+}
+
 static void loop_deadline_cb(evutil_socket_t fd, short what, void *arg) {
   int *hit = (int *)arg;
   (void)fd; (void)what;
@@ -479,6 +520,7 @@ static struct timeval seconds_to_tv(double s) {
  * Returns 1 if it ran out of work (once: if no event at all was pending). */
 static int loop_drive(lua_State *L, evtcp_loop *loop, double timeout, int once) {
   struct event *deadline = NULL;
+  void (*sigint_prev)(int);
   int hit = 0, out_of_work = 0;
   loop_check_not_running(L, loop);
   loop_raise_pending(L, loop); /* one left from an earlier dispatch */
@@ -488,6 +530,7 @@ static int loop_drive(lua_State *L, evtcp_loop *loop, double timeout, int once) 
     if (deadline == NULL) return luaL_error(L, "evtcp: out of memory");
     evtimer_add(deadline, &tv);
   }
+  sigint_prev = loop_take_sigint(loop);
   loop->running = 1;
   loop->stop_requested = 0;
   if (once) {
@@ -497,13 +540,14 @@ static int loop_drive(lua_State *L, evtcp_loop *loop, double timeout, int once) 
     if (!out_of_work)
       event_base_loop(loop->base, timeout > 0 ? EVLOOP_ONCE : EVLOOP_NONBLOCK);
   } else {
-    while (!hit && !loop->stop_requested && !loop_has_error(loop)) {
+    while (!hit && !loop->stop_requested && !loop_has_error(loop) && !loop->interrupted) {
       if (loop->active <= 0) { out_of_work = 1; break; }
       /* 1: no event is pending, so nothing can ever happen: out of work */
       if (event_base_loop(loop->base, EVLOOP_ONCE) == 1) { out_of_work = 1; break; }
     }
   }
   loop->running = 0;
+  loop_give_sigint(loop, sigint_prev);
   if (deadline) event_free(deadline);
   loop_raise_pending(L, loop);
   return out_of_work;
@@ -576,6 +620,7 @@ static int loop__gc(lua_State *L) {
   }
   lookup_free_all(loop);
   if (loop->pending_ev) event_free(loop->pending_ev);
+  if (loop->sigint_ev) event_free(loop->sigint_ev);
   event_base_free(loop->base);
   loop->base = NULL;
   return 0;
@@ -606,6 +651,8 @@ void loop_open(lua_State *L) {
   loop->base = NULL; /* closed state first: __gc is safe whatever fails */
   loop->dns = NULL;
   loop->pending_ev = NULL;
+  loop->sigint_ev = NULL;
+  loop->interrupted = 0;
   loop->pending_head = NULL;
   loop->lookups = NULL;
   loop->running = loop->stop_requested = loop->active = loop->closing = 0;
