@@ -31,7 +31,8 @@ DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-sock
 
 .PHONY: all checkout warnings deps test demo install sanitize fuzz stress bench bench-quick clean
 
-all: $(CORE) $(BUILD)/two_states $(BUILD)/sockopt.so checkout
+# (the checkout's copy is the plain build's, never the sanitizer's)
+all: $(CORE) $(BUILD)/two_states $(BUILD)/sockopt.so $(if $(filter build,$(BUILD)),checkout)
 
 # Runs from a checkout: lua5.4's default paths include ./?.so and
 # ./?/init.lua, so evtcp/core.so and evtcp/init.lua at the root let
