@@ -127,6 +127,11 @@ local Timer = {}
 ---@return boolean stopped
 function Timer:cancel() end
 
+---@class evtcp.Signal
+local Signal = {}
+---@return boolean removed
+function Signal:cancel() end
+
 ---@class evtcp
 ---@field _VERSION string
 ---@field version string
@@ -169,5 +174,9 @@ function evtcp.after(seconds, fn) end
 ---@param ... any
 ---@return thread
 function evtcp.spawn(fn, ...) end
+---@param name "INT"|"TERM"|"HUP"|"QUIT"|"USR1"|"USR2"|"SIGINT"|"SIGTERM"|"SIGHUP"|"SIGQUIT"|"SIGUSR1"|"SIGUSR2"
+---@param fn fun(handle: evtcp.Signal, name: string)
+---@return evtcp.Signal
+function evtcp.signal(name, fn) end
 
 return evtcp

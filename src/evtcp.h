@@ -37,6 +37,8 @@
 #define EVTCP_LISTENER_MT "evtcp.TCPListener"
 #define EVTCP_EVENT_MT    "evtcp.TCPEvent"
 #define EVTCP_TIMER_MT    "evtcp.Timer"
+#define EVTCP_SIGNAL_MT   "evtcp.Signal"
+#define EVTCP_NSIG 32     /* signal numbers evtcp.signal may catch are below */
 
 #define EVTCP_REENTER_MSG "evtcp: the loop is already running (use a coroutine)"
 
@@ -103,6 +105,7 @@ struct evtcp_loop {
   int closing;             /* lua_close is tearing the loop down */
   struct event *sigint_ev; /* Ctrl-C while the loop waits: loop.c */
   int interrupted;         /* SIGINT came while the loop ran */
+  struct event *signal_ev[EVTCP_NSIG]; /* evtcp.signal: one event per signal */
   int weak_ref;            /* weak table: lightuserdata -> userdata */
   lua_Integer wait_seq;    /* orders waiters: oldest woken first */
   int send_hook_ref;       /* Lua layer: waits in a coroutine after a send over highWaterMark */
@@ -113,6 +116,7 @@ struct evtcp_loop {
 
 /* ---- loop.c ---- */
 evtcp_loop *loop_get(lua_State *L);
+evtcp_loop *loop_get_unchecked(lua_State *L);
 void loop_open(lua_State *L);
 int loop_pcall(evtcp_loop *loop, int nargs, int nresults);
 void loop_register(lua_State *L, evtcp_object *obj, int ud_index);
@@ -189,6 +193,9 @@ int sockaddr_port(const struct sockaddr *sa);
 void conn_open(lua_State *L);
 void listener_open(lua_State *L);
 void timer_open(lua_State *L);
+void signal_open(lua_State *L);
+int signal_install(lua_State *L);
+void signal_free_all(evtcp_loop *loop);
 int listener_listen(lua_State *L);
 int timer_after(lua_State *L);
 int conn_connect(lua_State *L);

@@ -23,12 +23,23 @@
  */
 #include "platform.h" /* first: feature macros */
 #include <signal.h>
+#include <string.h>
 #include <time.h>
 #include "evtcp.h"
 
 static const char loop_key = 'L';
 
 static void loop_cancel_deferred(evtcp_object *obj);
+
+/* This state's loop, or NULL (no error): for finalizers and cancels that
+ * may run after lua_close began. */
+evtcp_loop *loop_get_unchecked(lua_State *L) {
+  evtcp_loop *loop;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &loop_key);
+  loop = (evtcp_loop *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return loop;
+}
 
 evtcp_loop *loop_get(lua_State *L) {
   evtcp_loop *loop;
@@ -475,6 +486,7 @@ static void loop_on_sigint(evutil_socket_t sig, short what, void *arg) {
 /* Returns the handler to chain to (and takes SIGINT), or NULL. */
 static void (*loop_take_sigint(evtcp_loop *loop))(int) {
   struct sigaction prev;
+  if (loop->signal_ev[SIGINT] != NULL) return NULL; /* the program handles INT: evtcp.signal */
   if (sigaction(SIGINT, NULL, &prev) != 0 || (prev.sa_flags & SA_SIGINFO) ||
       prev.sa_handler == SIG_DFL || prev.sa_handler == SIG_IGN)
     return NULL;
@@ -621,6 +633,7 @@ static int loop__gc(lua_State *L) {
   lookup_free_all(loop);
   if (loop->pending_ev) event_free(loop->pending_ev);
   if (loop->sigint_ev) event_free(loop->sigint_ev);
+  signal_free_all(loop);
   event_base_free(loop->base);
   loop->base = NULL;
   return 0;
@@ -653,6 +666,7 @@ void loop_open(lua_State *L) {
   loop->pending_ev = NULL;
   loop->sigint_ev = NULL;
   loop->interrupted = 0;
+  memset(loop->signal_ev, 0, sizeof loop->signal_ev);
   loop->pending_head = NULL;
   loop->lookups = NULL;
   loop->running = loop->stop_requested = loop->active = loop->closing = 0;

@@ -10,6 +10,7 @@ static const luaL_Reg core_functions[] = {
   {"connect", conn_connect},
   {"listen", listener_listen},
   {"after", timer_after},
+  {"signal", signal_install},
   {NULL, NULL}
 };
 
@@ -23,5 +24,6 @@ LUALIB_API int luaopen_evtcp_core(lua_State *L) {
   conn_open(L);
   listener_open(L);
   timer_open(L);
+  signal_open(L);
   return 1;
 }

@@ -28,6 +28,7 @@ local evtcp = {
   step = core.step,
   stop = core.stop,
   after = core.after,
+  signal = core.signal,
 }
 
 evtcp.TCPConnection = { new = core.connect }
