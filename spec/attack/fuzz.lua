@@ -388,9 +388,34 @@ local function op_timer()
   if chance(0.3) then t:cancel() end
 end
 
+-- evtcp.signal: handlers on USR2 that raise, cancel themselves or act;
+-- USR2 is sent to this process only while one is installed (else its
+-- default action would end the fuzzer)
+local live_signals = {} -- handle -> true while installed
+local my_pid = tonumber(io.open("/proc/self/stat"):read("l"):match("^(%d+)"))
+local function op_signal()
+  local x = rand(10)
+  if x <= 3 then
+    local ok, h = guarded(evtcp.signal, pick({ "USR2", "SIGUSR2", "KILL", 7 }), pick({ function(handle)
+      if chance(0.2) then handle:cancel() live_signals[handle] = nil end
+      if chance(0.2) then chaos() end
+      if chance(0.05) then error(DELIBERATE) end
+    end, "x" }))
+    if ok and h then live_signals[h] = true end
+  elseif x <= 5 then
+    local h = next(live_signals)
+    if h then
+      if not h:cancel() then fail("cancel of an installed signal handler returned false") end
+      live_signals[h] = nil
+    end
+  elseif next(live_signals) then
+    os.execute("kill -USR2 " .. my_pid)
+  end
+end
+
 local ops = {
   { op_listen, 3 }, { op_connect, 20 }, { op_send, 25 }, { op_method, 20 }, { op_listener, 4 },
-  { op_coroutine, 6 }, { op_bad_call, 5 }, { op_timer, 5 },
+  { op_coroutine, 6 }, { op_bad_call, 5 }, { op_timer, 5 }, { op_signal, 1 },
 }
 local total = 0
 for _, o in ipairs(ops) do total = total + o[2] end
@@ -455,6 +480,7 @@ for i = 1, N do
 end
 
 -- the end: resume and close everything, let it all finish
+for h in pairs(live_signals) do h:cancel() end
 local function is_sink(c) return record_of[c] and record_of[c].sink end
 for _, c in ipairs(conns) do
   pcall(c.resume, c)
