@@ -52,6 +52,7 @@
 ---@field address string?
 ---@field backlog integer?
 ---@field reusePort boolean?
+---@field ipv6Only boolean?
 ---@field maxConnections integer?
 ---@field tls evtcp.TLSOptions?
 ---@field noDelay boolean?
@@ -71,6 +72,8 @@
 ---@field localAddress string?
 ---@field localPort integer?
 ---@field bufferedAmount integer
+---@field bytesRead integer
+---@field bytesWritten integer
 ---@field handler evtcp.Handler
 ---@field tls evtcp.TLSInfo?
 local TCPConnection = {}

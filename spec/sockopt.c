@@ -6,6 +6,7 @@
  *   sockopt.find(localPort, remotePort) -> fd | nil
  *   sockopt.get(fd, name)               -> integer
  *     name: "nodelay", "keepalive", "keepidle", "linger" (seconds, -1 off)
+ *   sockopt.listening(port)             -> fd of a listening socket on port | nil
  *   sockopt.fds()                       -> number of open descriptors
  *   sockopt.heap()                      -> bytes malloc has handed out
  */
@@ -39,6 +40,22 @@ static int sockopt_find(lua_State *L) {
   return 0;
 }
 
+static int sockopt_listening(lua_State *L) {
+  int port = (int)luaL_checkinteger(L, 1), fd;
+  for (fd = 0; fd < 65536; fd++) {
+    struct sockaddr_storage a;
+    socklen_t la = sizeof a;
+    int listening = 0;
+    socklen_t ll = sizeof listening;
+    if (getsockname(fd, (struct sockaddr *)&a, &la) != 0 || port_of(&a) != port) continue;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) == 0 && listening) {
+      lua_pushinteger(L, fd);
+      return 1;
+    }
+  }
+  return 0;
+}
+
 static int sockopt_get(lua_State *L) {
   int fd = (int)luaL_checkinteger(L, 1);
   const char *name = luaL_checkstring(L, 2);
@@ -48,6 +65,7 @@ static int sockopt_get(lua_State *L) {
   if (strcmp(name, "nodelay") == 0) rc = getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &len);
   else if (strcmp(name, "keepalive") == 0) rc = getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &v, &len);
   else if (strcmp(name, "keepidle") == 0) rc = getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, &len);
+  else if (strcmp(name, "v6only") == 0) rc = getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v, &len);
   else if (strcmp(name, "linger") == 0) {
     struct linger lg;
     len = sizeof lg;
@@ -79,7 +97,7 @@ static int sockopt_heap(lua_State *L) {
 int luaopen_sockopt(lua_State *L);
 int luaopen_sockopt(lua_State *L) {
   static const luaL_Reg f[] = {
-    {"find", sockopt_find}, {"get", sockopt_get}, {"fds", sockopt_fds}, {"heap", sockopt_heap}, {NULL, NULL}
+    {"find", sockopt_find}, {"get", sockopt_get}, {"fds", sockopt_fds}, {"listening", sockopt_listening}, {"heap", sockopt_heap}, {NULL, NULL}
   };
   luaL_newlib(L, f);
   return 1;

@@ -170,6 +170,7 @@ static void conn_retire_bev(evtcp_conn *c) {
 
 /* Frees every libevent object and the socket. No Lua. */
 static void conn_release(evtcp_conn *c) {
+  c->bytes_sent -= conn_buffered(c); /* dropped (reset, failure): never written */
   if (c->lookup) { lookup_cancel(c->lookup); c->lookup = NULL; }
   if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
   if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
@@ -340,6 +341,7 @@ static void conn_input_grew(evtcp_conn *c) {
  * a 64 KiB read area in the buffer instead kept 128 KiB per idle
  * connection (libevent rounds the reservation up). */
 static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
+  c->bytes_read += n;
   if (!c->receiving && c->input && evbuffer_get_length(c->input) > 0) {
     /* bytes kept while there was no onData go first */
     if (evbuffer_add(c->input, buf, n) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
@@ -754,7 +756,11 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
     n = sendmsg(c->fd, &msg, EVTCP_MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       int err = EVUTIL_SOCKET_ERROR();
-      if (!io_would_block(err)) { conn_fail(c, err, "evtcp"); return; }
+      if (!io_would_block(err)) {
+        c->bytes_sent -= total; /* never written */
+        conn_fail(c, err, "evtcp");
+        return;
+      }
       n = 0;
     }
     if ((size_t)n == total) {
@@ -804,6 +810,11 @@ static int conn_send(lua_State *L) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
     return 2;
+  }
+  for (i = 2; i <= top; i++) {
+    size_t len;
+    lua_tolstring(L, i, &len); /* numbers become strings here, as sent */
+    c->bytes_sent += len;
   }
   if (c->state == CONN_OPEN) {
     conn_write(L, c, 2, top - 1);

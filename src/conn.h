@@ -39,6 +39,7 @@
 #ifndef EVTCP_CONN_H
 #define EVTCP_CONN_H
 
+#include <stdint.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include "evtcp.h"
@@ -86,6 +87,8 @@ typedef struct evtcp_conn {
   struct bufferevent *retired_bev;/* a failed address's, freed from the loop */
   SSL *retired_ssl;
   evutil_socket_t retired_fd;
+  uint64_t bytes_read;            /* payload bytes received (after TLS) */
+  uint64_t bytes_sent;            /* payload bytes send() accepted, less any dropped */
   size_t line_scanned;            /* receive("l"): input bytes known to hold no \n */
   struct event *read_ev;
   struct event *connect_timer;    /* the `timeout` option, until OPEN */

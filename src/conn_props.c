@@ -18,7 +18,7 @@ static const char *const callback_keys[] = {
 
 static const char *const property_keys[] = {
   "closed", "errors", "noDelay", "keepAlive", "remoteAddress", "remotePort", "localAddress",
-  "localPort", "bufferedAmount", "handler", "tls", NULL
+  "localPort", "bufferedAmount", "handler", "tls", "bytesRead", "bytesWritten", NULL
 };
 
 int conn_handler_has_callbacks(lua_State *L, int handler_index) {
@@ -177,6 +177,11 @@ static int conn_push_property(lua_State *L, evtcp_conn *c, const char *key) {
   switch (key[0]) {
   case 'b':
     if (strcmp(key, "bufferedAmount") == 0) { lua_pushinteger(L, (lua_Integer)conn_buffered(c)); return 1; }
+    if (strcmp(key, "bytesRead") == 0) { lua_pushinteger(L, (lua_Integer)c->bytes_read); return 1; }
+    if (strcmp(key, "bytesWritten") == 0) { /* left our queue: to the kernel, or to OpenSSL */
+      lua_pushinteger(L, (lua_Integer)(c->bytes_sent - conn_buffered(c)));
+      return 1;
+    }
     break;
   case 'c':
     if (strcmp(key, "closed") == 0) { lua_pushboolean(L, c->closed); return 1; }

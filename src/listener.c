@@ -209,8 +209,8 @@ static int option_integer(lua_State *L, int h, const char *name, lua_Integer dfl
  * evconnlistener_new_bind: libevent 2.1 sets SO_REUSEPORT only on Linux,
  * and turns SO_KEEPALIVE on for the listening socket, which accepted
  * sockets would inherit. Returns the socket, or -1 with *err set. */
-static evutil_socket_t listener_bind(const struct sockaddr *sa, int len, int reuse_port, int backlog,
-                                     int *err) {
+static evutil_socket_t listener_bind(const struct sockaddr *sa, int len, int reuse_port, int v6only,
+                                     int backlog, int *err) {
   int one = 1;
   evutil_socket_t fd = socket(sa->sa_family, SOCK_STREAM, 0);
   if (fd < 0) { *err = errno; return -1; }
@@ -225,6 +225,9 @@ static evutil_socket_t listener_bind(const struct sockaddr *sa, int len, int reu
     goto fail;
 #endif
   }
+  /* IPv6: dual-stack unless ipv6Only, whatever the system's default */
+  if (sa->sa_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) != 0)
+    goto fail;
   if (bind(fd, sa, (socklen_t)len) != 0 || listen(fd, backlog) != 0) goto fail;
   return fd;
 fail:
@@ -239,7 +242,7 @@ int listener_listen(lua_State *L) {
   lua_Integer port;
   const char *address = "0.0.0.0";
   struct sockaddr_storage ss;
-  int sslen, backlog, reuse_port, max_conn, has_cb;
+  int sslen, backlog, reuse_port, v6only, max_conn, has_cb;
   unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
   evtcp_listener *l;
   tls_options tls;
@@ -270,6 +273,10 @@ int listener_listen(lua_State *L) {
    * net.core.somaxconn; libevent's own default for -1 is only 128) */
   backlog = option_integer(L, 3, "backlog", 65535, 1, 65535);
   max_conn = option_integer(L, 3, "maxConnections", 0, 1, 1 << 30);
+  if (lua_getfield(L, 3, "ipv6Only") != LUA_TNIL && lua_type(L, -1) != LUA_TBOOLEAN)
+    luaL_argerror(L, 2, "option 'ipv6Only' must be a boolean");
+  v6only = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, 3, "reusePort");
   reuse_port = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -301,7 +308,7 @@ int listener_listen(lua_State *L) {
   l->max_connections = max_conn;
   {
     int err = 0;
-    evutil_socket_t fd = listener_bind((struct sockaddr *)&ss, sslen, reuse_port, backlog, &err);
+    evutil_socket_t fd = listener_bind((struct sockaddr *)&ss, sslen, reuse_port, v6only, backlog, &err);
     if (fd < 0) return listener_fail(L, err);
     /* backlog 0: the socket listens already */
     l->lev = evconnlistener_new(loop->base, listener_on_accept, l, flags, 0, fd);

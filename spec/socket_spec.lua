@@ -1,0 +1,53 @@
+-- Byte counters and IPv6-only listeners (issue 11), read back from the
+-- traffic and from the kernel.
+local evtcp = require("evtcp")
+local H = require("helper")
+local sockopt = require("sockopt")
+
+describe("sockets", function()
+  after_each(function() assert.is_true(H.cleanup(), "the loop did not finish after the spec") end)
+
+  it("bytesRead and bytesWritten count the payload both ways", function()
+    local server, conns = H.echo_server()
+    local payload = H.bytes((1 << 20) + 10, 3)
+    local got = 0
+    local c = evtcp.connect("127.0.0.1", server.port, {
+      onConnection = function(_, conn) conn:send(payload, 12345) end,
+      onData = function(_, _, ev) got = got + #ev.data end })
+    assert.are.equal(0, c.bytesRead)
+    H.run_until(function() return got == #payload + 5 end, "the echo")
+    local s = conns[1].conn
+    assert.are.equal(#payload + 5, c.bytesWritten)
+    assert.are.equal(#payload + 5, c.bytesRead)
+    assert.are.equal(#payload + 5, s.bytesRead)
+    assert.are.equal(#payload + 5, s.bytesWritten)
+    c:close() server:terminate()
+  end)
+
+  it("bytesWritten does not count what reset() dropped", function()
+    local l = assert(evtcp.listen(0, { address = "127.0.0.1" })) -- nobody reads
+    local c = assert(evtcp.dial("127.0.0.1", l.port))
+    c:send(string.rep("d", 32 << 20))
+    local queued = c.bufferedAmount
+    assert.is_true(queued > 0)
+    c:reset()
+    evtcp.run(1)
+    assert.are.equal((32 << 20) - queued, c.bytesWritten)
+    l:terminate()
+  end)
+
+  it("ipv6Only sets IPV6_V6ONLY on the listening socket; otherwise it is dual-stack", function()
+    if not H.has_ipv6() then pending("no IPv6 on this machine") return end
+    -- the wildcard: Linux makes a socket bound to ::1 IPv6-only whatever the
+    -- option says. It listens for a moment and gets no traffic.
+    for _, only in ipairs({ true, false }) do
+      local l = assert(evtcp.listen(0, { address = "::", ipv6Only = only }))
+      local fd = assert(sockopt.listening(l.port))
+      assert.are.equal(only and 1 or 0, sockopt.get(fd, "v6only"))
+      l:terminate()
+    end
+    local ok, err = pcall(function() evtcp.listen(0, { address = "::1", ipv6Only = "yes" }) end)
+    assert.is_false(ok)
+    assert.matches("option 'ipv6Only' must be a boolean", err)
+  end)
+end)
