@@ -43,6 +43,8 @@
 ---@field keepAlive number|boolean?
 ---@field highWaterMark integer?
 ---@field allowHalfOpen boolean?
+---@field localAddress string?
+---@field localPort integer?
 ---@field tls boolean|evtcp.TLSOptions?
 
 ---@class evtcp.ListenerOptions

@@ -36,6 +36,37 @@ describe("sockets", function()
     l:terminate()
   end)
 
+  it("localAddress and localPort bind the outgoing socket, in both styles", function()
+    local seen
+    local server = H.server(function(ev) seen = { ev.ip, ev.port } return { onData = function() end } end)
+    local port = H.free_port()
+    local c = evtcp.connect("127.0.0.1", server.port, { localAddress = "127.0.0.2", localPort = port,
+                                                       onData = function() end })
+    H.run_until(function() return seen ~= nil end, "the server to see the client")
+    assert.are.same({ "127.0.0.2", port }, seen)
+    assert.are.equal("127.0.0.2", c.localAddress)
+    assert.are.equal(port, c.localPort)
+    local d
+    H.go(function() d = assert(evtcp.dial("127.0.0.1", server.port, { localAddress = "127.0.0.3" })) end)
+    assert.are.equal("127.0.0.3", d.localAddress)
+    -- a local port in use is an error event, not a raise
+    local e = evtcp.connect("127.0.0.1", server.port, { localAddress = "127.0.0.2", localPort = port,
+                                                       onError = function() end })
+    H.run_until(function() return e.closed end, "the bind to fail")
+    assert.matches("in use", e.errors[1].message)
+    c:close() d:close() server:terminate()
+  end)
+
+  it("checks localAddress and localPort", function()
+    local function err(opts)
+      local ok, e = pcall(function() evtcp.connect("127.0.0.1", 1, opts) end)
+      assert.is_false(ok)
+      return e
+    end
+    assert.matches("option 'localAddress' must be an IP address", err({ localAddress = "nowhere" }))
+    assert.matches("option 'localPort' must be an integer in 0..65535", err({ localPort = 70000 }))
+  end)
+
   it("ipv6Only sets IPV6_V6ONLY on the listening socket; otherwise it is dual-stack", function()
     if not H.has_ipv6() then pending("no IPv6 on this machine") return end
     -- the wildcard: Linux makes a socket bound to ::1 IPv6-only whatever the

@@ -562,6 +562,31 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
 
 /* Starts connecting to the next address; ends the connection with the last
  * failure when none is left. Runs no Lua (may run inside a method). */
+/* A non-blocking socket of family bound to localAddress/localPort, or -1
+ * with *err (an address of the other family fails this address only). */
+static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *err) {
+  evtcp_addr a;
+  socklen_t len;
+  evutil_socket_t fd;
+  memset(&a, 0, sizeof a);
+  if (c->bind_addr.sa.sa_family != 0) {
+    if (c->bind_addr.sa.sa_family != family) { *err = EAFNOSUPPORT; return -1; }
+    a = c->bind_addr;
+  }
+  a.sa.sa_family = (sa_family_t)family;
+  if (family == AF_INET) { a.in.sin_port = htons((unsigned short)c->bind_port); len = sizeof a.in; }
+  else { a.in6.sin6_port = htons((unsigned short)c->bind_port); len = sizeof a.in6; }
+  fd = socket(family, SOCK_STREAM, 0);
+  if (fd < 0) { *err = errno; return -1; }
+  if (evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0 ||
+      bind(fd, &a.sa, len) != 0) {
+    *err = errno;
+    evutil_closesocket(fd);
+    return -1;
+  }
+  return fd;
+}
+
 static void conn_try_next_address(evtcp_conn *c) {
   while (c->next_addr != NULL) {
     struct evutil_addrinfo *ai = c->next_addr;
@@ -582,6 +607,17 @@ static void conn_try_next_address(evtcp_conn *c) {
     bufferevent_setcb(c->bev, c->tls ? conn_on_tls_readable : NULL, conn_on_written, conn_on_bev_event, c);
     memcpy(&c->peer, ai->ai_addr, ai->ai_addrlen < sizeof c->peer ? ai->ai_addrlen : sizeof c->peer);
     c->state = CONN_CONNECTING;
+    if (c->bind_port >= 0) { /* localAddress / localPort: our own socket, bound */
+      int err = 0;
+      evutil_socket_t fd = conn_bound_socket(c, ai->ai_family, &err);
+      if (fd < 0 || bufferevent_setfd(c->bev, fd) != 0) {
+        if (fd >= 0) evutil_closesocket(fd);
+        if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
+        if (c->failure) failure_from_errno(c->failure, err ? err : ENOMEM, "evtcp");
+        conn_free_bev(&c->bev, &c->ssl, &c->fd);
+        continue;
+      }
+    }
     if (bufferevent_socket_connect(c->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0) {
       c->fd = bufferevent_getfd(c->bev); /* ours to close */
       return;
@@ -1176,6 +1212,7 @@ static evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
   memset(c, 0, sizeof *c);
   c->state = CONN_TERMINATED;
   c->fd = c->retired_fd = -1;
+  c->bind_port = -1;
   c->obj.loop = loop;
   c->obj.anchor_ref = LUA_NOREF;
   c->obj.run_pending = conn_run_pending;

@@ -104,6 +104,8 @@ typedef struct evtcp_conn {
   int keep_alive;                 /* seconds, 0: off */
   size_t high_water;
   evtcp_addr peer, local;
+  evtcp_addr bind_addr;           /* localAddress (family 0: none) */
+  int bind_port;                  /* localPort, 0: the system's; -1: no local bind */
 } evtcp_conn;
 
 size_t conn_buffered(const evtcp_conn *c);

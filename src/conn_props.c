@@ -68,6 +68,29 @@ static int keep_alive_value(lua_State *L, int arg, const char *what) {
   return 0;
 }
 
+/* localAddress and localPort: where an outgoing socket is bound before it
+ * connects. */
+static void conn_read_local_bind(lua_State *L, evtcp_conn *c, int h, int arg) {
+  int t = lua_getfield(L, h, "localAddress");
+  if (t != LUA_TNIL) {
+    struct sockaddr_storage ss;
+    int len;
+    if (t != LUA_TSTRING) option_error(L, arg, "localAddress", "must be a string");
+    if (sockaddr_parse(lua_tostring(L, -1), 0, &ss, &len) != 0)
+      option_error(L, arg, "localAddress", "must be an IP address of this machine");
+    memcpy(&c->bind_addr, &ss, (size_t)len < sizeof c->bind_addr ? (size_t)len : sizeof c->bind_addr);
+    if (c->bind_port < 0) c->bind_port = 0;
+  }
+  lua_pop(L, 1);
+  t = lua_getfield(L, h, "localPort");
+  if (t != LUA_TNIL) {
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 65535)
+      option_error(L, arg, "localPort", "must be an integer in 0..65535");
+    c->bind_port = (int)lua_tointeger(L, -1);
+  }
+  lua_pop(L, 1);
+}
+
 /* Reads the options of the handler at h into c; raises an argument error
  * (argument arg) naming the option at the first bad one. `tls` is a
  * client's option only: an accepted connection is TLS when its listener
@@ -98,6 +121,7 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg, int client) 
     c->high_water = (size_t)n;
   }
   lua_pop(L, 1);
+  if (client) conn_read_local_bind(L, c, h, arg);
   t = client ? lua_getfield(L, h, "tls") : (lua_pushnil(L), LUA_TNIL);
   if (t != LUA_TNIL && !(t == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
     tls_options opts;
