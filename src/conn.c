@@ -786,6 +786,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
       k++;
     }
     if (k == 0) return;
+    c->bytes_sent += total;
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = iov;
     msg.msg_iovlen = (size_t)k;
@@ -820,6 +821,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
     for (i = first; i < first + count; i++) {
       const char *s = lua_tolstring(L, i, &len);
       if (len > 0 && conn_queue(L, c, out, i, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      c->bytes_sent += len;
     }
   }
   c->drain_wanted = 1;
@@ -847,11 +849,6 @@ static int conn_send(lua_State *L) {
     lua_pushliteral(L, "closed");
     return 2;
   }
-  for (i = 2; i <= top; i++) {
-    size_t len;
-    lua_tolstring(L, i, &len); /* numbers become strings here, as sent */
-    c->bytes_sent += len;
-  }
   if (c->state == CONN_OPEN) {
     conn_write(L, c, 2, top - 1);
   } else {
@@ -862,6 +859,7 @@ static int conn_send(lua_State *L) {
       if (len == 0) continue;
       if (c->early == NULL && (c->early = evbuffer_new()) == NULL) luaL_error(L, "evtcp: out of memory");
       if (evbuffer_add(c->early, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      c->bytes_sent += len;
       c->drain_wanted = 1;
       loop_anchor(&c->obj, ANCHOR_OUTPUT);
     }
