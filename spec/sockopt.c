@@ -9,11 +9,20 @@
  *   sockopt.listening(port)             -> fd of a listening socket on port | nil
  *   sockopt.fds()                       -> number of open descriptors
  *   sockopt.heap()                      -> bytes malloc has handed out
+ *   sockopt.tcp(listen)                 -> fd, port: a blocking TCP socket
+ *       bound to 127.0.0.1 (port chosen by the kernel), listening if asked,
+ *       as systemd hands one over
+ *   sockopt.stale_unix(path)            -> true: leaves a socket file at
+ *       path that nobody listens on, as a process that died leaves it
+ *   sockopt.close(fd)
  */
 #include <malloc.h>
 #include <dirent.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <lua.h>
@@ -94,10 +103,48 @@ static int sockopt_heap(lua_State *L) {
   return 1;
 }
 
+static int sockopt_tcp(lua_State *L) {
+  int want_listen = lua_toboolean(L, 1);
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || (want_listen && listen(fd, 16) != 0) ||
+      getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+    return luaL_error(L, "cannot make a TCP socket");
+  lua_pushinteger(L, fd);
+  lua_pushinteger(L, ntohs(a.sin_port));
+  return 2;
+}
+
+static int sockopt_stale_unix(lua_State *L) {
+  size_t n;
+  const char *path = luaL_checklstring(L, 1, &n);
+  struct sockaddr_un a;
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  if (n >= sizeof a.sun_path) return luaL_error(L, "path too long");
+  memcpy(a.sun_path, path, n);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 1) != 0)
+    return luaL_error(L, "cannot bind %s", path);
+  close(fd); /* the file stays, with nobody behind it */
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int sockopt_close(lua_State *L) {
+  lua_pushboolean(L, close((int)luaL_checkinteger(L, 1)) == 0);
+  return 1;
+}
+
 int luaopen_sockopt(lua_State *L);
 int luaopen_sockopt(lua_State *L) {
   static const luaL_Reg f[] = {
-    {"find", sockopt_find}, {"get", sockopt_get}, {"fds", sockopt_fds}, {"listening", sockopt_listening}, {"heap", sockopt_heap}, {NULL, NULL}
+    {"find", sockopt_find}, {"get", sockopt_get}, {"fds", sockopt_fds}, {"listening", sockopt_listening}, {"heap", sockopt_heap},
+    {"tcp", sockopt_tcp}, {"stale_unix", sockopt_stale_unix}, {"close", sockopt_close}, {NULL, NULL}
   };
   luaL_newlib(L, f);
   return 1;

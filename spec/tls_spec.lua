@@ -121,6 +121,31 @@ describe("TLS", function()
     l:terminate()
   end)
 
+  it("runs over a Unix socket, verified against tls.serverName", function()
+    local sock = dir .. "/tls.sock"
+    local l = assert(evtcp.listen("unix:" .. sock, {
+      tls = { cert = path("server.pem"), key = path("server.key") },
+      onConnection = function() return echo() end,
+    }))
+    local info
+    H.go(function()
+      local c = assert(evtcp.dial("unix:" .. sock, nil, { tls = { ca = path("ca.pem"), serverName = "localhost" } }))
+      info = c.tls
+      c:send("over unix\n")
+      assert.are.equal("over unix", c:receive("l", 5))
+      c:close()
+      -- the certificate names localhost, not wrong.example: refused
+      local none, err = evtcp.dial("unix:" .. sock, nil, { tls = { ca = path("ca.pem"), serverName = "wrong.example" } })
+      assert.is_nil(none)
+      assert.are.equal("tls", err.kind)
+    end)
+    l:terminate()
+    assert.are.equal("/CN=localhost", info.peerCertificate.subject)
+    assert.has_error(function() evtcp.connect("unix:" .. sock, nil, { tls = { ca = path("ca.pem") } }) end,
+      "bad argument #3 to 'connect' (TLS over a Unix socket needs tls.serverName (the name the certificate "
+      .. "is checked against), or tls.verify = false)")
+  end)
+
   it("takes PEM text instead of paths", function()
     local l = H.server(function() return echo() end, { tls = {
       cert = read(path("server.pem")), key = read(path("server.key")) } })

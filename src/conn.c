@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <netinet/tcp.h>
 #include "conn.h"
 
@@ -146,6 +147,14 @@ static void conn_fail(evtcp_conn *c, int err, const char *component) {
  * it right there. Never called inside the bufferevent's own callbacks
  * (see conn_retire_bev), so bufferevent_free has taken its events out of
  * the backend before the descriptor is closed. */
+/* Records why an address failed (the last one's reason is reported).
+ * Returns -1. */
+static int conn_note_failure(evtcp_conn *c, int err, const char *component) {
+  if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
+  if (c->failure) failure_from_errno(c->failure, err, component);
+  return -1;
+}
+
 static void conn_free_bev(struct bufferevent **bev, SSL **ssl, evutil_socket_t *fd) {
   if (*bev) { bufferevent_free(*bev); *bev = NULL; }
   if (*ssl) { SSL_free(*ssl); *ssl = NULL; }
@@ -200,6 +209,7 @@ static void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
   memset(&n, 0, sizeof n);
   n.type = type;
   n.peer = &c->peer.sa;
+  n.path = c->unix_path;
   if (conn_push(c)) event_deliver(c->obj.loop, &n, 1, 0);
 }
 
@@ -220,6 +230,7 @@ static int conn_deliver_kept(evtcp_conn *c) {
     notice.data = (const char *)evbuffer_pullup(c->input, (ev_ssize_t)n);
     notice.len = n;
     notice.peer = &c->peer.sa;
+    notice.path = c->unix_path;
     if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK) {
       if (notice.handled) evbuffer_drain(c->input, n); /* it ran, and raised */
       return 0;
@@ -252,6 +263,7 @@ static void conn_finish(evtcp_conn *c) {
       memset(&n, 0, sizeof n);
       n.type = EVT_ERROR;
       n.peer = &c->peer.sa;
+      n.path = c->unix_path;
       error_push(L, c->failure);
       error_append(L, -2, -1);
       event_deliver(c->obj.loop, &n, 2, 0);
@@ -356,6 +368,7 @@ static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
     notice.data = buf;
     notice.len = n;
     notice.peer = &c->peer.sa;
+    notice.path = c->unix_path;
     if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK || notice.handled) return;
   }
   /* no onData: keep the bytes for receive(), up to highWaterMark */
@@ -526,8 +539,7 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
       }
     }
     /* this address failed: remember why, try the next one */
-    if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
-    if (c->failure) failure_from_errno(c->failure, err ? err : ECONNREFUSED, "libevent");
+    conn_note_failure(c, err ? err : ECONNREFUSED, "libevent");
     conn_retire_bev(c);
     conn_try_next_address(c);
     return;
@@ -587,53 +599,64 @@ static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *e
   return fd;
 }
 
-static void conn_try_next_address(evtcp_conn *c) {
-  while (c->next_addr != NULL) {
-    struct evutil_addrinfo *ai = c->next_addr;
-    c->next_addr = ai->ai_next;
-    if (c->tls) {
-      SSL *ssl = tls_client_session(c->tls_ctx, c->tls_host, c->tls_verify);
-      c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl,
-                                                    BUFFEREVENT_SSL_CONNECTING, 0)
-                   : NULL;
-      if (c->bev == NULL) { SSL_free(ssl); break; }
-      c->ssl = ssl;
-      /* a peer that closes without close_notify is an end, not an error */
-      bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-    } else {
-      c->bev = bufferevent_socket_new(c->obj.loop->base, -1, 0);
-      if (c->bev == NULL) break;
-    }
-    bufferevent_setcb(c->bev, c->tls ? conn_on_tls_readable : NULL, conn_on_written, conn_on_bev_event, c);
-    memcpy(&c->peer, ai->ai_addr, ai->ai_addrlen < sizeof c->peer ? ai->ai_addrlen : sizeof c->peer);
-    c->state = CONN_CONNECTING;
-    if (c->bind_port >= 0) { /* localAddress / localPort: our own socket, bound */
-      int err = 0;
-      evutil_socket_t fd = conn_bound_socket(c, ai->ai_family, &err);
-      if (fd < 0 || bufferevent_setfd(c->bev, fd) != 0) {
-        if (fd >= 0) evutil_closesocket(fd);
-        if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
-        if (c->failure) failure_from_errno(c->failure, err ? err : ENOMEM, "evtcp");
-        conn_free_bev(&c->bev, &c->ssl, &c->fd);
-        continue;
-      }
-    }
-    if (bufferevent_socket_connect(c->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0) {
-      c->fd = bufferevent_getfd(c->bev); /* ours to close */
-      return;
-    }
-    if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
-    if (c->failure) failure_from_errno(c->failure, EVUTIL_SOCKET_ERROR(), "libevent");
-    c->fd = bufferevent_getfd(c->bev); /* libevent closed the socket it made */
-    conn_free_bev(&c->bev, &c->ssl, &c->fd);
+/* Starts connecting to one address: a new bufferevent (TLS or plain) and,
+ * with localAddress/localPort, our own bound socket. Returns 0 once the
+ * attempt is under way, or -1 with the reason in c->failure. */
+static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
+  if (c->tls) {
+    SSL *ssl = tls_client_session(c->tls_ctx, c->tls_host, c->tls_verify);
+    c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl,
+                                                  BUFFEREVENT_SSL_CONNECTING, 0)
+                 : NULL;
+    if (c->bev == NULL) { SSL_free(ssl); return conn_note_failure(c, ENOMEM, "evtcp"); }
+    c->ssl = ssl;
+    /* a peer that closes without close_notify is an end, not an error */
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+  } else {
+    c->bev = bufferevent_socket_new(c->obj.loop->base, -1, 0);
+    if (c->bev == NULL) return conn_note_failure(c, ENOMEM, "evtcp");
   }
+  bufferevent_setcb(c->bev, c->tls ? conn_on_tls_readable : NULL, conn_on_written, conn_on_bev_event, c);
+  if (sa->sa_family != AF_UNIX)
+    memcpy(&c->peer, sa, (size_t)len < sizeof c->peer ? (size_t)len : sizeof c->peer);
+  c->state = CONN_CONNECTING;
+  if (c->bind_port >= 0) { /* localAddress / localPort: our own socket, bound */
+    int err = 0;
+    evutil_socket_t fd = conn_bound_socket(c, sa->sa_family, &err);
+    if (fd < 0 || bufferevent_setfd(c->bev, fd) != 0) {
+      if (fd >= 0) evutil_closesocket(fd);
+      conn_free_bev(&c->bev, &c->ssl, &c->fd);
+      return conn_note_failure(c, err ? err : ENOMEM, "evtcp");
+    }
+  }
+  if (bufferevent_socket_connect(c->bev, sa, len) == 0) {
+    c->fd = bufferevent_getfd(c->bev); /* ours to close */
+    return 0;
+  }
+  conn_note_failure(c, EVUTIL_SOCKET_ERROR(), "libevent");
+  c->fd = bufferevent_getfd(c->bev); /* libevent closed the socket it made */
+  conn_free_bev(&c->bev, &c->ssl, &c->fd);
+  return -1;
+}
+
+/* Ends the connection with the failure of the last address tried. */
+static void conn_connect_failed(evtcp_conn *c) {
   if (c->failure == NULL) {
     evtcp_failure f;
     failure_from_errno(&f, ENOMEM, "evtcp");
     conn_end(c, &f, 0);
   } else {
-    conn_end(c, NULL, 0); /* reports the last address's failure */
+    conn_end(c, NULL, 0); /* reports the recorded failure */
   }
+}
+
+static void conn_try_next_address(evtcp_conn *c) {
+  while (c->next_addr != NULL) {
+    struct evutil_addrinfo *ai = c->next_addr;
+    c->next_addr = ai->ai_next;
+    if (conn_connect_to(c, ai->ai_addr, (int)ai->ai_addrlen) == 0) return;
+  }
+  conn_connect_failed(c);
 }
 
 static void conn_on_resolved(void *owner, int gai_code, struct evutil_addrinfo *addrs) {
@@ -671,6 +694,14 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
     if (c->connect_timer == NULL) luaL_error(L, "evtcp: out of memory");
     evtimer_add(c->connect_timer, &tv);
   }
+  if (c->unix_path != NULL) { /* no lookup, one address */
+    struct sockaddr_un sun;
+    socklen_t len;
+    const char *why;
+    sockaddr_unix_parse(host, &sun, &len, &why); /* checked by conn_connect */
+    if (conn_connect_to(c, (struct sockaddr *)&sun, (int)len) != 0) conn_connect_failed(c);
+    return;
+  }
   /* "[::1]" is accepted for an IPv6 literal, as in URLs */
   if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n - 2 < sizeof bare) {
     memcpy(bare, host + 1, n - 2);
@@ -698,7 +729,7 @@ static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) 
     conn_end(c, NULL, 0);
     return;
   }
-  if (c->tls && c->tls_host == NULL) {
+  if (c->tls && c->tls_host == NULL && c->unix_path == NULL) {
     size_t n = strlen(host);
     int bracketed = n >= 2 && host[0] == '[' && host[n - 1] == ']';
     c->tls_host = bracketed ? strndup(host + 1, n - 2) : strdup(host);
@@ -1231,18 +1262,29 @@ static void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index, i
   if (conn_handler_has_callbacks(L, handler_index)) loop_anchor(&c->obj, ANCHOR_CALLBACKS);
 }
 
-/* evtcp.connect(address, port [, options]) */
+/* evtcp.connect(address, port [, options]); address "unix:/path" (or
+ * "unix:@name") with port nil is a Unix domain socket. */
 int conn_connect(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
   const char *host;
-  lua_Integer port;
+  lua_Integer port = 0;
   evtcp_conn *c;
+  int is_unix;
   luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
   host = lua_tostring(L, 1);
   luaL_argcheck(L, lua_rawlen(L, 1) > 0 && lua_rawlen(L, 1) < 256, 1, "address must be 1 to 255 bytes");
-  luaL_argexpected(L, lua_type(L, 2) == LUA_TNUMBER, 2, "number");
-  port = luaL_checkinteger(L, 2);
-  luaL_argcheck(L, port >= 1 && port <= 65535, 2, "port must be in 1..65535");
+  is_unix = sockaddr_is_unix(host);
+  if (is_unix) {
+    struct sockaddr_un sun;
+    socklen_t len;
+    const char *why;
+    if (sockaddr_unix_parse(host, &sun, &len, &why) != 0) luaL_argerror(L, 1, why);
+    luaL_argcheck(L, lua_isnoneornil(L, 2), 2, "port must be nil for a Unix socket");
+  } else {
+    luaL_argexpected(L, lua_type(L, 2) == LUA_TNUMBER, 2, "number");
+    port = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, port >= 1 && port <= 65535, 2, "port must be in 1..65535");
+  }
   if (lua_isnoneornil(L, 3)) {
     lua_settop(L, 2);
     lua_newtable(L);
@@ -1251,6 +1293,13 @@ int conn_connect(lua_State *L) {
   lua_settop(L, 3);
   c = conn_alloc(L, loop);
   conn_adopt_handler(L, c, 3, 3, 1);
+  if (is_unix) {
+    if (c->bind_port >= 0) luaL_argerror(L, 3, "localAddress and localPort do not apply to a Unix socket");
+    if (c->tls && c->tls_verify && c->tls_host == NULL)
+      luaL_argerror(L, 3, "TLS over a Unix socket needs tls.serverName (the name the certificate is "
+                          "checked against), or tls.verify = false");
+    if ((c->unix_path = strdup(host + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
+  }
   c->state = CONN_RESOLVING;
   loop_anchor(&c->obj, ANCHOR_CONNECTING); /* work in flight keeps run() going */
   conn_begin(L, c, host, (int)port);
@@ -1281,6 +1330,9 @@ int conn_adopt_accepted(lua_State *L) {
   lua_replace(L, 3);
   memcpy(&c->peer, lua_touserdata(L, 4), sizeof c->peer);
   listener_local_address((struct evtcp_listener *)lua_touserdata(L, 1), &c->local);
+  if (listener_unix_path((struct evtcp_listener *)lua_touserdata(L, 1)) != NULL &&
+      (c->unix_path = strdup(listener_unix_path((struct evtcp_listener *)lua_touserdata(L, 1)))) == NULL)
+    return luaL_error(L, "evtcp: out of memory");
   ctx = listener_tls_context((struct evtcp_listener *)lua_touserdata(L, 1));
   if (ctx != NULL) {
     /* OPEN, and onConnection, once the handshake is done */
@@ -1312,6 +1364,8 @@ static int conn__gc(lua_State *L) {
   free(c->failure);
   c->failure = NULL;
   if (c->input) { evbuffer_free(c->input); c->input = NULL; }
+  free(c->unix_path);
+  c->unix_path = NULL;
   if (c->listener) { listener_connection_gone(c->listener); c->listener = NULL; }
   loop_unregister(L, &c->obj);
   c->state = CONN_TERMINATED;

@@ -106,6 +106,7 @@ typedef struct evtcp_conn {
   evtcp_addr peer, local;
   evtcp_addr bind_addr;           /* localAddress (family 0: none) */
   int bind_port;                  /* localPort, 0: the system's; -1: no local bind */
+  char *unix_path;                /* a Unix socket: its path ("/p" or "@name"), else NULL */
 } evtcp_conn;
 
 size_t conn_buffered(const evtcp_conn *c);
@@ -118,5 +119,6 @@ int conn_handler_has_callbacks(lua_State *L, int handler_index);
 void conn_props_open(lua_State *L, const luaL_Reg *methods);
 void listener_local_address(struct evtcp_listener *l, evtcp_addr *out);
 SSL_CTX *listener_tls_context(struct evtcp_listener *l);
+const char *listener_unix_path(struct evtcp_listener *l);
 
 #endif

@@ -143,10 +143,11 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg, int client) 
 }
 
 /* TCP_NODELAY on the connection's own socket (c->fd: a bufferevent's fd
- * is not there on an accepted connection), now if it is open. */
+ * is not there on an accepted connection), now if it is open. TCP options
+ * are kept but not applied on a Unix socket, which has none. */
 void conn_set_no_delay(evtcp_conn *c, int on) {
   c->no_delay = on != 0;
-  if (c->fd >= 0 && c->state == CONN_OPEN)
+  if (c->fd >= 0 && c->state == CONN_OPEN && c->unix_path == NULL)
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
 }
 
@@ -154,7 +155,7 @@ void conn_set_no_delay(evtcp_conn *c, int on) {
 void conn_set_keep_alive(evtcp_conn *c, int seconds) {
   int on = seconds != 0;
   c->keep_alive = seconds;
-  if (c->fd < 0 || c->state != CONN_OPEN) return;
+  if (c->fd < 0 || c->state != CONN_OPEN || c->unix_path != NULL) return;
   setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
 #ifdef EVTCP_TCP_KEEPIDLE
   if (seconds > 0) setsockopt(c->fd, IPPROTO_TCP, EVTCP_TCP_KEEPIDLE, &seconds, sizeof seconds);
@@ -177,8 +178,15 @@ static int push_addr(lua_State *L, const evtcp_addr *a, int want_port) {
   return 1;
 }
 
-/* The local address is asked of the kernel on first use, and kept. */
+/* The local address is asked of the kernel on first use, and kept. A Unix
+ * socket's server side is at the listener's path; its client side has no
+ * name. */
 static int push_local_addr(lua_State *L, evtcp_conn *c, int want_port) {
+  if (c->unix_path != NULL) {
+    if (want_port || c->listener == NULL) return 0;
+    lua_pushstring(L, c->unix_path);
+    return 1;
+  }
   if (c->local.sa.sa_family == 0 && c->fd >= 0 && c->state == CONN_OPEN) {
     socklen_t len = sizeof c->local;
     if (getsockname(c->fd, &c->local.sa, &len) != 0) memset(&c->local, 0, sizeof c->local);
@@ -231,7 +239,10 @@ static int conn_push_property(lua_State *L, evtcp_conn *c, const char *key) {
     }
     break;
   case 'r':
-    if (strcmp(key, "remoteAddress") == 0) return push_addr(L, &c->peer, 0) || (lua_pushnil(L), 1);
+    if (strcmp(key, "remoteAddress") == 0) {
+      if (c->unix_path != NULL) { lua_pushstring(L, c->unix_path); return 1; }
+      return push_addr(L, &c->peer, 0) || (lua_pushnil(L), 1);
+    }
     if (strcmp(key, "remotePort") == 0) return push_addr(L, &c->peer, 1) || (lua_pushnil(L), 1);
     break;
   case 't':

@@ -18,7 +18,9 @@ static const char *const kind_names[] = {
 
 static evtcp_kind kind_of_errno(int err) {
   switch (err) {
-  case ECONNREFUSED: return KIND_REFUSED;
+  case ECONNREFUSED:
+  case ENOENT: /* a Unix socket path that nobody has bound */
+    return KIND_REFUSED;
   case ENETUNREACH: case EHOSTUNREACH: case ENETDOWN: case EHOSTDOWN:
   case EADDRNOTAVAIL: case EAFNOSUPPORT:
     return KIND_UNREACHABLE;

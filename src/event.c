@@ -4,7 +4,8 @@
  * An event is a small immutable userdata: its type, a copy of the remote
  * address, and one uservalue for the payload (the data string, or the error
  * object). The ip string is made only if the program asks for it, so an
- * onData event costs one userdata and the data string.
+ * onData event costs one userdata and the data string. Over a Unix socket
+ * the "ip" is the socket's path, kept in a second uservalue.
  *
  * event_deliver() is how C code hands a notice to Lua: it calls
  * event_dispatch() under loop_pcall, so that the callback lookup (which may
@@ -39,10 +40,14 @@ static const char event_mt_key = 'E';
 /* Pushes a new event for notice; payload_index holds the error object for
  * EVT_ERROR. [-0, +1, m] */
 static void event_push(lua_State *L, const evtcp_notice *notice, int payload_index) {
-  evtcp_event *ev = (evtcp_event *)lua_newuserdatauv(L, sizeof *ev, 1);
+  evtcp_event *ev = (evtcp_event *)lua_newuserdatauv(L, sizeof *ev, notice->path ? 2 : 1);
   ev->type = notice->type;
   memset(&ev->peer, 0, sizeof ev->peer);
-  if (notice->peer != NULL) {
+  if (notice->path != NULL) {
+    ev->peer.sa.sa_family = AF_UNIX;
+    lua_pushstring(L, notice->path);
+    lua_setiuservalue(L, -2, 2);
+  } else if (notice->peer != NULL) {
     if (notice->peer->sa_family == AF_INET) ev->peer.in = *(const struct sockaddr_in *)notice->peer;
     else if (notice->peer->sa_family == AF_INET6) ev->peer.in6 = *(const struct sockaddr_in6 *)notice->peer;
   }
@@ -113,7 +118,8 @@ static int event__index(lua_State *L) {
     if (ev->type != EVT_ERROR) return 0;
     lua_getiuservalue(L, 1, 1);
   } else if (strcmp(key, "ip") == 0) {
-    sockaddr_push_ip(L, &ev->peer.sa);
+    if (ev->peer.sa.sa_family == AF_UNIX) lua_getiuservalue(L, 1, 2);
+    else sockaddr_push_ip(L, &ev->peer.sa);
   } else if (strcmp(key, "port") == 0) {
     int port = sockaddr_port(&ev->peer.sa);
     if (port == 0) return 0;

@@ -151,6 +151,7 @@ typedef struct evtcp_notice {
   const char *data;        /* EVT_DATA: the bytes */
   size_t len;
   const struct sockaddr *peer; /* ip and port of the remote end, or NULL */
+  const char *path;        /* a Unix socket's path (event.ip), or NULL */
   int handled;             /* set by event_dispatch if a callback ran */
 } evtcp_notice;
 
@@ -188,6 +189,9 @@ void lookup_free_all(evtcp_loop *loop);
 int sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, int *len);
 void sockaddr_push_ip(lua_State *L, const struct sockaddr *sa);
 int sockaddr_port(const struct sockaddr *sa);
+struct sockaddr_un;
+int sockaddr_is_unix(const char *spec);
+int sockaddr_unix_parse(const char *spec, struct sockaddr_un *sun, socklen_t *len, const char **why);
 
 /* ---- conn.c / listener.c ---- */
 void conn_open(lua_State *L);

@@ -18,6 +18,8 @@
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include "conn.h"
 
 #define ACCEPT_BACKOFF_MS 100
@@ -32,6 +34,10 @@ typedef struct evtcp_listener {
   int connections;              /* live accepted connections */
   int max_connections;          /* 0: unlimited */
   SSL_CTX *tls_ctx;              /* a TLS server */
+  char *unix_path;              /* a Unix socket listener: "/path" or "@name" */
+  dev_t file_dev;               /* the socket file we made, removed at the end */
+  ino_t file_ino;
+  unsigned owns_file : 1;
   unsigned closed : 1;
   unsigned terminate_due : 1;
   unsigned terminated : 1;      /* onTerminate delivered */
@@ -63,11 +69,26 @@ SSL_CTX *listener_tls_context(evtcp_listener *l) {
   return l->tls_ctx;
 }
 
+const char *listener_unix_path(evtcp_listener *l) {
+  return l->unix_path;
+}
+
+/* Removes the socket file we bound, unless something else replaced it
+ * meanwhile (another server's socket at the same path is not ours). */
+static void listener_remove_file(evtcp_listener *l) {
+  struct stat st;
+  if (!l->owns_file) return;
+  l->owns_file = 0;
+  if (lstat(l->unix_path, &st) == 0 && st.st_dev == l->file_dev && st.st_ino == l->file_ino)
+    unlink(l->unix_path);
+}
+
 /* Frees the listening socket and a held client. No Lua. The TLS context
  * stays until __gc: terminate() may run inside onConnection, and the client
  * being accepted then still gets its handshake. */
 static void listener_release(evtcp_listener *l) {
   if (l->lev) { evconnlistener_free(l->lev); l->lev = NULL; }
+  listener_remove_file(l);
   if (l->backoff_ev) { event_free(l->backoff_ev); l->backoff_ev = NULL; }
   if (l->held_fd >= 0) { evutil_closesocket(l->held_fd); l->held_fd = -1; }
 }
@@ -111,6 +132,7 @@ static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_ad
       return;
     }
     n.peer = &c->peer.sa;
+    n.path = c->unix_path;
   }
   event_deliver(l->obj.loop, &n, 1, 0);
 }
@@ -130,6 +152,7 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
   memset(&n, 0, sizeof n);
   n.type = EVT_CONNECTION;
   n.peer = sa;
+  n.path = l->unix_path;
   if (event_deliver(l->obj.loop, &n, 1, 1) != LUA_OK) { evutil_closesocket(fd); return; }
   if (!n.handled) {
     /* no onConnection: hold the client for accept(), stop accepting */
@@ -236,19 +259,136 @@ fail:
   return -1;
 }
 
-/* evtcp.listen(port [, options]) -> listener | nil, message, errCode */
+/* A socket file at path that no process listens on (left by one that
+ * died): connecting to it is refused. A live listener, or anything that is
+ * not a socket, is not stale and is never removed. */
+static int unix_file_is_stale(const char *path) {
+  struct stat st;
+  struct sockaddr_un sun;
+  evutil_socket_t probe;
+  int stale;
+  if (lstat(path, &st) != 0 || !S_ISSOCK(st.st_mode) || strlen(path) >= sizeof sun.sun_path) return 0;
+  memset(&sun, 0, sizeof sun);
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path, path, strlen(path) + 1);
+  probe = socket(AF_UNIX, SOCK_STREAM, 0);
+  if (probe < 0) return 0;
+  /* non-blocking: a live listener with a full backlog says EAGAIN */
+  evutil_make_socket_nonblocking(probe);
+  stale = connect(probe, (struct sockaddr *)&sun, sizeof sun) != 0 && errno == ECONNREFUSED;
+  evutil_closesocket(probe);
+  return stale;
+}
+
+/* Binds and listens on a Unix socket ("unix:/path" or "unix:@name"),
+ * replacing a stale socket file. Returns the socket, or -1 with *err. */
+static evutil_socket_t listener_bind_unix(evtcp_listener *l, const char *spec, int backlog, int *err) {
+  struct sockaddr_un sun;
+  socklen_t len;
+  const char *why;
+  int is_file;
+  evutil_socket_t fd;
+  sockaddr_unix_parse(spec, &sun, &len, &why); /* checked by listener_listen */
+  is_file = sun.sun_path[0] != '\0';
+  fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  if (fd < 0) { *err = errno; return -1; }
+  if (evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0) goto fail;
+  if (bind(fd, (struct sockaddr *)&sun, len) != 0) {
+    if (!(errno == EADDRINUSE && is_file && unix_file_is_stale(sun.sun_path))) goto fail;
+    unlink(sun.sun_path);
+    if (bind(fd, (struct sockaddr *)&sun, len) != 0) goto fail;
+  }
+  if (is_file) {
+    struct stat st;
+    if (lstat(sun.sun_path, &st) == 0) {
+      l->file_dev = st.st_dev;
+      l->file_ino = st.st_ino;
+      l->owns_file = 1; /* from here on, listener_release removes it */
+    }
+  }
+  if (listen(fd, backlog) != 0) goto fail;
+  return fd;
+fail:
+  *err = errno;
+  evutil_closesocket(fd);
+  return -1;
+}
+
+/* Adopts a socket that is bound and listening already (systemd, inetd).
+ * Returns fd, or -1 with *err: fd is left open for its owner then. */
+static evutil_socket_t listener_adopt_fd(evtcp_listener *l, evutil_socket_t fd, int *err) {
+  int type = 0, listening = 0;
+  socklen_t n = sizeof type;
+  struct sockaddr_storage ss;
+  socklen_t sslen = sizeof ss;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) != 0) { *err = errno; return -1; }
+  n = sizeof listening;
+  if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) != 0 || !listening) {
+    *err = EINVAL;
+    return -1;
+  }
+  if (getsockname(fd, (struct sockaddr *)&ss, &sslen) != 0 ||
+      evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0) {
+    *err = errno;
+    return -1;
+  }
+  if (ss.ss_family == AF_UNIX) {
+    const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
+    size_t len = sslen > offsetof(struct sockaddr_un, sun_path) ? sslen - offsetof(struct sockaddr_un, sun_path) : 0;
+    char name[sizeof sun->sun_path + 1];
+    if (len > 0 && sun->sun_path[0] == '\0') { /* abstract: "@name" */
+      name[0] = '@';
+      memcpy(name + 1, sun->sun_path + 1, len - 1);
+      name[len] = '\0';
+    } else {
+      memcpy(name, sun->sun_path, len);
+      name[len] = '\0'; /* len counts the path's NUL, or not: both end here */
+    }
+    if ((l->unix_path = strdup(name)) == NULL) { *err = ENOMEM; return -1; }
+  }
+  return fd;
+}
+
+/* How listen() was asked to listen. */
+typedef enum { LISTEN_TCP, LISTEN_UNIX, LISTEN_FD } listen_kind;
+
+/* Checks listen's first argument (and the fd option); raises on misuse. */
+static listen_kind listen_check_target(lua_State *L, lua_Integer *port, lua_Integer *fd) {
+  int t = lua_type(L, 2); /* the listener is at 1 by now */
+  if (t == LUA_TSTRING && sockaddr_is_unix(lua_tostring(L, 2))) {
+    struct sockaddr_un sun;
+    socklen_t len;
+    const char *why;
+    if (sockaddr_unix_parse(lua_tostring(L, 2), &sun, &len, &why) != 0) luaL_argerror(L, 1, why);
+    return LISTEN_UNIX;
+  }
+  if (t == LUA_TNIL) {
+    if (lua_getfield(L, 3, "fd") == LUA_TNIL)
+      luaL_argerror(L, 1, "port expected: a number, \"unix:/path\", or nil with option 'fd'");
+    if (!lua_isinteger(L, -1) || (*fd = lua_tointeger(L, -1)) < 0 || *fd > 1 << 30)
+      luaL_argerror(L, 2, "option 'fd' must be a file descriptor (an integer >= 0)");
+    lua_pop(L, 1);
+    return LISTEN_FD;
+  }
+  if (t != LUA_TNUMBER)
+    luaL_argerror(L, 1, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, 2)));
+  *port = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, *port >= 0 && *port <= 65535, 1, "port must be in 0..65535");
+  return LISTEN_TCP;
+}
+
+/* evtcp.listen(port [, options]) -> listener | nil, message, errCode
+ * port: a number, "unix:/path" / "unix:@name", or nil with options.fd. */
 int listener_listen(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
-  lua_Integer port;
-  const char *address = "0.0.0.0";
-  struct sockaddr_storage ss;
-  int sslen, backlog, reuse_port, v6only, max_conn, has_cb;
+  lua_Integer port = 0, adopt_fd = -1;
+  const char *address = NULL;
+  int backlog, reuse_port, v6only, max_conn, has_cb, err = 0;
   unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
   evtcp_listener *l;
+  evutil_socket_t fd;
+  listen_kind kind;
   tls_options tls;
-  luaL_argexpected(L, lua_type(L, 1) == LUA_TNUMBER, 1, "number");
-  port = luaL_checkinteger(L, 1);
-  luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port must be in 0..65535");
   if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
   luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "table");
   lua_settop(L, 2);
@@ -265,8 +405,10 @@ int listener_listen(lua_State *L) {
   luaL_setmetatable(L, EVTCP_LISTENER_MT);
   loop_register(L, &l->obj, -1);
   lua_insert(L, 1); /* listener port options */
+  kind = listen_check_target(L, &port, &adopt_fd);
   if (lua_getfield(L, 3, "address") != LUA_TNIL) {
     if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 2, "option 'address' must be a string");
+    if (kind != LISTEN_TCP) luaL_argerror(L, 2, "option 'address' applies to a TCP port only");
     address = lua_tostring(L, -1);
   }
   /* absent: as many as the system allows (the kernel caps the value at
@@ -299,23 +441,36 @@ int listener_listen(lua_State *L) {
   }
   has_cb = lua_getfield(L, 3, "onConnection") != LUA_TNIL;
   lua_pop(L, 1);
-  if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "not an IP address of this machine: %s", address);
-    lua_pushinteger(L, EADDRNOTAVAIL);
-    return 3;
-  }
   l->max_connections = max_conn;
-  {
-    int err = 0;
-    evutil_socket_t fd = listener_bind((struct sockaddr *)&ss, sslen, reuse_port, v6only, backlog, &err);
-    if (fd < 0) return listener_fail(L, err);
-    /* backlog 0: the socket listens already */
-    l->lev = evconnlistener_new(loop->base, listener_on_accept, l, flags, 0, fd);
-    if (l->lev == NULL) {
-      evutil_closesocket(fd);
-      return listener_fail(L, ENOMEM);
+  if (kind == LISTEN_UNIX) {
+    if ((l->unix_path = strdup(lua_tostring(L, 2) + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
+    fd = listener_bind_unix(l, lua_tostring(L, 2), backlog, &err);
+  } else if (kind == LISTEN_FD) {
+    fd = listener_adopt_fd(l, (evutil_socket_t)adopt_fd, &err);
+    if (fd < 0 && err == EINVAL) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "fd %d is not a listening stream socket", (int)adopt_fd);
+      lua_pushinteger(L, EINVAL);
+      return 3;
     }
+  } else {
+    struct sockaddr_storage ss;
+    int sslen;
+    if (address == NULL) address = "0.0.0.0";
+    if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "not an IP address of this machine: %s", address);
+      lua_pushinteger(L, EADDRNOTAVAIL);
+      return 3;
+    }
+    fd = listener_bind((struct sockaddr *)&ss, sslen, reuse_port, v6only, backlog, &err);
+  }
+  if (fd < 0) return listener_fail(L, err);
+  /* backlog 0: the socket listens already */
+  l->lev = evconnlistener_new(loop->base, listener_on_accept, l, flags, 0, fd);
+  if (l->lev == NULL) {
+    if (kind != LISTEN_FD) evutil_closesocket(fd);
+    return listener_fail(L, ENOMEM);
   }
   evconnlistener_set_error_cb(l->lev, listener_on_error);
   {
@@ -371,8 +526,13 @@ static int listener__index(lua_State *L) {
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;
   if (key == NULL) return 0;
-  if (strcmp(key, "port") == 0) lua_pushinteger(L, sockaddr_port(&l->bound.sa));
-  else if (strcmp(key, "address") == 0) sockaddr_push_ip(L, &l->bound.sa);
+  if (strcmp(key, "port") == 0) {
+    if (l->unix_path != NULL) return 0;
+    lua_pushinteger(L, sockaddr_port(&l->bound.sa));
+  } else if (strcmp(key, "address") == 0) {
+    if (l->unix_path != NULL) lua_pushstring(L, l->unix_path);
+    else sockaddr_push_ip(L, &l->bound.sa);
+  }
   else if (strcmp(key, "closed") == 0) lua_pushboolean(L, l->closed);
   else if (strcmp(key, "connections") == 0) lua_pushinteger(L, l->connections);
   else if (strcmp(key, "errors") == 0) {
@@ -394,8 +554,12 @@ static int listener__newindex(lua_State *L) {
 
 static int listener__tostring(lua_State *L) {
   evtcp_listener *l = check_listener(L, 1);
-  lua_pushfstring(L, "TCPListener (%s, port %d): %p", l->closed ? "closed" : "listening",
-                  sockaddr_port(&l->bound.sa), (void *)l);
+  if (l->unix_path != NULL)
+    lua_pushfstring(L, "TCPListener (%s, unix:%s): %p", l->closed ? "closed" : "listening",
+                    l->unix_path, (void *)l);
+  else
+    lua_pushfstring(L, "TCPListener (%s, port %d): %p", l->closed ? "closed" : "listening",
+                    sockaddr_port(&l->bound.sa), (void *)l);
   return 1;
 }
 
@@ -404,6 +568,8 @@ static int listener__gc(lua_State *L) {
   if (l->obj.loop == NULL) return 0;
   listener_release(l);
   if (l->tls_ctx) { SSL_CTX_free(l->tls_ctx); l->tls_ctx = NULL; }
+  free(l->unix_path);
+  l->unix_path = NULL;
   l->closed = 1;
   loop_unregister(L, &l->obj);
   l->obj.loop = NULL;

@@ -3,8 +3,10 @@
  * Nothing here touches Lua but the push function.
  */
 #include "platform.h" /* first: feature macros */
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include "evtcp.h"
@@ -56,5 +58,38 @@ void sockaddr_push_ip(lua_State *L, const struct sockaddr *sa) {
 int sockaddr_port(const struct sockaddr *sa) {
   if (sa && sa->sa_family == AF_INET) return ntohs(((const struct sockaddr_in *)sa)->sin_port);
   if (sa && sa->sa_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+  return 0;
+}
+
+/* ---- Unix domain sockets: "unix:/path" and, on Linux, "unix:@name" ---- */
+
+int sockaddr_is_unix(const char *spec) {
+  return strncmp(spec, "unix:", 5) == 0;
+}
+
+/* Fills sun from a "unix:" address. Returns 0, or -1 with a reason if the
+ * path is empty or does not fit in sun_path. The abstract namespace
+ * ("@name") has no file: its address is a NUL and the name, no terminator. */
+int sockaddr_unix_parse(const char *spec, struct sockaddr_un *sun, socklen_t *len,
+                        const char **why) {
+  const char *path = spec + 5;
+  size_t n = strlen(path);
+  memset(sun, 0, sizeof *sun);
+  sun->sun_family = AF_UNIX;
+  if (n == 0 || (path[0] == '@' && n == 1)) { *why = "the socket path is empty"; return -1; }
+  if (path[0] == '@') {
+#ifdef __linux__
+    if (n > sizeof sun->sun_path) { *why = "the socket name is too long"; return -1; }
+    memcpy(sun->sun_path + 1, path + 1, n - 1);
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    return 0;
+#else
+    *why = "abstract Unix socket names (unix:@name) exist on Linux only";
+    return -1;
+#endif
+  }
+  if (n >= sizeof sun->sun_path) { *why = "the socket path is too long"; return -1; }
+  memcpy(sun->sun_path, path, n + 1);
+  *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
   return 0;
 }

@@ -157,12 +157,13 @@ fail:
 }
 
 /* A client session on ctx for host: SNI (not for IP literals) and, when
- * verifying, the certificate's name checked against host. */
+ * verifying, the certificate's name checked against host. host NULL (a
+ * Unix socket without serverName, verify off): neither. */
 SSL *tls_client_session(SSL_CTX *ctx, const char *host, int verify) {
   SSL *ssl = SSL_new(ctx);
   unsigned char buf[16];
   int literal;
-  if (ssl == NULL) return NULL;
+  if (ssl == NULL || host == NULL) return ssl;
   literal = evutil_inet_pton(AF_INET, host, buf) == 1 || evutil_inet_pton(AF_INET6, host, buf) == 1;
   if (!literal) SSL_set_tlsext_host_name(ssl, host);
   if (verify) {
