@@ -12,6 +12,7 @@
  *   error.c       error objects and the errno -> kind mapping
  *   tls.c         TLS contexts and sessions (OpenSSL), conn.tls
  *   resolve.c     asynchronous name resolution (evdns), no Lua in it
+ *   resolver.c    core.lookup: one lookup as a Lua object (evtcp.resolve)
  *   sockaddr.c    address helpers
  *   module.c      luaopen_evtcp_core
  *
@@ -184,6 +185,9 @@ evtcp_lookup *lookup_start(evtcp_loop *loop, const char *host, const char *port,
                            lookup_cb cb, void *owner);
 void lookup_cancel(evtcp_lookup *lookup);
 void lookup_free_all(evtcp_loop *loop);
+
+/* ---- resolver.c ---- */
+void resolver_open(lua_State *L);
 
 /* ---- socket helpers (sockaddr.c) ---- */
 int sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, int *len);

@@ -25,5 +25,6 @@ LUALIB_API int luaopen_evtcp_core(lua_State *L) {
   listener_open(L);
   timer_open(L);
   signal_open(L);
+  resolver_open(L);
   return 1;
 }

@@ -281,6 +281,40 @@ core.setSendHook(function(conn)
   end
 end)
 
+--- evtcp.resolve(name [, timeout]) -> { ip, ... } | nil, errorObject
+-- The addresses of a host name (IPv4 and IPv6, in the resolver's order,
+-- each once); kind "dns" when there are none, "timeout" when the timeout
+-- passed first. A waiting call: yields in a spawned coroutine, drives the
+-- loop elsewhere, raises inside a plain callback.
+function evtcp.resolve(name, timeout)
+  if type(name) ~= "string" then arg_error("resolve", 1, "string expected, got " .. type(name)) end
+  if #name == 0 or #name > 255 then arg_error("resolve", 1, "name must be 1 to 255 bytes") end
+  local deadline = check_timeout("resolve", timeout, 2)
+  local co, waiting = current(), false
+  local addrs, err, answered
+  local request = core.lookup(name, function(_, a, e)
+    addrs, err, answered = a, e, true
+    if waiting then waker(co, true)() end
+  end)
+  if co then
+    local timer = deadline and after(math.max(0, deadline - now()), waker(co, false))
+    waiting = true
+    local ok = yield()
+    waiting = false
+    if timer then timer:cancel() end
+    if not ok and not answered then request:cancel() end
+  else
+    while not answered do
+      local wait = deadline and deadline - now() or 3600
+      if wait <= 0 then request:cancel(); break end
+      core.step(wait)
+    end
+  end
+  if not answered then return nil, core.newError("timeout", "dns", "resolve timeout") end
+  if addrs then return addrs end
+  return nil, err
+end
+
 --- listener:accept([timeout]) -> conn | nil, err
 function listener.accept(l, timeout)
   check_self("accept", l, "TCPListener")

@@ -1,0 +1,144 @@
+/*
+ * resolver.c - core.lookup(name, fn): one host-name lookup as a Lua object,
+ * for evtcp.resolve (the Lua layer waits on it).
+ *
+ * A request is anchored from start until its result has been delivered or
+ * it is cancelled, so a lookup in flight keeps run() going. The result
+ * always reaches Lua from the loop's deferred queue, never from inside
+ * core.lookup (evdns answers /etc/hosts and literals at once) nor from
+ * evdns's callback: building the address table allocates, and that must
+ * happen under a protected call.
+ */
+#include "platform.h" /* first: feature macros */
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include "evtcp.h"
+
+#define EVTCP_LOOKUP_MT "evtcp.Lookup"
+
+typedef struct evtcp_request {
+  evtcp_object obj;
+  evtcp_lookup *lookup;          /* in flight, or NULL */
+  struct evutil_addrinfo *addrs; /* the answer, until delivered */
+  int gai_code;
+  unsigned due : 1;              /* answered, to deliver */
+} evtcp_request;
+
+static void request_on_answer(void *owner, int gai_code, struct evutil_addrinfo *addrs) {
+  evtcp_request *r = (evtcp_request *)owner;
+  r->lookup = NULL;
+  r->addrs = addrs;
+  r->gai_code = gai_code;
+  r->due = 1;
+  loop_defer(&r->obj);
+}
+
+/* Pushes the addresses as an array of IP strings, each once, in order. */
+static void push_addresses(lua_State *L, const struct evutil_addrinfo *ai) {
+  int n = 0;
+  lua_newtable(L);
+  for (; ai != NULL; ai = ai->ai_next) {
+    int i, seen = 0;
+    sockaddr_push_ip(L, ai->ai_addr);
+    for (i = 1; i <= n && !seen; i++) {
+      lua_rawgeti(L, -2, i);
+      seen = lua_rawequal(L, -1, -2);
+      lua_pop(L, 1);
+    }
+    if (seen || lua_isnil(L, -1)) lua_pop(L, 1);
+    else lua_rawseti(L, -2, ++n);
+  }
+}
+
+/* Under loop_pcall: request -> fn(request, addresses) or fn(request, nil, error). */
+static int request_deliver(lua_State *L) {
+  evtcp_request *r = (evtcp_request *)lua_touserdata(L, 1);
+  struct evutil_addrinfo *addrs = r->addrs;
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, 1);
+  if (r->gai_code == 0 && addrs != NULL) {
+    push_addresses(L, addrs);
+    lua_pushnil(L);
+  } else {
+    evtcp_failure f;
+    failure_from_dns(&f, r->gai_code ? r->gai_code : EVUTIL_EAI_NONAME);
+    lua_pushnil(L);
+    error_push(L, &f);
+  }
+  r->addrs = NULL;
+  if (addrs) evutil_freeaddrinfo(addrs);
+  lua_call(L, 3, 0);
+  return 0;
+}
+
+static void request_run_pending(evtcp_object *obj) {
+  evtcp_request *r = (evtcp_request *)obj;
+  lua_State *L = obj->loop->L;
+  if (!r->due) return;
+  r->due = 0;
+  loop_unanchor(obj, ANCHOR_CONNECTING);
+  lua_pushcfunction(L, request_deliver);
+  loop_push_object(L, obj); /* anchored while pending: never nil */
+  loop_pcall(obj->loop, 1, 0);
+}
+
+/* core.lookup(name, fn) -> request; fn(request, addresses | nil, error)
+ * runs once from the loop, unless the request is cancelled first. */
+static int request_start(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  const char *name = luaL_checkstring(L, 1);
+  evtcp_request *r;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  r = (evtcp_request *)lua_newuserdatauv(L, sizeof *r, 1);
+  memset(r, 0, sizeof *r);
+  r->obj.loop = loop;
+  r->obj.anchor_ref = LUA_NOREF;
+  r->obj.run_pending = request_run_pending;
+  luaL_setmetatable(L, EVTCP_LOOKUP_MT);
+  loop_register(L, &r->obj, -1);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, 1);
+  loop_anchor(&r->obj, ANCHOR_CONNECTING);
+  r->lookup = lookup_start(loop, name, "0", request_on_answer, r);
+  return 1;
+}
+
+/* Drops the lookup or the answer not yet delivered; no callback follows. */
+static void request_stop(evtcp_request *r) {
+  if (r->lookup) { lookup_cancel(r->lookup); r->lookup = NULL; }
+  if (r->addrs) { evutil_freeaddrinfo(r->addrs); r->addrs = NULL; }
+  r->due = 0;
+}
+
+/* request:cancel() -> true if fn will not run */
+static int request_cancel(lua_State *L) {
+  evtcp_request *r = (evtcp_request *)luaL_checkudata(L, 1, EVTCP_LOOKUP_MT);
+  int was = r->lookup != NULL || r->due;
+  if (r->obj.loop == NULL) { lua_pushboolean(L, 0); return 1; }
+  request_stop(r);
+  loop_unanchor(&r->obj, ANCHOR_CONNECTING);
+  lua_pushboolean(L, was);
+  return 1;
+}
+
+static int request__gc(lua_State *L) {
+  evtcp_request *r = (evtcp_request *)lua_touserdata(L, 1);
+  if (r->obj.loop == NULL) return 0;
+  request_stop(r);
+  loop_unregister(L, &r->obj);
+  r->obj.loop = NULL;
+  return 0;
+}
+
+void resolver_open(lua_State *L) {
+  static const luaL_Reg methods[] = {{"cancel", request_cancel}, {NULL, NULL}};
+  luaL_newmetatable(L, EVTCP_LOOKUP_MT);
+  lua_pushcfunction(L, request__gc);
+  lua_setfield(L, -2, "__gc");
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, request_start);
+  lua_setfield(L, -2, "lookup");
+}
