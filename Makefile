@@ -27,7 +27,7 @@ CORE = $(BUILD)/evtcp/core.so
 
 # Debian packages the build, the tests and the demo need.
 DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-socket clang \
-       socat netcat-openbsd pkg-config redis-server python3 lua-luv
+       socat netcat-openbsd pkg-config redis-server python3 lua-luv haproxy
 
 .PHONY: all checkout warnings deps test demo install sanitize fuzz stress bench bench-quick clean
 
@@ -71,7 +71,7 @@ warnings:
 # has everything pays one dpkg query.
 deps:
 	@if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then \
-	  echo "evtcp: no apt-get here; skipping the install step (needs: Lua 5.4 with headers, libevent 2.1 with libevent_openssl, OpenSSL, busted; the specs also use socat, redis-server, python3, luv)"; \
+	  echo "evtcp: no apt-get here; skipping the install step (needs: Lua 5.4 with headers, libevent 2.1 with libevent_openssl, OpenSSL, busted; the specs also use socat, redis-server, python3, luv, haproxy)"; \
 	  exit 0; \
 	fi; \
 	missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

@@ -1330,7 +1330,8 @@ int conn_adopt_accepted(lua_State *L) {
   lua_replace(L, 3);
   memcpy(&c->peer, lua_touserdata(L, 4), sizeof c->peer);
   listener_local_address((struct evtcp_listener *)lua_touserdata(L, 1), &c->local);
-  if (listener_unix_path((struct evtcp_listener *)lua_touserdata(L, 1)) != NULL &&
+  if (c->peer.sa.sa_family == AF_UNIX && /* not a client a PROXY header named */
+      listener_unix_path((struct evtcp_listener *)lua_touserdata(L, 1)) != NULL &&
       (c->unix_path = strdup(listener_unix_path((struct evtcp_listener *)lua_touserdata(L, 1)))) == NULL)
     return luaL_error(L, "evtcp: out of memory");
   ctx = listener_tls_context((struct evtcp_listener *)lua_touserdata(L, 1));

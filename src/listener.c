@@ -16,13 +16,30 @@
  */
 #include "platform.h" /* first: feature macros */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include "conn.h"
+#include "proxy.h"
 
 #define ACCEPT_BACKOFF_MS 100
+#define PROXY_HEADER_TIMEOUT 10.0 /* seconds, when the listener has no readTimeout */
+
+struct evtcp_listener;
+
+/* A client of a proxyProtocol listener whose header is still being read
+ * (or, read, waiting for accept() to take the client before it). */
+typedef struct proxy_wait {
+  struct evtcp_listener *l;
+  evutil_socket_t fd;
+  struct event *ev;
+  evtcp_addr peer;              /* the balancer's end, then the client's */
+  proxy_reader reader;
+  int ready;                    /* header read; waits for the held client to go */
+  struct proxy_wait *next, *prev;
+} proxy_wait;
 
 typedef struct evtcp_listener {
   evtcp_object obj;
@@ -37,6 +54,10 @@ typedef struct evtcp_listener {
   char *unix_path;              /* a Unix socket listener: "/path" or "@name" */
   dev_t file_dev;               /* the socket file we made, removed at the end */
   ino_t file_ino;
+  proxy_wait *proxy_waits;      /* clients whose PROXY header is being read */
+  double proxy_timeout;         /* seconds the header may take */
+  unsigned proxy : 1;           /* the proxyProtocol option */
+  unsigned promote_due : 1;     /* a client read its header while another was held */
   unsigned owns_file : 1;
   unsigned closed : 1;
   unsigned terminate_due : 1;
@@ -83,6 +104,16 @@ static void listener_remove_file(evtcp_listener *l) {
     unlink(l->unix_path);
 }
 
+static void proxy_wait_free(proxy_wait *w, int close_fd) {
+  evtcp_listener *l = w->l;
+  if (w->prev) w->prev->next = w->next;
+  else l->proxy_waits = w->next;
+  if (w->next) w->next->prev = w->prev;
+  if (w->ev) event_free(w->ev);
+  if (close_fd) evutil_closesocket(w->fd);
+  free(w);
+}
+
 /* Frees the listening socket and a held client. No Lua. The TLS context
  * stays until __gc: terminate() may run inside onConnection, and the client
  * being accepted then still gets its handshake. */
@@ -91,11 +122,18 @@ static void listener_release(evtcp_listener *l) {
   listener_remove_file(l);
   if (l->backoff_ev) { event_free(l->backoff_ev); l->backoff_ev = NULL; }
   if (l->held_fd >= 0) { evutil_closesocket(l->held_fd); l->held_fd = -1; }
+  while (l->proxy_waits) proxy_wait_free(l->proxy_waits, 1);
 }
+
+static void listener_offer_ready(evtcp_listener *l);
 
 static void listener_run_pending(evtcp_object *obj) {
   evtcp_listener *l = (evtcp_listener *)obj;
   evtcp_notice n;
+  if (l->promote_due) {
+    l->promote_due = 0;
+    listener_offer_ready(l);
+  }
   if (!l->terminate_due) return;
   l->terminate_due = 0;
   l->terminated = 1;
@@ -137,12 +175,11 @@ static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_ad
   event_deliver(l->obj.loop, &n, 1, 0);
 }
 
-static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
-                               struct sockaddr *sa, int socklen, void *arg) {
-  evtcp_listener *l = (evtcp_listener *)arg;
+/* A client, ready to be offered: onConnection decides, or it is held for
+ * accept(). sa is its address (the original client's behind a balancer). */
+static void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const struct sockaddr *sa, int socklen) {
   lua_State *L = l->obj.loop->L;
   evtcp_notice n;
-  (void)lev; (void)socklen;
   if (l->closed || (l->max_connections > 0 && l->connections >= l->max_connections)) {
     evutil_closesocket(fd); /* refused: never reaches onConnection */
     return;
@@ -152,7 +189,7 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
   memset(&n, 0, sizeof n);
   n.type = EVT_CONNECTION;
   n.peer = sa;
-  n.path = l->unix_path;
+  if (sa->sa_family == AF_UNIX) n.path = l->unix_path; /* else a client behind a balancer */
   if (event_deliver(l->obj.loop, &n, 1, 1) != LUA_OK) { evutil_closesocket(fd); return; }
   if (!n.handled) {
     /* no onConnection: hold the client for accept(), stop accepting */
@@ -161,7 +198,7 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
     l->held_fd = fd;
     memset(&l->held_addr, 0, sizeof l->held_addr);
     memcpy(&l->held_addr, sa, (size_t)socklen < sizeof l->held_addr ? (size_t)socklen : sizeof l->held_addr);
-    evconnlistener_disable(l->lev);
+    if (l->lev) evconnlistener_disable(l->lev);
     loop_wake(&l->obj, WAKE_INPUT); /* accept() */
     return;
   }
@@ -176,6 +213,94 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
     memcpy(&peer, sa, (size_t)socklen < sizeof peer ? (size_t)socklen : sizeof peer);
     listener_adopt(l, fd, &peer); /* pops the handler */
   }
+}
+
+/* A client whose PROXY header failed (malformed, missing, closed early):
+ * closed, and reported to the listener's onError, kind "io". */
+static void listener_proxy_failed(proxy_wait *w, const char *why, int err) {
+  evtcp_listener *l = w->l;
+  lua_State *L = l->obj.loop->L;
+  evtcp_failure f;
+  evtcp_notice n;
+  failure_set(&f, KIND_IO, err ? err : EPROTO, "evtcp", why);
+  proxy_wait_free(w, 1);
+  loop_push_object(L, &l->obj);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+  error_push(L, &f);
+  error_append(L, -2, -1);
+  memset(&n, 0, sizeof n);
+  n.type = EVT_ERROR;
+  event_deliver(l->obj.loop, &n, 2, 0);
+}
+
+/* Offers a client whose header is read, unless one is held for accept():
+ * then it waits its turn (listener_run_pending). Frees w. */
+static void listener_proxy_offer(proxy_wait *w) {
+  evtcp_listener *l = w->l;
+  evutil_socket_t fd = w->fd;
+  evtcp_addr peer = w->peer;
+  if (l->held_fd >= 0) {
+    w->ready = 1;
+    event_del(w->ev);
+    return;
+  }
+  proxy_wait_free(w, 0);
+  listener_on_client(l, fd, &peer.sa, (int)sizeof peer);
+}
+
+static void listener_on_proxy_readable(evutil_socket_t fd, short what, void *arg) {
+  proxy_wait *w = (proxy_wait *)arg;
+  evtcp_addr client;
+  proxy_result r;
+  if (what & EV_TIMEOUT) {
+    listener_proxy_failed(w, "no PROXY protocol header in time", ETIMEDOUT);
+    return;
+  }
+  memset(&client, 0, sizeof client);
+  r = proxy_read(&w->reader, fd, &client);
+  if (r == PROXY_AGAIN) return;
+  if (r == PROXY_BAD) { listener_proxy_failed(w, w->reader.why, w->reader.err); return; }
+  if (client.sa.sa_family != 0) w->peer = client;
+  listener_proxy_offer(w);
+}
+
+/* Behind a balancer: read the client's PROXY header before anything else. */
+static void listener_proxy_start(evtcp_listener *l, evutil_socket_t fd, const struct sockaddr *sa, int socklen) {
+  proxy_wait *w = (proxy_wait *)calloc(1, sizeof *w);
+  struct timeval tv;
+  if (w == NULL) { evutil_closesocket(fd); return; }
+  w->l = l;
+  w->fd = fd;
+  memcpy(&w->peer, sa, (size_t)socklen < sizeof w->peer ? (size_t)socklen : sizeof w->peer);
+  w->ev = event_new(l->obj.loop->base, fd, EV_READ | EV_PERSIST, listener_on_proxy_readable, w);
+  if (w->ev == NULL) { evutil_closesocket(fd); free(w); return; }
+  w->next = l->proxy_waits;
+  if (w->next) w->next->prev = w;
+  l->proxy_waits = w;
+  tv.tv_sec = (long)l->proxy_timeout;
+  tv.tv_usec = (long)((l->proxy_timeout - (double)tv.tv_sec) * 1e6);
+  event_add(w->ev, &tv);
+}
+
+static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
+                               struct sockaddr *sa, int socklen, void *arg) {
+  evtcp_listener *l = (evtcp_listener *)arg;
+  (void)lev;
+  if (l->closed || (l->max_connections > 0 && l->connections >= l->max_connections)) {
+    evutil_closesocket(fd); /* refused: never reaches onConnection */
+    return;
+  }
+  if (l->proxy) listener_proxy_start(l, fd, sa, socklen);
+  else listener_on_client(l, fd, sa, socklen);
+}
+
+/* After accept() took the held client: the oldest client whose header was
+ * read meanwhile is offered next. */
+static void listener_offer_ready(evtcp_listener *l) {
+  proxy_wait *w, *oldest = NULL;
+  for (w = l->proxy_waits; w != NULL; w = w->next)
+    if (w->ready) oldest = w; /* the list is newest first */
+  if (oldest != NULL && l->held_fd < 0 && !l->closed) listener_proxy_offer(oldest);
 }
 
 static void listener_on_backoff_done(evutil_socket_t fd, short what, void *arg) {
@@ -422,6 +547,10 @@ int listener_listen(lua_State *L) {
   lua_getfield(L, 3, "reusePort");
   reuse_port = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  if (lua_getfield(L, 3, "proxyProtocol") != LUA_TNIL && lua_type(L, -1) != LUA_TBOOLEAN)
+    luaL_argerror(L, 2, "option 'proxyProtocol' must be a boolean");
+  l->proxy = lua_toboolean(L, -1);
+  lua_pop(L, 1);
   if (lua_getfield(L, 3, "tls") != LUA_TNIL) {
     evtcp_failure f;
     tls_read_options(L, -1, 2, &tls, 1);
@@ -437,7 +566,10 @@ int listener_listen(lua_State *L) {
      * checked now, so a mistake names listen, not a later accept */
     evtcp_conn probe;
     memset(&probe, 0, sizeof probe);
+    probe.read_timeout = -1;
     conn_read_options(L, &probe, 3, 2, 0);
+    /* the PROXY header must come within readTimeout too */
+    l->proxy_timeout = probe.read_timeout > 0 ? probe.read_timeout : PROXY_HEADER_TIMEOUT;
   }
   has_cb = lua_getfield(L, 3, "onConnection") != LUA_TNIL;
   lua_pop(L, 1);
@@ -517,6 +649,10 @@ static int listener_take_held(lua_State *L) {
   }
   l->connections++;
   if (l->lev && !l->closed) evconnlistener_enable(l->lev);
+  if (l->proxy_waits != NULL) { /* one may be ready: offer it from the loop */
+    l->promote_due = 1;
+    loop_defer(&l->obj);
+  }
   return 1;
 }
 
