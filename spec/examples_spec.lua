@@ -268,3 +268,135 @@ describe("the blocking-style examples", function()
     assert.is_true(rec.data() == payload)
   end)
 end)
+
+describe("the server examples", function()
+  --- Starts `lua5.4 cmd` in the background, its output and exit status in
+  -- a log; returns the log reader, the pid and a waiter for its exit.
+  local function background(cmd)
+    local log, pidfile = os.tmpname(), os.tmpname()
+    os.execute(("sh -c 'lua5.4 %s; echo exit=$?' > %s 2>&1 & echo $! > %s"):format(cmd, log, pidfile))
+    local shpid = read(pidfile):match("%d+")
+    local function out() return read(log) end
+    local function wait_for(pattern, what)
+      H.run_until(function() return out():match(pattern) end, what or pattern, 15)
+      return out():match(pattern)
+    end
+    local function cleanup()
+      os.execute("pkill -P " .. shpid .. " 2>/dev/null; kill " .. shpid .. " 2>/dev/null")
+      os.remove(log)
+      os.remove(pidfile)
+    end
+    -- the pid of lua5.4 itself, the shell's child
+    local function pid()
+      local p = io.popen("pgrep -P " .. shpid)
+      local child = p:read("l")
+      p:close()
+      return child
+    end
+    return out, wait_for, cleanup, pid
+  end
+
+  it("graceful_server.lua finishes its clients after SIGTERM, refuses new ones, and exits 0", function()
+    local out, wait_for, cleanup, pid = background("examples/graceful_server.lua 0 5")
+    local ok, err = pcall(function()
+      local port = tonumber(wait_for("listening on [%d.]+:(%d+)"))
+      H.go(function()
+        local c = assert(evtcp.dial("127.0.0.1", port))
+        c:send("hello\n")
+        assert.equal("ok 6", c:receive("l", 5))
+        os.execute("kill -TERM " .. pid())
+        wait_for("no new clients; waiting up to 5 s for 1")
+        local none, e = evtcp.dial("127.0.0.1", port)
+        assert.is_nil(none, "a new client was accepted after SIGTERM")
+        assert.equal("refused", e.kind)
+        c:send("more\n") -- the live client is still served
+        assert.equal("ok 5", c:receive("l", 5))
+        c:close()
+      end)
+      wait_for("exit=(%d+)", "the server to exit")
+      assert.matches("bye\nexit=0\n$", out())
+    end)
+    cleanup()
+    assert(ok, err)
+  end)
+
+  it("graceful_server.lua closes clients still there at the deadline, and exits 0", function()
+    local out, wait_for, cleanup, pid = background("examples/graceful_server.lua 0 0.3")
+    local ok, err = pcall(function()
+      local port = tonumber(wait_for("listening on [%d.]+:(%d+)"))
+      H.go(function()
+        local c = assert(evtcp.dial("127.0.0.1", port))
+        c:send("x\n")
+        assert.equal("ok 2", c:receive("l", 5))
+        os.execute("kill -INT " .. pid())
+        local rest, why = c:receive("a", 5) -- the server closes us at its deadline
+        assert.equal("", rest, why)
+        c:close()
+      end)
+      wait_for("exit=(%d+)", "the server to exit")
+      assert.matches("INT: no new clients.*bye\nexit=0\n$", out())
+    end)
+    cleanup()
+    assert(ok, err)
+  end)
+
+  it("workers.lua spreads clients over worker processes sharing one port, and stops them", function()
+    local out, wait_for, cleanup, pid = background("examples/workers.lua 0 2")
+    local ok, err = pcall(function()
+      local port = tonumber(wait_for("2 workers listening on 127%.0%.0%.1:(%d+)"))
+      wait_for("worker 1 listening.*worker 2 listening", "both workers")
+      wait_for("worker 2 listening.*", "both workers")
+      local seen = {}
+      H.go(function()
+        for i = 1, 24 do
+          local c = assert(evtcp.dial("127.0.0.1", port))
+          c:send("line " .. i .. "\n")
+          local answer = assert(c:receive("l", 5))
+          local id = answer:match("^worker (%d): line " .. i .. "$")
+          assert(id, answer)
+          seen[id] = true
+          c:close()
+        end
+      end, 20)
+      assert.is_true(seen["1"] and seen["2"], "both workers served clients")
+      os.execute("kill -TERM " .. pid())
+      wait_for("workers stopped")
+      wait_for("exit=0")
+      H.go(function()
+        local deadline = H.now() + 5
+        local c
+        repeat
+          c = evtcp.dial("127.0.0.1", port)
+          if c then c:close(); evtcp.sleep(0.05) end
+        until not c or H.now() > deadline
+        assert.is_nil(c, "the workers still listen")
+      end)
+    end)
+    cleanup()
+    assert(ok, err)
+  end)
+
+  it("unix_echo.lua echoes over a Unix socket and removes the file on Ctrl-C", function()
+    local path = os.tmpname()
+    os.remove(path)
+    path = path .. ".sock"
+    local out, wait_for, cleanup, pid = background("examples/unix_echo.lua " .. path)
+    local ok, err = pcall(function()
+      wait_for("listening on unix:")
+      local got
+      H.go(function()
+        local c = assert(evtcp.dial("unix:" .. path))
+        c:send("over unix\n")
+        got = c:receive("l", 5)
+        c:close()
+      end)
+      assert.equal("over unix", got)
+      os.execute("kill -INT " .. pid())
+      wait_for("exit=(%d+)")
+      assert.matches("client on " .. path:gsub("%p", "%%%0"), out())
+      assert.is_falsy(io.open(path), "the socket file is removed")
+    end)
+    cleanup()
+    assert(ok, err)
+  end)
+end)
