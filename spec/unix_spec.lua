@@ -176,6 +176,32 @@ describe("Unix domain sockets", function()
     assert.equal("refused", rec.errors[1].kind)
   end)
 
+  it("reports permission denied on a socket file and on a folder, run as an unprivileged user", function()
+    if not os.execute("command -v setpriv >/dev/null 2>&1 && [ \"$(id -u)\" = 0 ]") then
+      pending("needs root and setpriv to become another user") return
+    end
+    local path = dir .. "/private.sock"
+    local l = assert(evtcp.listen("unix:" .. path))
+    os.execute("chmod 600 " .. path .. " && chmod 755 " .. dir)
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      local evtcp = require("evtcp")
+      local c, err = evtcp.dial("unix:%s")
+      print("dial", c, err.kind, err.message)
+      print("listen", evtcp.listen("unix:%s/new.sock"))
+    ]]):format(path, dir))
+    f:close()
+    os.execute("chmod 644 " .. script)
+    local p = io.popen("setpriv --reuid=65534 --regid=65534 --clear-groups timeout 20 lua5.4 " .. script .. " 2>&1")
+    local out = p:read("a")
+    p:close()
+    os.remove(script)
+    l:terminate()
+    assert.matches("dial\tnil\tio\tPermission denied\n", out)
+    assert.matches("listen\tnil\tPermission denied\t13\n", out)
+  end)
+
   it("keeps TCP options out of a Unix socket's way", function()
     local path = dir .. "/opts.sock"
     local l = assert(evtcp.listen("unix:" .. path, { noDelay = true, keepAlive = 30 }))
