@@ -55,6 +55,8 @@
 ---@field backlog integer?
 ---@field reusePort boolean?
 ---@field ipv6Only boolean?
+---@field fd integer?
+---@field proxyProtocol boolean?
 ---@field maxConnections integer?
 ---@field tls evtcp.TLSOptions?
 ---@field noDelay boolean?
@@ -145,11 +147,11 @@ function Signal:cancel() end
 local evtcp = {}
 
 ---@param address string
----@param port integer
+---@param port integer? nil for "unix:/path"
 ---@param handler evtcp.Handler?
 ---@return evtcp.TCPConnection
 function evtcp.connect(address, port, handler) end
----@param port integer
+---@param port integer|string|nil a port, "unix:/path", or nil with options.fd
 ---@param options evtcp.ListenerOptions?
 ---@return evtcp.TCPListener? listener
 ---@return string? message
@@ -179,6 +181,11 @@ function evtcp.after(seconds, fn) end
 ---@param ... any
 ---@return thread
 function evtcp.spawn(fn, ...) end
+---@param name string
+---@param timeout number?
+---@return string[]? addresses
+---@return evtcp.Error? err
+function evtcp.resolve(name, timeout) end
 ---@param name "INT"|"TERM"|"HUP"|"QUIT"|"USR1"|"USR2"|"SIGINT"|"SIGTERM"|"SIGHUP"|"SIGQUIT"|"SIGUSR1"|"SIGUSR2"
 ---@param fn fun(handle: evtcp.Signal, name: string)
 ---@return evtcp.Signal
