@@ -232,6 +232,11 @@ describe("Unix domain sockets", function()
     assert.has_error(function() evtcp.connect("unix:/tmp/x.sock", nil, { localPort = 4000 }) end,
       "bad argument #3 to 'connect' (localAddress and localPort do not apply to a Unix socket)")
     assert.has_error(function() evtcp.connect("unix:/tmp/x.sock", nil, { tls = true }) end)
+    -- a handler with callbacks: the connection that never started is not kept alive
+    assert.has_error(function() evtcp.connect("unix:/tmp/x.sock", nil, { localPort = 1, onError = print }) end)
+    assert.has_error(function() evtcp.connect("unix:/tmp/x.sock", nil, { tls = true, onError = print }) end)
+    collectgarbage()
+    assert.equal(0, require("evtcp.core").activeCount())
     assert.has_error(function() evtcp.listen("unix:@") end,
       "bad argument #1 to 'listen' (the socket path is empty)")
     assert.has_error(function() evtcp.listen("unix:" .. dir .. "/a.sock", { address = "127.0.0.1" }) end,

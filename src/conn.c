@@ -1294,10 +1294,15 @@ int conn_connect(lua_State *L) {
   c = conn_alloc(L, loop);
   conn_adopt_handler(L, c, 3, 3, 1);
   if (is_unix) {
-    if (c->bind_port >= 0) luaL_argerror(L, 3, "localAddress and localPort do not apply to a Unix socket");
-    if (c->tls && c->tls_verify && c->tls_host == NULL)
-      luaL_argerror(L, 3, "TLS over a Unix socket needs tls.serverName (the name the certificate is "
-                          "checked against), or tls.verify = false");
+    const char *misuse = NULL;
+    if (c->bind_port >= 0) misuse = "localAddress and localPort do not apply to a Unix socket";
+    else if (c->tls && c->tls_verify && c->tls_host == NULL)
+      misuse = "TLS over a Unix socket needs tls.serverName (the name the certificate is checked "
+               "against), or tls.verify = false";
+    if (misuse) { /* the connection never starts: it must not stay anchored */
+      loop_unanchor(&c->obj, ANCHOR_CALLBACKS);
+      luaL_argerror(L, 3, misuse);
+    }
     if ((c->unix_path = strdup(host + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
   }
   c->state = CONN_RESOLVING;

@@ -179,10 +179,36 @@ local function random_port()
 end
 
 ---------------------------------------------------------------- operations
+-- Unix sockets live here; removed at the end
+local sock_dir = os.tmpname()
+os.remove(sock_dir)
+os.execute("mkdir -p " .. sock_dir)
+
+--- Where a listener listens: mostly a TCP port, sometimes a Unix socket
+-- (a file, or the abstract namespace), sometimes bad.
+local function random_listen_target(lrec)
+  if chance(0.75) then return pick({ 0, 0, 0, -1, "x" }) end
+  stats.unix = (stats.unix or 0) + 1
+  local target = pick({ "unix:" .. sock_dir .. "/l" .. stats.unix .. ".sock",
+                        "unix:@evtcp-fuzz-" .. SEED .. "-" .. stats.unix, "unix:", "unix:@" })
+  lrec.unix = target
+  return target
+end
+
+--- A PROXY protocol header: mostly valid (v1 or v2), sometimes garbage.
+local function random_proxy_header()
+  if chance(0.1) then return pick({ "GET / HTTP/1.0\r\n", "PROXY TCP4 1.2.3.4\r\n", "PROXY " .. ("9"):rep(200) }) end
+  if chance(0.5) then return ("PROXY TCP4 192.0.2.%d 10.0.0.1 %d 80\r\n"):format(rand(254), rand(65535)) end
+  return "\r\n\r\n\0\r\nQUIT\n\x21\x11\0\12" .. string.char(192, 0, 2, rand(254), 10, 0, 0, 1, 1, 2, 0, 80)
+end
+
 local function op_listen()
   local mode = pick({ "sink", "sink", "echo", "chaos", "accept" })
   local lrec = { mode = mode }
   local opts = { address = pick({ "127.0.0.1", "127.0.0.1", "::1", "bogus", 5 }) }
+  local target = random_listen_target(lrec)
+  if lrec.unix then opts.address = nil end
+  if chance(0.2) then opts.proxyProtocol = pick({ true, true, true, "yes" }); lrec.proxy = opts.proxyProtocol == true end
   if mode ~= "accept" then
     opts.onConnection = function(_, l, ev)
       if mode == "chaos" and chance(0.1) then chaos() end
@@ -205,7 +231,7 @@ local function op_listen()
       return rawget(opts, k)
     end })
   end
-  local ok, l = guarded(evtcp.listen, pick({ 0, 0, 0, -1, "x" }), opts)
+  local ok, l = guarded(evtcp.listen, target, opts)
   if ok and l then
     lrec.accepted = {}
     listeners[#listeners + 1] = l
@@ -244,8 +270,18 @@ end
 local function op_connect()
   local r = new_record("client")
   local h = random_options(new_handler(r, pick({ "sink", "chaos" })))
-  local ok, c = guarded(evtcp.connect, pick({ "127.0.0.1", "127.0.0.1", "::1", "localhost",
-                                              "nowhere.invalid", "", 42 }), random_port(), h)
+  local address, port = pick({ "127.0.0.1", "127.0.0.1", "::1", "localhost", "nowhere.invalid", "", 42 }), nil
+  local l = pick(listeners)
+  local lrec = l and records[l]
+  if lrec and lrec.unix and chance(0.9) then
+    address = lrec.unix
+  else
+    port = random_port()
+  end
+  local ok, c = guarded(evtcp.connect, address, port, h)
+  if ok and c and lrec and lrec.proxy and not l.closed and (lrec.unix == address or l.port == port) then
+    c:send(random_proxy_header()) -- before the stream: the server never sees it
+  end
   if ok and c then
     r.client = c
     record_of[c] = r
@@ -413,9 +449,30 @@ local function op_signal()
   end
 end
 
+--- evtcp.resolve in a coroutine or at the top level, and lookups that are
+-- cancelled or dropped.
+local function op_resolve()
+  local name = pick({ "localhost", "127.0.0.1", "::1", "nowhere.invalid", "", 42, "x.example.com" })
+  local timeout = pick({ nil, 0, 0.01, 1, -1 })
+  if chance(0.5) then
+    evtcp.spawn(function()
+      local ok, addrs, err = pcall(evtcp.resolve, name, timeout)
+      if ok and not addrs and (type(err) ~= "table" or (err.kind ~= "dns" and err.kind ~= "timeout")) then
+        fail("resolve failed without an error object of kind dns or timeout: %s", tostring(err))
+      end
+      if not ok and not acceptable(addrs) then fail("resolve raised: %s", tostring(addrs)) end
+    end)
+  elseif chance(0.5) then
+    local r = require("evtcp.core").lookup("localhost", function() end)
+    if chance(0.5) then r:cancel() end
+  else
+    guarded(evtcp.resolve, name, timeout)
+  end
+end
+
 local ops = {
   { op_listen, 3 }, { op_connect, 20 }, { op_send, 25 }, { op_method, 20 }, { op_listener, 4 },
-  { op_coroutine, 6 }, { op_bad_call, 5 }, { op_timer, 5 }, { op_signal, 1 },
+  { op_coroutine, 6 }, { op_bad_call, 5 }, { op_timer, 5 }, { op_signal, 1 }, { op_resolve, 2 },
 }
 local total = 0
 for _, o in ipairs(ops) do total = total + o[2] end
@@ -570,8 +627,10 @@ for _, r in ipairs(records) do
   if r.sink and r.read_end == "closed" then try_check(r) end
 end
 
+os.execute("rm -rf " .. sock_dir)
+
 print(("fuzz: seed %d, %d operations, %d connections (%d observed, all terminated once), " ..
-       "%d listeners, %d streams checked (%d bytes), %d misuse errors, %d deliberate errors, " ..
+       "%d listeners (%d Unix-socket tries), %d streams checked (%d bytes), %d misuse errors, %d deliberate errors, " ..
        "%d forced collections, %.1f s CPU: passed"):format(SEED, stats.ops, stats.connections,
-       observed + (stats.finished or 0), stats.listeners, stats.checked_streams, stats.checked_bytes, stats.bad_args,
+       observed + (stats.finished or 0), stats.listeners, stats.unix or 0, stats.checked_streams, stats.checked_bytes, stats.bad_args,
        stats.deliberate, stats.collected, os.clock() - t0))
