@@ -28,6 +28,8 @@ local function make_certs()
   leaf("wrong", "wrong.example", "DNS:wrong.example", 2)
   leaf("expired", "localhost", "DNS:localhost,IP:127.0.0.1", 0)
   leaf("client", "evtcp client", "DNS:client.example", 2)
+  leaf("alpha", "alpha.example.test", "DNS:alpha.example.test", 2)
+  leaf("wild", "*.wild.example.test", "DNS:*.wild.example.test", 2)
 end
 
 local function path(name) return dir .. "/" .. name end
@@ -354,5 +356,213 @@ describe("TLS", function()
     ]]):format(path("server.pem"), path("server.key"), path("ca.pem")))
     assert.is_true(ok, out)
     assert.are.equal("closing\n", out)
+  end)
+
+  --- Starts openssl s_server with extra flags on a free port; returns the
+  -- port and a stop function. It serves -www pages to each connection.
+  local function s_server(flags)
+    local port = H.free_port()
+    local out = os.tmpname()
+    os.execute(("%stimeout 30 openssl s_server -accept 127.0.0.1:%d -cert %s -key %s -www %s >%s 2>&1 & echo $! >%s.pid")
+      :format(H.peer, port, path("server.pem"), path("server.key"), flags, out, out))
+    local deadline = H.now() + 10
+    H.go(function()
+      repeat
+        local c = evtcp.dial("127.0.0.1", port)
+        if c then c:close() return end
+        evtcp.sleep(0.05)
+      until H.now() > deadline
+    end, 15)
+    return port, function()
+      os.execute("kill $(cat " .. out .. ".pid) 2>/dev/null")
+      os.remove(out .. ".pid")
+      local text = read(out)
+      os.remove(out)
+      return text
+    end
+  end
+
+  --- Dials with tls options, sends a request, reads the answer (so that a
+  -- TLS 1.3 ticket that follows the handshake is read too), closes.
+  local function fetch(port, tls, request)
+    local info, answer, err
+    H.go(function()
+      local c
+      c, err = evtcp.dial("localhost", port, { tls = tls })
+      if not c then return end
+      info = c.tls
+      c:send(request or "GET / HTTP/1.0\r\n\r\n")
+      answer = c:receive("a", 10)
+      c:close()
+    end, 15)
+    return info, answer, err
+  end
+
+  describe("ALPN", function()
+    local function alpn_server(alpn, seen)
+      return tls_server("server", function()
+        return echo({ onConnection = function(_, c) seen.server = c.tls and c.tls.alpn or "none" end,
+                      onError = function(_, _, ev) seen.server_error = ev.error end })
+      end, { alpn = alpn })
+    end
+
+    it("picks the server's first protocol that the client offers, told on both sides", function()
+      local seen = {}
+      local l = alpn_server({ "h2", "http/1.1" }, seen)
+      local function try(client_alpn)
+        local got
+        seen.server = nil
+        H.go(function()
+          local c = assert(evtcp.dial("localhost", l.port, { tls = { ca = path("ca.pem"), alpn = client_alpn } }))
+          got = c.tls.alpn or "none"
+          c:close()
+        end)
+        H.run_until(function() return seen.server end, "the server's handshake")
+        return got, seen.server
+      end
+      assert.same({ "h2", "h2" }, { try({ "http/1.1", "h2" }) })
+      assert.same({ "http/1.1", "http/1.1" }, { try({ "http/1.1", "acme" }) })
+      assert.same({ "none", "none" }, { try(nil) })
+      l:terminate()
+    end)
+
+    it("fails the handshake with an error of kind tls naming ALPN when no protocol is common", function()
+      local seen = {}
+      local l = alpn_server({ "h2" }, seen)
+      local c, err
+      H.go(function() c, err = evtcp.dial("localhost", l.port, { tls = { ca = path("ca.pem"), alpn = { "spdy/3" } } }) end)
+      H.run_until(function() return seen.server_error end, "the server's error")
+      l:terminate()
+      assert.is_nil(c)
+      assert.equal("tls", err.kind)
+      assert.matches("ALPN", err.message)
+      assert.equal("tls", seen.server_error.kind)
+      assert.matches("ALPN", seen.server_error.message)
+    end)
+
+    it("agrees with openssl s_server and s_client", function()
+      local port, stop = s_server("-alpn h2,http/1.1")
+      local info = fetch(port, { ca = path("ca.pem"), alpn = { "http/1.1" } })
+      stop()
+      assert.equal("http/1.1", info.alpn)
+      local l = tls_server("server", function() return echo() end, { alpn = { "h2", "http/1.1" } })
+      local out, flag = os.tmpname(), os.tmpname()
+      os.remove(flag)
+      os.execute(("(echo | %stimeout 20 openssl s_client -connect 127.0.0.1:%d -alpn http/1.1,h2 -CAfile %s " ..
+        "-servername localhost >%s 2>&1; echo done >%s) &"):format(H.peer, l.port, path("ca.pem"), out, flag))
+      H.run_until(function() local f = io.open(flag) if f then f:close() end return f ~= nil end, "s_client", 20)
+      l:terminate()
+      local text = read(out)
+      os.remove(out)
+      os.remove(flag)
+      assert.matches("ALPN protocol: h2", text)
+    end)
+
+    it("rejects a malformed alpn option", function()
+      assert.has_error(function() evtcp.connect("localhost", 1, { tls = { alpn = "h2" } }) end,
+        "bad argument #3 to 'connect' (option 'tls.alpn' must be an array of protocol names)")
+      assert.has_error(function() evtcp.connect("localhost", 1, { tls = { alpn = {} } }) end,
+        "bad argument #3 to 'connect' (option 'tls.alpn' must name at least one protocol)")
+      assert.has_error(function() evtcp.connect("localhost", 1, { tls = { alpn = { "" } } }) end,
+        "bad argument #3 to 'connect' (option 'tls.alpn': a protocol name is 1 to 255 bytes)")
+      assert.has_error(function()
+        evtcp.listen(0, { tls = { cert = path("server.pem"), key = path("server.key"), alpn = { 2 } } })
+      end, "bad argument #2 to 'listen' (option 'tls.alpn' must hold strings)")
+    end)
+  end)
+
+  describe("certificates by SNI", function()
+    local function sni_server()
+      return tls_server("server", function() return echo() end, { sni = {
+        ["alpha.example.test"] = { cert = path("alpha.pem"), key = path("alpha.key") },
+        ["*.wild.example.test"] = { cert = read(path("wild.pem")), key = read(path("wild.key")) },
+      } })
+    end
+
+    it("serves the certificate of the name the client asks for, wildcards as TLS matches them", function()
+      local l = sni_server()
+      local function subject(name, verify)
+        local got
+        H.go(function()
+          local c, err = evtcp.dial("127.0.0.1", l.port, { tls = { ca = path("ca.pem"), serverName = name, verify = verify } })
+          got = c and c.tls.peerCertificate.subject or err.message
+          if c then c:close() end
+        end)
+        return got
+      end
+      assert.equal("/CN=alpha.example.test", subject("alpha.example.test"))
+      assert.equal("/CN=alpha.example.test", subject("ALPHA.Example.Test"))
+      assert.equal("/CN=*.wild.example.test", subject("x.wild.example.test"))
+      assert.equal("/CN=localhost", subject("localhost"))                    -- the top-level certificate
+      assert.equal("/CN=localhost", subject("a.b.wild.example.test", false)) -- a wildcard is one label
+      assert.matches("hostname mismatch", subject("a.b.wild.example.test"))
+      assert.equal("/CN=localhost", subject("wild.example.test", false))
+      l:terminate()
+    end)
+
+    it("answers openssl s_client by its -servername", function()
+      local l = sni_server()
+      local out, flag = os.tmpname(), os.tmpname()
+      os.remove(flag)
+      os.execute(("(echo | %stimeout 20 openssl s_client -connect 127.0.0.1:%d -servername alpha.example.test " ..
+        "-CAfile %s -verify_return_error >%s 2>&1; echo done >%s) &"):format(H.peer, l.port, path("ca.pem"), out, flag))
+      H.run_until(function() local f = io.open(flag) if f then f:close() end return f ~= nil end, "s_client", 20)
+      l:terminate()
+      local text = read(out)
+      os.remove(out)
+      os.remove(flag)
+      assert.matches("subject=CN ?= ?alpha%.example%.test", text)
+      assert.matches("Verify return code: 0 %(ok%)", text)
+    end)
+
+    it("rejects a malformed sni option, and reports an unreadable certificate naming it", function()
+      local function listen(sni)
+        return evtcp.listen(0, { address = "127.0.0.1", tls = { cert = path("server.pem"), key = path("server.key"), sni = sni } })
+      end
+      assert.has_error(function() listen("x") end, "bad argument #2 to 'listen' (option 'tls.sni' must be a table of names)")
+      assert.has_error(function() listen({ [1] = {} }) end,
+        "bad argument #2 to 'listen' (option 'tls.sni': each key must be a host name)")
+      assert.has_error(function() listen({ ["a.test"] = { cert = path("alpha.pem") } }) end,
+        "bad argument #2 to 'listen' (option 'tls.sni[\"a.test\"]' needs cert and key strings)")
+      local l, msg = listen({ ["a.test"] = { cert = dir .. "/missing.pem", key = path("alpha.key") } })
+      assert.is_nil(l)
+      assert.matches('^tls.sni%["a.test"%]: loading the certificate', msg)
+      collectgarbage()
+    end)
+  end)
+
+  describe("session resumption", function()
+    it("resumes a client's session with an evtcp server, told on both sides, for the same name only", function()
+      local server_resumed = {}
+      local l = tls_server("server", function()
+        return { onConnection = function(_, c) server_resumed[#server_resumed + 1] = c.tls.resumed end,
+                 onData = function(_, c, ev) c:send(ev.data) c:close() end }
+      end)
+      local first, answer = fetch(l.port, { ca = path("ca.pem") }, "hello")
+      assert.equal("hello", answer)
+      assert.is_false(first.resumed)
+      local second = fetch(l.port, { ca = path("ca.pem") }, "again")
+      assert.is_true(second.resumed, "the second connection to the same host and port resumes")
+      -- another verified name (or other settings) never resumes that session
+      local other = fetch(l.port, { ca = path("ca.pem"), serverName = "127.0.0.1" }, "x")
+      assert.is_false(other.resumed)
+      local unverified = fetch(l.port, { verify = false }, "y")
+      assert.is_false(unverified.resumed)
+      l:terminate()
+      assert.same({ false, true, false, false }, server_resumed)
+    end)
+
+    for _, version in ipairs({ "-tls1_3", "-tls1_2", "-tls1_2 -no_ticket" }) do
+      it("resumes with openssl s_server " .. version, function()
+        local port, stop = s_server(version)
+        local first, page = fetch(port, { ca = path("ca.pem") })
+        local second = fetch(port, { ca = path("ca.pem") })
+        stop()
+        assert.matches("^HTTP/1%.0 200 ok", page)
+        assert.equal(version:match("1_3") and "TLSv1.3" or "TLSv1.2", first.protocol)
+        assert.is_false(first.resumed)
+        assert.is_true(second.resumed)
+      end)
+    end
   end)
 end)

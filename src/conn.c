@@ -192,6 +192,8 @@ static void conn_release(evtcp_conn *c) {
   if (c->tls_ctx) { SSL_CTX_free(c->tls_ctx); c->tls_ctx = NULL; }
   free(c->tls_host);
   c->tls_host = NULL;
+  free(c->tls_session_key);
+  c->tls_session_key = NULL;
   if (c->early) { evbuffer_free(c->early); c->early = NULL; }
 }
 
@@ -602,9 +604,31 @@ static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *e
 /* Starts connecting to one address: a new bufferevent (TLS or plain) and,
  * with localAddress/localPort, our own bound socket. Returns 0 once the
  * attempt is under way, or -1 with the reason in c->failure. */
+/* OpenSSL's new-session callback of a client context: the session (a TLS
+ * 1.3 ticket comes after the handshake) goes to the Lua state's cache, for
+ * the next connection to the same host, port and settings. */
+static int conn_on_tls_session(SSL *ssl, SSL_SESSION *session) {
+  evtcp_conn *c = (evtcp_conn *)SSL_get_app_data(ssl);
+  if (c == NULL || c->tls_session_key == NULL || c->obj.loop == NULL) return 0;
+  tls_cache_put(c->obj.loop, c->tls_session_key, session);
+  return 1; /* the cache owns it */
+}
+
+/* A client TLS session for the next address, resuming a cached session. */
+static SSL *conn_tls_session(evtcp_conn *c) {
+  SSL *ssl = tls_client_session(c->tls_ctx, c->tls_host, c->tls_verify);
+  SSL_SESSION *cached;
+  if (ssl == NULL) return NULL;
+  SSL_set_app_data(ssl, c);
+  SSL_CTX_sess_set_new_cb(c->tls_ctx, conn_on_tls_session);
+  if (c->tls_session_key && (cached = tls_cache_get(c->obj.loop, c->tls_session_key)) != NULL)
+    SSL_set_session(ssl, cached);
+  return ssl;
+}
+
 static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
   if (c->tls) {
-    SSL *ssl = tls_client_session(c->tls_ctx, c->tls_host, c->tls_verify);
+    SSL *ssl = conn_tls_session(c);
     c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl,
                                                   BUFFEREVENT_SSL_CONNECTING, 0)
                  : NULL;
@@ -734,6 +758,17 @@ static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) 
     int bracketed = n >= 2 && host[0] == '[' && host[n - 1] == ']';
     c->tls_host = bracketed ? strndup(host + 1, n - 2) : strdup(host);
     if (c->tls_host == NULL) luaL_error(L, "evtcp: out of memory");
+  }
+  if (c->tls && c->tls_session_key != NULL) {
+    /* sessions are per host, port, name verified and settings: a resumed
+     * session skips verification, so it must have passed the same one */
+    const char *name = c->tls_host ? c->tls_host : "";
+    size_t size = strlen(host) + strlen(name) + strlen(c->tls_session_key) + 16;
+    char *key = (char *)malloc(size);
+    if (key == NULL) luaL_error(L, "evtcp: out of memory");
+    snprintf(key, size, "%s:%d|%s%s", host, port, name, c->tls_session_key);
+    free(c->tls_session_key);
+    c->tls_session_key = key;
   }
   conn_start(L, c, host, port);
 }

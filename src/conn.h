@@ -99,6 +99,7 @@ typedef struct evtcp_conn {
   evtcp_failure *failure;         /* what onError will report */
   SSL_CTX *tls_ctx;               /* client: for each address tried */
   char *tls_host;                 /* client: SNI and the name checked */
+  char *tls_session_key;          /* client: "host:port|settings", its sessions' key */
   struct evtcp_listener *listener;/* the listener that accepted it */
   double read_timeout, write_timeout, connect_timeout; /* < 0: none */
   int keep_alive;                 /* seconds, 0: off */

@@ -110,6 +110,7 @@ struct evtcp_loop {
   int weak_ref;            /* weak table: lightuserdata -> userdata */
   lua_Integer wait_seq;    /* orders waiters: oldest woken first */
   int send_hook_ref;       /* Lua layer: waits in a coroutine after a send over highWaterMark */
+  struct tls_cached *tls_sessions; /* TLS client sessions for resumption: tls.c */
 };
 
 /* A socket error that means "try again later", not a failure. */
@@ -185,6 +186,9 @@ evtcp_lookup *lookup_start(evtcp_loop *loop, const char *host, const char *port,
                            lookup_cb cb, void *owner);
 void lookup_cancel(evtcp_lookup *lookup);
 void lookup_free_all(evtcp_loop *loop);
+
+/* ---- tls.c, as the loop needs it ---- */
+void tls_cache_free_all(evtcp_loop *loop);
 
 /* ---- resolver.c ---- */
 void resolver_open(lua_State *L);

@@ -50,7 +50,7 @@ typedef struct evtcp_listener {
   evtcp_addr bound;
   int connections;              /* live accepted connections */
   int max_connections;          /* 0: unlimited */
-  SSL_CTX *tls_ctx;              /* a TLS server */
+  tls_server *tls;              /* a TLS server: contexts, ALPN, SNI */
   char *unix_path;              /* a Unix socket listener: "/path" or "@name" */
   dev_t file_dev;               /* the socket file we made, removed at the end */
   ino_t file_ino;
@@ -87,7 +87,7 @@ void listener_local_address(evtcp_listener *l, evtcp_addr *out) {
 }
 
 SSL_CTX *listener_tls_context(evtcp_listener *l) {
-  return l->tls_ctx;
+  return l->tls ? l->tls->ctx : NULL;
 }
 
 const char *listener_unix_path(evtcp_listener *l) {
@@ -513,7 +513,6 @@ int listener_listen(lua_State *L) {
   evtcp_listener *l;
   evutil_socket_t fd;
   listen_kind kind;
-  tls_options tls;
   if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
   luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "table");
   lua_settop(L, 2);
@@ -553,8 +552,8 @@ int listener_listen(lua_State *L) {
   lua_pop(L, 1);
   if (lua_getfield(L, 3, "tls") != LUA_TNIL) {
     evtcp_failure f;
-    tls_read_options(L, -1, 2, &tls, 1);
-    if ((l->tls_ctx = tls_context_new(&tls, 1, &f)) == NULL) {
+    if ((l->tls = (tls_server *)calloc(1, sizeof *l->tls)) == NULL) return luaL_error(L, "evtcp: out of memory");
+    if (tls_server_setup(L, -1, 2, l->tls, &f) != 0) {
       lua_pushnil(L);
       lua_pushstring(L, f.message);
       lua_pushinteger(L, f.code);
@@ -703,7 +702,8 @@ static int listener__gc(lua_State *L) {
   evtcp_listener *l = (evtcp_listener *)lua_touserdata(L, 1);
   if (l->obj.loop == NULL) return 0;
   listener_release(l);
-  if (l->tls_ctx) { SSL_CTX_free(l->tls_ctx); l->tls_ctx = NULL; }
+  tls_server_free(l->tls);
+  l->tls = NULL;
   free(l->unix_path);
   l->unix_path = NULL;
   l->closed = 1;

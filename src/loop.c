@@ -631,6 +631,7 @@ static int loop__gc(lua_State *L) {
     loop->dns = NULL;
   }
   lookup_free_all(loop);
+  tls_cache_free_all(loop);
   if (loop->pending_ev) event_free(loop->pending_ev);
   if (loop->sigint_ev) event_free(loop->sigint_ev);
   signal_free_all(loop);
@@ -669,6 +670,7 @@ void loop_open(lua_State *L) {
   memset(loop->signal_ev, 0, sizeof loop->signal_ev);
   loop->pending_head = NULL;
   loop->lookups = NULL;
+  loop->tls_sessions = NULL;
   loop->running = loop->stop_requested = loop->active = loop->closing = 0;
   loop->wait_seq = 0;
   loop->errors_head = 1;
