@@ -27,6 +27,8 @@
 ---@field ca string? path or PEM text
 ---@field cert string? path or PEM text
 ---@field key string? path or PEM text
+---@field alpn string[]? protocols offered (clients) or accepted (listeners), in preference order
+---@field sni table<string, {cert: string, key: string}>? listeners: the certificate for each name
 
 ---@class evtcp.Handler
 ---@field onConnection fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
