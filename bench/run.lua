@@ -16,6 +16,9 @@ local IDLE_CONNS = quick and 500 or 2000
 -- BENCH_MODES=bulk,pp50 runs only those modes (development)
 local only = os.getenv("BENCH_MODES")
 
+-- BENCH_SUITES=tcp,tls (default both)
+local suites_wanted = os.getenv("BENCH_SUITES") or "tcp,tls"
+
 local servers = {
   { name = "C, libevent bufferevents", cmd = "bin/c_bufferevent_echo" },
   { name = "C, libevent events, direct I/O", cmd = "bin/c_direct_echo" },
@@ -37,12 +40,49 @@ local modes = {
     unit = "B/conn" },
 }
 
-if only then
+-- TLS 1.3, an ECDSA P-256 certificate made for the run; the C server on
+-- libevent's OpenSSL bufferevents is the reference (the limit), Node's tls
+-- what a user might pick instead
+local certdir = os.tmpname()
+local cert, key = certdir .. "/cert.pem", certdir .. "/key.pem"
+local tls_servers = {
+  { name = "C, libevent OpenSSL bufferevents", cmd = "bin/c_tls_echo " .. cert .. " " .. key },
+  { name = "evtcp, callbacks", cmd = "lua5.4 evtcp_tls_echo.lua " .. cert .. " " .. key },
+  { name = "Node.js tls", cmd = "node node_tls_echo.js " .. cert .. " " .. key },
+}
+
+local tls_modes = {
+  { key = "tpp50", title = "TLS ping-pong, 50 conns, 64 B", args = "pingpong %d 50 64 " .. SECONDS,
+    unit = "us/rt", scale = 1e6, per = "ops", rate = "rt/s", gen = "bin/tls_loadgen" },
+  { key = "tbulk", title = "TLS bulk, 10 conns, 64 KiB writes", args = "bulk %d 10 65536 " .. SECONDS,
+    unit = "ms/MB", scale = 1e3, per = "MB", rate = "MB/s", gen = "bin/tls_loadgen" },
+  { key = "thandshake", title = "TLS handshakes, 20 at once", args = "handshake %d 20 0 " .. SECONDS,
+    unit = "us/hs", scale = 1e6, per = "ops", rate = "hs/s", gen = "bin/tls_loadgen" },
+  { key = "tresume", title = "TLS resumed handshakes, 20 at once", args = "handshake %d 20 1 " .. SECONDS,
+    unit = "us/hs", scale = 1e6, per = "ops", rate = "hs/s", gen = "bin/tls_loadgen" },
+  { key = "tidle", title = "TLS idle memory per connection", args = "idle %d " .. IDLE_CONNS .. " 1 2",
+    unit = "B/conn", gen = "bin/tls_loadgen" },
+}
+
+local function keep_only(list)
+  if not only then return list end
   local keep = {}
-  for _, m in ipairs(modes) do
+  for _, m in ipairs(list) do
     if ("," .. only .. ","):find("," .. m.key .. ",", 1, true) then keep[#keep + 1] = m end
   end
-  modes = keep
+  return keep
+end
+
+local suites = {}
+if suites_wanted:find("tcp") then
+  suites[#suites + 1] = { title = "TCP echo", servers = servers, modes = keep_only(modes) }
+end
+if suites_wanted:find("tls") then
+  if os.execute("command -v node >/dev/null 2>&1") ~= true then
+    io.stderr:write("node is not installed: the TLS table has no Node column\n")
+    table.remove(tls_servers, 3)
+  end
+  suites[#suites + 1] = { title = "TLS echo", servers = tls_servers, modes = keep_only(tls_modes), tls = true }
 end
 
 local function sh(cmd)
@@ -106,9 +146,9 @@ end
 --- One measurement: returns { cost = per unit, rate = per second } or nil.
 local function measure(server, mode)
   local pid, port = start(server)
-  local cmd = ("taskset -c 1 bin/loadgen " .. mode.args .. " 2>&1"):format(port)
+  local cmd = ("taskset -c 1 " .. (mode.gen or "bin/loadgen") .. " " .. mode.args .. " 2>&1"):format(port)
   local result
-  if mode.key == "idle" then
+  if mode.key == "idle" or mode.key == "tidle" then
     local before = rss_bytes(pid)
     local p = io.popen(cmd)
     local line = p:read("l")
@@ -139,6 +179,8 @@ local function median(t)
   return (t[n // 2] + t[n // 2 + 1]) / 2
 end
 
+local function run_suite(suite)
+local servers, modes = suite.servers, suite.modes
 -- results[mode][server] = { costs = {}, rates = {}, ratios = {} }
 local results = {}
 for _, m in ipairs(modes) do
@@ -146,7 +188,6 @@ for _, m in ipairs(modes) do
   for _, s in ipairs(servers) do results[m.key][s.name] = { costs = {}, rates = {}, ratios = {} } end
 end
 
-local t0 = os.time()
 for round = 1, ROUNDS do
   for _, m in ipairs(modes) do
     local order = {}
@@ -173,9 +214,7 @@ local function fmt(x, digits)
   return (("%." .. (digits or 2) .. "f"):format(x))
 end
 
-local cpu = sh("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$") or "unknown CPU"
-print(("Machine: %s, %d CPUs; Linux %s; %d round(s) of %d s per mode; %s."):format(
-  cpu, tonumber(sh("nproc")), sh("uname -r"):gsub("%s", ""), ROUNDS, SECONDS, os.date("!%Y-%m-%d")))
+print("### " .. suite.title)
 print()
 print("Server CPU per unit of work, median (ratio to the C bufferevent server of the same round; lower is better):")
 print()
@@ -200,7 +239,7 @@ end
 
 table_of(function(m, s)
   local slot = results[m.key][s.name]
-  local digits = m.key == "idle" and 0 or (m.key == "bulk" and 2 or 1)
+  local digits = m.unit == "B/conn" and 0 or (m.unit == "ms/MB" and 2 or 1)
   return ("%s %s (%s)"):format(fmt(median(slot.costs), digits), m.unit, fmt(median(slot.ratios)))
 end)
 print()
@@ -210,4 +249,22 @@ table_of(function(m, s)
   return m.rate and ("%s %s"):format(fmt(median(results[m.key][s.name].rates), 0), m.rate)
 end)
 print()
+end
+
+local t0 = os.time()
+local cpu = sh("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$") or "unknown CPU"
+print(("Machine: %s, %d CPUs; Linux %s; %d round(s) of %d s per mode; %s."):format(
+  cpu, tonumber(sh("nproc")), sh("uname -r"):gsub("%s", ""), ROUNDS, SECONDS, os.date("!%Y-%m-%d")))
+print()
+for _, suite in ipairs(suites) do
+  if suite.tls then
+    os.execute("mkdir -p " .. certdir)
+    os.remove(certdir) -- os.tmpname made a file there
+    os.execute("mkdir -p " .. certdir)
+    assert(os.execute(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes " ..
+      "-keyout %s -out %s -days 2 -subj /CN=localhost 2>/dev/null"):format(key, cert)))
+  end
+  run_suite(suite)
+  if suite.tls then os.execute("rm -rf " .. certdir) end
+end
 print(("(%d s in all)"):format(os.time() - t0))
