@@ -398,6 +398,20 @@ describe("TLS", function()
     return info, answer, err
   end
 
+  --- Runs openssl s_client (with input, and flags) against port in the
+  -- background, the loop serving meanwhile; returns what it printed.
+  local function s_client(port, input, flags)
+    local out, flag = os.tmpname(), os.tmpname()
+    os.remove(flag)
+    os.execute(("(echo %s | %stimeout 20 openssl s_client -connect 127.0.0.1:%d %s >%s 2>&1; echo done >%s) &")
+      :format(input, H.peer, port, flags, out, flag))
+    H.run_until(function() local f = io.open(flag) if f then f:close() end return f ~= nil end, "s_client", 20)
+    local text = read(out)
+    os.remove(out)
+    os.remove(flag)
+    return text
+  end
+
   describe("ALPN", function()
     local function alpn_server(alpn, seen)
       return tls_server("server", function()
@@ -446,15 +460,8 @@ describe("TLS", function()
       stop()
       assert.equal("http/1.1", info.alpn)
       local l = tls_server("server", function() return echo() end, { alpn = { "h2", "http/1.1" } })
-      local out, flag = os.tmpname(), os.tmpname()
-      os.remove(flag)
-      os.execute(("(echo | %stimeout 20 openssl s_client -connect 127.0.0.1:%d -alpn http/1.1,h2 -CAfile %s " ..
-        "-servername localhost >%s 2>&1; echo done >%s) &"):format(H.peer, l.port, path("ca.pem"), out, flag))
-      H.run_until(function() local f = io.open(flag) if f then f:close() end return f ~= nil end, "s_client", 20)
+      local text = s_client(l.port, "", "-alpn http/1.1,h2 -servername localhost -CAfile " .. path("ca.pem"))
       l:terminate()
-      local text = read(out)
-      os.remove(out)
-      os.remove(flag)
       assert.matches("ALPN protocol: h2", text)
     end)
 
@@ -502,15 +509,8 @@ describe("TLS", function()
 
     it("answers openssl s_client by its -servername", function()
       local l = sni_server()
-      local out, flag = os.tmpname(), os.tmpname()
-      os.remove(flag)
-      os.execute(("(echo | %stimeout 20 openssl s_client -connect 127.0.0.1:%d -servername alpha.example.test " ..
-        "-CAfile %s -verify_return_error >%s 2>&1; echo done >%s) &"):format(H.peer, l.port, path("ca.pem"), out, flag))
-      H.run_until(function() local f = io.open(flag) if f then f:close() end return f ~= nil end, "s_client", 20)
+      local text = s_client(l.port, "", "-servername alpha.example.test -verify_return_error -CAfile " .. path("ca.pem"))
       l:terminate()
-      local text = read(out)
-      os.remove(out)
-      os.remove(flag)
       assert.matches("subject=CN ?= ?alpha%.example%.test", text)
       assert.matches("Verify return code: 0 %(ok%)", text)
     end)

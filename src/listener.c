@@ -175,6 +175,20 @@ static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_ad
   event_deliver(l->obj.loop, &n, 1, 0);
 }
 
+/* Appends the failure to the listener's errors and hands it to onError:
+ * the listener itself goes on. */
+static void listener_report(evtcp_listener *l, const evtcp_failure *f) {
+  lua_State *L = l->obj.loop->L;
+  evtcp_notice n;
+  loop_push_object(L, &l->obj);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
+  error_push(L, f);
+  error_append(L, -2, -1);
+  memset(&n, 0, sizeof n);
+  n.type = EVT_ERROR;
+  event_deliver(l->obj.loop, &n, 2, 0);
+}
+
 /* A client, ready to be offered: onConnection decides, or it is held for
  * accept(). sa is its address (the original client's behind a balancer). */
 static void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const struct sockaddr *sa, int socklen) {
@@ -219,18 +233,10 @@ static void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const stru
  * closed, and reported to the listener's onError, kind "io". */
 static void listener_proxy_failed(proxy_wait *w, const char *why, int err) {
   evtcp_listener *l = w->l;
-  lua_State *L = l->obj.loop->L;
   evtcp_failure f;
-  evtcp_notice n;
   failure_set(&f, KIND_IO, err ? err : EPROTO, "evtcp", why);
   proxy_wait_free(w, 1);
-  loop_push_object(L, &l->obj);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
-  error_push(L, &f);
-  error_append(L, -2, -1);
-  memset(&n, 0, sizeof n);
-  n.type = EVT_ERROR;
-  event_deliver(l->obj.loop, &n, 2, 0);
+  listener_report(l, &f);
 }
 
 /* Offers a client whose header is read, unless one is held for accept():
@@ -311,9 +317,7 @@ static void listener_on_backoff_done(evutil_socket_t fd, short what, void *arg) 
 
 static void listener_on_error(struct evconnlistener *lev, void *arg) {
   evtcp_listener *l = (evtcp_listener *)arg;
-  lua_State *L = l->obj.loop->L;
   evtcp_failure f;
-  evtcp_notice n;
   int err = EVUTIL_SOCKET_ERROR();
   failure_set(&f, KIND_ACCEPT, err, "libevent", evutil_socket_error_to_string(err));
   evconnlistener_disable(lev);
@@ -323,13 +327,7 @@ static void listener_on_error(struct evconnlistener *lev, void *arg) {
     struct timeval tv = {0, ACCEPT_BACKOFF_MS * 1000};
     evtimer_add(l->backoff_ev, &tv);
   }
-  loop_push_object(L, &l->obj);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
-  error_push(L, &f);
-  error_append(L, -2, -1);
-  memset(&n, 0, sizeof n);
-  n.type = EVT_ERROR;
-  event_deliver(l->obj.loop, &n, 2, 0);
+  listener_report(l, &f);
 }
 
 /* ---- Lua API ---- */
