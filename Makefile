@@ -29,7 +29,7 @@ CORE = $(BUILD)/evtcp/core.so
 DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-socket clang \
        socat netcat-openbsd pkg-config redis-server python3 lua-luv haproxy
 
-.PHONY: all checkout warnings deps test demo install sanitize fuzz stress bench bench-quick clean
+.PHONY: all checkout warnings deps bench-deps test demo install sanitize fuzz stress bench bench-quick clean
 
 # (the checkout's copy is the plain build's, never the sanitizer's)
 all: $(CORE) $(BUILD)/two_states $(BUILD)/sockopt.so $(if $(filter build,$(BUILD)),checkout)
@@ -125,10 +125,14 @@ stress: deps
 	@$(MAKE) --no-print-directory all
 	$(ENV) $(LUA) spec/attack/stress.lua
 
-bench: deps
+# the benchmarks' peers too: Node.js for the TLS suite (Debian's nodejs)
+bench-deps:
+	@$(MAKE) --no-print-directory deps DEPS="$(DEPS) nodejs"
+
+bench: bench-deps
 	$(MAKE) -C bench run
 
-bench-quick: deps
+bench-quick: bench-deps
 	$(MAKE) -C bench quick
 
 clean:
