@@ -1317,6 +1317,10 @@ int conn_connect(lua_State *L) {
     socklen_t len;
     const char *why;
     if (sockaddr_unix_parse(host, &sun, &len, &why) != 0) luaL_argerror(L, 1, why);
+    if (lua_istable(L, 2) && lua_isnone(L, 3)) { /* connect("unix:/p", handler): no port to give */
+      lua_pushnil(L);
+      lua_insert(L, 2);
+    }
     luaL_argcheck(L, lua_isnoneornil(L, 2), 2, "port must be nil for a Unix socket");
   } else {
     luaL_argexpected(L, lua_type(L, 2) == LUA_TNUMBER, 2, "number");

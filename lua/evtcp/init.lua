@@ -237,6 +237,7 @@ local dial = core.connect
 -- reads then say "closed"); one closed before it connected gives the
 -- error object of why, or one of kind "io" if the program closed it.
 function evtcp.dial(address, port, options)
+  if options == nil and type(port) == "table" then port, options = nil, port end -- dial("unix:/p", options)
   local conn = dial(address, port, options or {})
   wait_until(conn, function() return conn:_state() ~= "connecting" end)
   local state, _, was_open = conn:_state()
