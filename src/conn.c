@@ -1,8 +1,10 @@
 /*
- * conn.c - TCPConnection: connecting, the data path, closing.
+ * conn.c - TCPConnection: the state machine, the data path, the methods,
+ * closing and collection.
  *
- * The state machine and the data path are described in conn.h; properties,
- * options and the metatable are in conn_props.c.
+ * The state machine and the data path are described in conn.h; connecting
+ * is in conn_connect.c, the blocking style's reads in conn_receive.c,
+ * properties, options and the metatable in conn_props.c.
  */
 #include "platform.h" /* first: feature macros */
 #include <errno.h>
@@ -18,7 +20,6 @@
 #define READ_ROUNDS 8           /* recv() calls per wake-up at most */
 #define SEND_IOV_MAX 16         /* send() arguments written in one sendmsg() */
 
-static void conn_try_next_address(evtcp_conn *c);
 
 static const char conn_mt_key = 'C';
 
@@ -46,7 +47,7 @@ static int conn_is_live(const evtcp_conn *c) {
 
 /* ---- reading ---- */
 
-static struct timeval seconds_tv(double s) {
+struct timeval seconds_tv(double s) {
   struct timeval tv;
   tv.tv_sec = (long)s;
   tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
@@ -69,7 +70,7 @@ static void conn_bev_timeouts(evtcp_conn *c) {
   bufferevent_set_timeouts(c->bev, use_r ? &r : NULL, c->write_timeout >= 0 ? &w : NULL);
 }
 
-static void conn_start_reading(evtcp_conn *c) {
+void conn_start_reading(evtcp_conn *c) {
   if (c->reading || !conn_wants_reading(c)) return;
   if (c->tls) {
     c->reading = 1;
@@ -112,7 +113,7 @@ static void conn_update_read_timeout(evtcp_conn *c) {
 /* Stops all I/O on the way to CLOSING and queues the final callbacks. The
  * socket itself is freed in conn_finish, outside libevent's callbacks for
  * it. With rst, the close sends a reset and drops the queued output. */
-static void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst) {
+void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst) {
   if (!conn_is_live(c)) return;
   if (failure != NULL && c->failure == NULL) {
     c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
@@ -149,13 +150,13 @@ static void conn_fail(evtcp_conn *c, int err, const char *component) {
  * the backend before the descriptor is closed. */
 /* Records why an address failed (the last one's reason is reported).
  * Returns -1. */
-static int conn_note_failure(evtcp_conn *c, int err, const char *component) {
+int conn_note_failure(evtcp_conn *c, int err, const char *component) {
   if (c->failure == NULL) c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
   if (c->failure) failure_from_errno(c->failure, err, component);
   return -1;
 }
 
-static void conn_free_bev(struct bufferevent **bev, SSL **ssl, evutil_socket_t *fd) {
+void conn_free_bev(struct bufferevent **bev, SSL **ssl, evutil_socket_t *fd) {
   if (*bev) { bufferevent_free(*bev); *bev = NULL; }
   if (*ssl) { SSL_free(*ssl); *ssl = NULL; }
   if (*fd >= 0) { evutil_closesocket(*fd); *fd = -1; }
@@ -215,7 +216,6 @@ static void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
   if (conn_push(c)) event_deliver(c->obj.loop, &n, 1, 0);
 }
 
-static void conn_input_drained(evtcp_conn *c);
 
 /* Input kept while the handler had no onData (and nobody reads it with
  * receive) goes to onData as soon as the handler has one again: at the
@@ -283,7 +283,6 @@ static void conn_finish(evtcp_conn *c) {
   loop_unanchor(&c->obj, ANCHOR_CALLBACKS | ANCHOR_OUTPUT | ANCHOR_CONNECTING);
 }
 
-static void conn_on_tls_readable(struct bufferevent *bev, void *arg);
 
 static void conn_run_pending(evtcp_object *obj) {
   evtcp_conn *c = (evtcp_conn *)obj;
@@ -398,7 +397,7 @@ static void conn_on_peer_eof(evtcp_conn *c) {
 }
 
 /* TLS: the bufferevent decrypted input; hand it on like conn_on_readable. */
-static void conn_on_tls_readable(struct bufferevent *bev, void *arg) {
+void conn_on_tls_readable(struct bufferevent *bev, void *arg) {
   evtcp_conn *c = (evtcp_conn *)arg;
   struct evbuffer *in = bufferevent_get_input(bev);
   size_t len;
@@ -447,7 +446,7 @@ static void conn_on_readable(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* The bufferevent's write callback: output drained to its low mark (0). */
-static void conn_on_written(struct bufferevent *bev, void *arg) {
+void conn_on_written(struct bufferevent *bev, void *arg) {
   evtcp_conn *c = (evtcp_conn *)arg;
   (void)bev;
   if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_flushed(c, 1);
@@ -506,7 +505,7 @@ static int conn_socket_error(evtcp_conn *c, int err) {
   return err;
 }
 
-static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
+void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
   evtcp_conn *c = (evtcp_conn *)arg;
   int err = EVUTIL_SOCKET_ERROR();
   (void)bev;
@@ -575,212 +574,11 @@ static void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
   }
 }
 
-/* ---- connecting ---- */
-
-/* Starts connecting to the next address; ends the connection with the last
- * failure when none is left. Runs no Lua (may run inside a method). */
-/* A non-blocking socket of family bound to localAddress/localPort, or -1
- * with *err (an address of the other family fails this address only). */
-static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *err) {
-  evtcp_addr a;
-  socklen_t len;
-  evutil_socket_t fd;
-  memset(&a, 0, sizeof a);
-  if (c->bind_addr.sa.sa_family != 0) {
-    if (c->bind_addr.sa.sa_family != family) { *err = EAFNOSUPPORT; return -1; }
-    a = c->bind_addr;
-  }
-  a.sa.sa_family = (sa_family_t)family;
-  if (family == AF_INET) { a.in.sin_port = htons((unsigned short)c->bind_port); len = sizeof a.in; }
-  else { a.in6.sin6_port = htons((unsigned short)c->bind_port); len = sizeof a.in6; }
-  fd = socket(family, SOCK_STREAM, 0);
-  if (fd < 0) { *err = errno; return -1; }
-  if (evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0 ||
-      bind(fd, &a.sa, len) != 0) {
-    *err = errno;
-    evutil_closesocket(fd);
-    return -1;
-  }
-  return fd;
-}
-
-/* Starts connecting to one address: a new bufferevent (TLS or plain) and,
- * with localAddress/localPort, our own bound socket. Returns 0 once the
- * attempt is under way, or -1 with the reason in c->failure. */
-/* OpenSSL's new-session callback of a client context: the session (a TLS
- * 1.3 ticket comes after the handshake) goes to the Lua state's cache, for
- * the next connection to the same host, port and settings. */
-static int conn_on_tls_session(SSL *ssl, SSL_SESSION *session) {
-  evtcp_conn *c = (evtcp_conn *)SSL_get_app_data(ssl);
-  if (c == NULL || c->tls_session_key == NULL || c->obj.loop == NULL) return 0;
-  tls_cache_put(c->obj.loop, c->tls_session_key, session);
-  return 1; /* the cache owns it */
-}
-
-/* A client TLS session for the next address, resuming a cached session. */
-static SSL *conn_tls_session(evtcp_conn *c) {
-  SSL *ssl = tls_client_session(c->tls_ctx, c->tls_host, c->tls_verify);
-  SSL_SESSION *cached;
-  if (ssl == NULL) return NULL;
-  SSL_set_app_data(ssl, c);
-  SSL_CTX_sess_set_new_cb(c->tls_ctx, conn_on_tls_session);
-  if (c->tls_session_key && (cached = tls_cache_get(c->obj.loop, c->tls_session_key)) != NULL)
-    SSL_set_session(ssl, cached);
-  return ssl;
-}
-
-static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
-  if (c->tls) {
-    SSL *ssl = conn_tls_session(c);
-    c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl,
-                                                  BUFFEREVENT_SSL_CONNECTING, 0)
-                 : NULL;
-    if (c->bev == NULL) { SSL_free(ssl); return conn_note_failure(c, ENOMEM, "evtcp"); }
-    c->ssl = ssl;
-    /* a peer that closes without close_notify is an end, not an error */
-    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-  } else {
-    c->bev = bufferevent_socket_new(c->obj.loop->base, -1, 0);
-    if (c->bev == NULL) return conn_note_failure(c, ENOMEM, "evtcp");
-  }
-  bufferevent_setcb(c->bev, c->tls ? conn_on_tls_readable : NULL, conn_on_written, conn_on_bev_event, c);
-  if (sa->sa_family != AF_UNIX)
-    memcpy(&c->peer, sa, (size_t)len < sizeof c->peer ? (size_t)len : sizeof c->peer);
-  c->state = CONN_CONNECTING;
-  if (c->bind_port >= 0) { /* localAddress / localPort: our own socket, bound */
-    int err = 0;
-    evutil_socket_t fd = conn_bound_socket(c, sa->sa_family, &err);
-    if (fd < 0 || bufferevent_setfd(c->bev, fd) != 0) {
-      if (fd >= 0) evutil_closesocket(fd);
-      conn_free_bev(&c->bev, &c->ssl, &c->fd);
-      return conn_note_failure(c, err ? err : ENOMEM, "evtcp");
-    }
-  }
-  if (bufferevent_socket_connect(c->bev, sa, len) == 0) {
-    c->fd = bufferevent_getfd(c->bev); /* ours to close */
-    return 0;
-  }
-  conn_note_failure(c, EVUTIL_SOCKET_ERROR(), "libevent");
-  c->fd = bufferevent_getfd(c->bev); /* libevent closed the socket it made */
-  conn_free_bev(&c->bev, &c->ssl, &c->fd);
-  return -1;
-}
-
-/* Ends the connection with the failure of the last address tried. */
-static void conn_connect_failed(evtcp_conn *c) {
-  if (c->failure == NULL) {
-    evtcp_failure f;
-    failure_from_errno(&f, ENOMEM, "evtcp");
-    conn_end(c, &f, 0);
-  } else {
-    conn_end(c, NULL, 0); /* reports the recorded failure */
-  }
-}
-
-static void conn_try_next_address(evtcp_conn *c) {
-  while (c->next_addr != NULL) {
-    struct evutil_addrinfo *ai = c->next_addr;
-    c->next_addr = ai->ai_next;
-    if (conn_connect_to(c, ai->ai_addr, (int)ai->ai_addrlen) == 0) return;
-  }
-  conn_connect_failed(c);
-}
-
-static void conn_on_resolved(void *owner, int gai_code, struct evutil_addrinfo *addrs) {
-  evtcp_conn *c = (evtcp_conn *)owner;
-  c->lookup = NULL;
-  if (gai_code != 0 || addrs == NULL) {
-    evtcp_failure f;
-    if (addrs) evutil_freeaddrinfo(addrs);
-    failure_from_dns(&f, gai_code ? gai_code : EVUTIL_EAI_NONAME);
-    conn_end(c, &f, 0);
-    return;
-  }
-  c->addrs = c->next_addr = addrs;
-  conn_try_next_address(c);
-}
-
-static void conn_on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
-  evtcp_conn *c = (evtcp_conn *)arg;
-  evtcp_failure f;
-  (void)fd; (void)what;
-  if (c->failure) { free(c->failure); c->failure = NULL; }
-  failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp", "connect timeout");
-  conn_end(c, &f, 0);
-}
-
-/* Starts resolving or connecting to host:port. Runs no Lua callback. */
-static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) {
-  struct evutil_addrinfo hints, *literal = NULL;
-  char portstr[8], bare[64];
-  size_t n = strlen(host);
-  snprintf(portstr, sizeof portstr, "%d", port);
-  if (c->connect_timeout >= 0) {
-    struct timeval tv = seconds_tv(c->connect_timeout);
-    c->connect_timer = evtimer_new(c->obj.loop->base, conn_on_connect_timeout, c);
-    if (c->connect_timer == NULL) luaL_error(L, "evtcp: out of memory");
-    evtimer_add(c->connect_timer, &tv);
-  }
-  if (c->unix_path != NULL) { /* no lookup, one address */
-    struct sockaddr_un sun;
-    socklen_t len;
-    const char *why;
-    sockaddr_unix_parse(host, &sun, &len, &why); /* checked by conn_connect */
-    if (conn_connect_to(c, (struct sockaddr *)&sun, (int)len) != 0) conn_connect_failed(c);
-    return;
-  }
-  /* "[::1]" is accepted for an IPv6 literal, as in URLs */
-  if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n - 2 < sizeof bare) {
-    memcpy(bare, host + 1, n - 2);
-    bare[n - 2] = '\0';
-    host = bare;
-  }
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_protocol = IPPROTO_TCP;
-  hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
-  if (evutil_getaddrinfo(host, portstr, &hints, &literal) == 0 && literal != NULL) {
-    c->addrs = c->next_addr = literal;  /* an IP literal: no lookup */
-    conn_try_next_address(c);
-    return;
-  }
-  c->state = CONN_RESOLVING;
-  c->lookup = lookup_start(c->obj.loop, host, portstr, conn_on_resolved, c);
-}
-
-/* Starts the connection, or reports a TLS context that could not be made. */
-static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
-  if (c->tls && c->tls_ctx == NULL) { /* the failure is recorded */
-    c->state = CONN_RESOLVING;
-    conn_end(c, NULL, 0);
-    return;
-  }
-  if (c->tls && c->tls_host == NULL && c->unix_path == NULL) {
-    size_t n = strlen(host);
-    int bracketed = n >= 2 && host[0] == '[' && host[n - 1] == ']';
-    c->tls_host = bracketed ? strndup(host + 1, n - 2) : strdup(host);
-    if (c->tls_host == NULL) luaL_error(L, "evtcp: out of memory");
-  }
-  if (c->tls && c->tls_session_key != NULL) {
-    /* sessions are per host, port, name verified and settings: a resumed
-     * session skips verification, so it must have passed the same one */
-    const char *name = c->tls_host ? c->tls_host : "";
-    size_t size = strlen(host) + strlen(name) + strlen(c->tls_session_key) + 16;
-    char *key = (char *)malloc(size);
-    if (key == NULL) luaL_error(L, "evtcp: out of memory");
-    snprintf(key, size, "%s:%d|%s%s", host, port, name, c->tls_session_key);
-    free(c->tls_session_key);
-    c->tls_session_key = key;
-  }
-  conn_start(L, c, host, port);
-}
-
 /* ---- methods ---- */
 
 /* Does the handler of the connection at index 1 have `name`? Runs inside
  * a method, so a raising __index propagates to the caller. */
-static int conn_handler_has(lua_State *L, const char *name) {
+int conn_handler_has(lua_State *L, const char *name) {
   int top = lua_gettop(L), has = 0;
   if (lua_getiuservalue(L, 1, UV_HANDLER) != LUA_TNIL)
     has = lua_getfield(L, -1, name) != LUA_TNIL;
@@ -1021,260 +819,11 @@ void conn_kept_input_due(evtcp_conn *c) {
   loop_defer(&c->obj);
 }
 
-/* ---- reading by pattern, for the Lua layer's receive() ---- */
-
-/* Can more input still come? */
-static int conn_input_may_grow(const evtcp_conn *c) {
-  return c->state < CONN_CLOSING && !c->peer_eof && !c->close_wanted;
-}
-
-/* Pushes and consumes n bytes of input (n <= its length). */
-static void conn_push_input(lua_State *L, evtcp_conn *c, size_t n) {
-  /* pullup copies only if the bytes span chains; then one copy to Lua */
-  const unsigned char *p = n > 0 ? evbuffer_pullup(c->input, (ev_ssize_t)n) : NULL;
-  lua_pushlstring(L, (const char *)p, n);
-  evbuffer_drain(c->input, n);
-  conn_input_drained(c);
-}
-
-/* Input was consumed: reading may go on below highWaterMark. */
-static void conn_input_drained(evtcp_conn *c) {
-  c->line_scanned = 0;
-  if (c->input_full && evbuffer_get_length(c->input) < c->high_water) {
-    c->input_full = 0;
-    conn_start_reading(c);
-  }
-}
-
-/* Finds the next occurrence of delim in input, scanning only what an
- * earlier call has not (a long line or head arriving in many pieces costs
- * O(n), not O(n^2)): its offset, or -1. */
-static ev_ssize_t conn_find(evtcp_conn *c, size_t have, const char *delim, size_t dlen) {
-  struct evbuffer_ptr from, at;
-  if (c->line_scanned > have) c->line_scanned = 0;
-  if (evbuffer_ptr_set(c->input, &from, c->line_scanned, EVBUFFER_PTR_SET) != 0) return -1;
-  at = evbuffer_search(c->input, delim, dlen, &from);
-  if (at.pos < 0) /* a match may still start in the last dlen-1 bytes */
-    c->line_scanned = have >= dlen ? have - (dlen - 1) : 0;
-  return at.pos;
-}
-
-/* Finds the next line end: the line's length and its end's (1 for \n, 2
- * for \r\n); 0 if there is none yet. */
-static int conn_find_line(evtcp_conn *c, size_t have, size_t *line, size_t *eol) {
-  ev_ssize_t pos = conn_find(c, have, "\n", 1);
-  if (pos < 0) return 0;
-  *line = (size_t)pos;
-  *eol = 1;
-  if (*line > 0) {
-    struct evbuffer_ptr before;
-    char prev = 0;
-    evbuffer_ptr_set(c->input, &before, *line - 1, EVBUFFER_PTR_SET);
-    if (evbuffer_copyout_from(c->input, &before, &prev, 1) == 1 && prev == '\r') {
-      (*line)--;
-      *eol = 2;
-    }
-  }
-  return 1;
-}
-
-/* A line or a delimited frame is over highWaterMark with no end in sight:
- * nil, "too long", and what was buffered (consumed), so that a peer cannot
- * decide how much memory evtcp keeps. */
-static int conn_too_long(lua_State *L, evtcp_conn *c) {
-  lua_pushnil(L);
-  lua_pushliteral(L, "too long");
-  conn_push_input(L, c, evbuffer_get_length(c->input));
-  return 3;
-}
-
-/* Why no more input will come: "closed", or the error's message. */
-static void conn_push_end_reason(lua_State *L, const evtcp_conn *c) {
-  if (c->failure) lua_pushstring(L, c->failure->message);
-  else lua_pushliteral(L, "closed");
-}
-
-/* receive's argument errors name receive, whichever path called. */
-static int receive_arg_error(lua_State *L, int arg, const char *msg) {
-  return luaL_error(L, "bad argument #%d to 'receive' (%s)", arg, msg);
-}
-
-/* Reads what the arguments ask for: stack (conn, pattern, timeout,
- * delimiter); a delimiter (receiveUntil) wins over the pattern. */
-static int conn_read_now(lua_State *L, evtcp_conn *c) {
-  size_t have;
-  if (c->obj.loop == NULL) { /* collected (seen from another finalizer) */
-    lua_pushnil(L);
-    lua_pushliteral(L, "closed");
-    lua_pushliteral(L, "");
-    return 3;
-  }
-  if (!c->receiving) {
-    if (conn_handler_has(L, "onData"))
-      return luaL_error(L, "evtcp: this connection has an onData callback; it cannot also be read with receive");
-    c->receiving = 1;
-  }
-  if (c->input == NULL && (c->input = evbuffer_new()) == NULL) return luaL_error(L, "evtcp: out of memory");
-  have = evbuffer_get_length(c->input);
-  if (lua_type(L, 4) == LUA_TSTRING) {
-    size_t dlen;
-    const char *delim = lua_tolstring(L, 4, &dlen);
-    ev_ssize_t at = conn_find(c, have, delim, dlen);
-    if (at >= 0) {
-      conn_push_input(L, c, (size_t)at);
-      evbuffer_drain(c->input, dlen);
-      return 1;
-    }
-    if (have >= c->high_water) return conn_too_long(L, c);
-  } else if (lua_isnoneornil(L, 2)) {
-    if (have > 0) { conn_push_input(L, c, have); return 1; }
-  } else if (lua_type(L, 2) == LUA_TNUMBER) {
-    lua_Integer n = 0;
-    if (!lua_isinteger(L, 2) && !(lua_tonumber(L, 2) == (lua_Number)(n = (lua_Integer)lua_tonumber(L, 2))))
-      return receive_arg_error(L, 2, "byte count must be an integer >= 0");
-    if (lua_isinteger(L, 2)) n = lua_tointeger(L, 2);
-    if (n < 0) return receive_arg_error(L, 2, "byte count must be an integer >= 0");
-    if ((lua_Integer)have >= n) { conn_push_input(L, c, (size_t)n); return 1; }
-    if ((size_t)n > c->high_water && c->input_full) { /* let it grow past the mark */
-      c->input_full = 0;
-      conn_start_reading(c);
-    }
-  } else {
-    const char *p = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
-    if (p == NULL)
-      return receive_arg_error(L, 2, lua_pushfstring(L, "pattern expected, got %s", luaL_typename(L, 2)));
-    if (*p == '*') p++;
-    if (*p == 'l') {
-      size_t line, eol;
-      if (conn_find_line(c, have, &line, &eol)) {
-        conn_push_input(L, c, line);
-        evbuffer_drain(c->input, eol);
-        return 1;
-      }
-      if (have >= c->high_water) return conn_too_long(L, c);
-    } else if (*p == 'a') {
-      /* everything until a clean close; a reset is an error, with partial */
-      if (!conn_input_may_grow(c) && c->failure == NULL) { conn_push_input(L, c, have); return 1; }
-      if (c->input_full) { c->input_full = 0; conn_start_reading(c); }
-    } else {
-      return receive_arg_error(L, 2, lua_pushfstring(L, "invalid pattern '%s'", lua_tostring(L, 2)));
-    }
-  }
-  if (conn_input_may_grow(c)) return -1;
-  lua_pushnil(L);
-  conn_push_end_reason(L, c);
-  conn_push_input(L, c, evbuffer_get_length(c->input)); /* the partial result */
-  return 3;
-}
-
-/* conn:_read(pattern, delimiter) -> data | nil, "wait" | nil, reason, partial */
-static int conn_read(lua_State *L) {
-  int n;
-  evtcp_conn *c = check_conn(L, 1);
-  lua_settop(L, 3);
-  lua_pushnil(L);
-  lua_insert(L, 3); /* conn pattern nil delimiter */
-  n = conn_read_now(L, c);
-  if (n >= 0) return n;
-  lua_pushnil(L);
-  lua_pushliteral(L, "wait");
-  return 2;
-}
-
-static int conn_receive_done(lua_State *L, int status, lua_KContext ctx) {
-  (void)status; (void)ctx;
-  return lua_gettop(L);
-}
-
-/* The Lua layer's receive, for timeouts and the contexts that drive the
- * loop: called with receive's own arguments, its results returned. */
-static int conn_receive_in_lua(lua_State *L) {
-  int nargs = lua_gettop(L);
-  loop_push_scheduler(L, 2);       /* receive() of the Lua layer */
-  lua_insert(L, 1);
-  lua_callk(L, nargs, LUA_MULTRET, 0, conn_receive_done);
-  return lua_gettop(L);
-}
-
-static int conn_receive_k(lua_State *L, int status, lua_KContext ctx);
-
-/* conn:receive([pattern [, timeout]]) -> data | nil, err, partial
- * The fast path of blocking style: with no timeout, in a coroutine started
- * by evtcp.spawn, it yields from C and the core resumes this thread when
- * input comes (loop_wake), no Lua in between. Everything else is the Lua
- * layer's receive. */
-static int conn_receive(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
-  int n;
-  if (!lua_isnoneornil(L, 3)) return conn_receive_in_lua(L);
-  lua_settop(L, 4);
-  n = conn_read_now(L, c);
-  if (n >= 0) return n;
-  if (!loop_is_spawned(L)) return conn_receive_in_lua(L);
-  lua_pushthread(L);
-  loop_add_waiter(L, 1, -1, WAKE_INPUT | WAKE_STATE, WAIT_READER);
-  lua_pop(L, 1);
-  return lua_yieldk(L, 0, 0, conn_receive_k);
-}
-
-static int conn_receive_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status; (void)ctx;
-  lua_settop(L, 4); /* resumed with no values: look again */
-  return conn_receive(L);
-}
-
-/* conn:receiveUntil(delimiter [, timeout]) -> the bytes before the next
- * delimiter (consumed, not returned) | nil, err, partial. OpenResty's
- * receiveuntil: "\r\n\r\n" reads an HTTP head. Runs as receive does, with
- * the stack (conn, nil, timeout, delimiter). */
-static int conn_receive_until(lua_State *L) {
-  check_conn(L, 1);
-  if (lua_type(L, 2) != LUA_TSTRING || lua_rawlen(L, 2) == 0)
-    return luaL_error(L, "bad argument #2 to 'receiveUntil' (delimiter must be a non-empty string, got %s)",
-                      lua_type(L, 2) == LUA_TSTRING ? "\"\"" : luaL_typename(L, 2));
-  lua_settop(L, 3);
-  lua_pushvalue(L, 2);
-  lua_pushnil(L);
-  lua_replace(L, 2); /* conn nil timeout delimiter */
-  return conn_receive(L);
-}
-
-/* conn:_take() -> all buffered input (the partial result of a timeout). */
-static int conn_take(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
-  if (c->input == NULL) lua_pushliteral(L, "");
-  else conn_push_input(L, c, evbuffer_get_length(c->input));
-  return 1;
-}
-
-/* conn:_state() -> "connecting" | "open" | "closed", highWaterMark, and
- * whether it ever was open */
-static int conn_state_name(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
-  if (c->state < CONN_OPEN) lua_pushliteral(L, "connecting");
-  else if (c->state == CONN_OPEN) lua_pushliteral(L, "open");
-  else lua_pushliteral(L, "closed");
-  lua_pushinteger(L, (lua_Integer)c->high_water);
-  lua_pushboolean(L, c->was_open);
-  return 3;
-}
-
-/* conn:_flags() -> the internal state in words, for the fuzzer's reports */
-static int conn_flags(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
-  lua_pushfstring(L, "state=%d reading=%d paused=%d input_full=%d peer_eof=%d close_wanted=%d "
-                  "receiving=%d anchors=%d input=%d buffered=%d fd=%d",
-                  (int)c->state, c->reading, c->paused, c->input_full, c->peer_eof, c->close_wanted,
-                  c->receiving, (int)c->obj.anchors, c->input ? (int)evbuffer_get_length(c->input) : -1,
-                  (int)conn_buffered(c), (int)c->fd);
-  return 1;
-}
-
 /* ---- construction and collection ---- */
 
 /* Pushes a new connection userdata in its terminated state (safe to
  * collect whatever fails next). */
-static evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
+evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
   evtcp_conn *c = (evtcp_conn *)lua_newuserdatauv(L, sizeof *c, UV_CONN_COUNT);
   memset(c, 0, sizeof *c);
   c->state = CONN_TERMINATED;
@@ -1293,64 +842,11 @@ static evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
 
 /* Stores the handler at handler_index in the new connection on top, reads
  * its options and anchors the connection if the handler has callbacks. */
-static void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index, int arg, int client) {
+void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index, int arg, int client) {
   conn_read_options(L, c, handler_index, arg, client);
   lua_pushvalue(L, handler_index);
   lua_setiuservalue(L, -2, UV_HANDLER);
   if (conn_handler_has_callbacks(L, handler_index)) loop_anchor(&c->obj, ANCHOR_CALLBACKS);
-}
-
-/* evtcp.connect(address, port [, options]); address "unix:/path" (or
- * "unix:@name") with port nil is a Unix domain socket. */
-int conn_connect(lua_State *L) {
-  evtcp_loop *loop = loop_get(L);
-  const char *host;
-  lua_Integer port = 0;
-  evtcp_conn *c;
-  int is_unix;
-  luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
-  host = lua_tostring(L, 1);
-  luaL_argcheck(L, lua_rawlen(L, 1) > 0 && lua_rawlen(L, 1) < 256, 1, "address must be 1 to 255 bytes");
-  is_unix = sockaddr_is_unix(host);
-  if (is_unix) {
-    struct sockaddr_un sun;
-    socklen_t len;
-    const char *why;
-    if (sockaddr_unix_parse(host, &sun, &len, &why) != 0) luaL_argerror(L, 1, why);
-    if (lua_istable(L, 2) && lua_isnone(L, 3)) { /* connect("unix:/p", handler): no port to give */
-      lua_pushnil(L);
-      lua_insert(L, 2);
-    }
-    luaL_argcheck(L, lua_isnoneornil(L, 2), 2, "port must be nil for a Unix socket");
-  } else {
-    luaL_argexpected(L, lua_type(L, 2) == LUA_TNUMBER, 2, "number");
-    port = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, port >= 1 && port <= 65535, 2, "port must be in 1..65535");
-  }
-  if (lua_isnoneornil(L, 3)) {
-    lua_settop(L, 2);
-    lua_newtable(L);
-  }
-  luaL_argexpected(L, lua_istable(L, 3) || lua_isuserdata(L, 3), 3, "table");
-  lua_settop(L, 3);
-  c = conn_alloc(L, loop);
-  conn_adopt_handler(L, c, 3, 3, 1);
-  if (is_unix) {
-    const char *misuse = NULL;
-    if (c->bind_port >= 0) misuse = "localAddress and localPort do not apply to a Unix socket";
-    else if (c->tls && c->tls_verify && c->tls_host == NULL)
-      misuse = "TLS over a Unix socket needs tls.serverName (the name the certificate is checked "
-               "against), or tls.verify = false";
-    if (misuse) { /* the connection never starts: it must not stay anchored */
-      loop_unanchor(&c->obj, ANCHOR_CALLBACKS);
-      luaL_argerror(L, 3, misuse);
-    }
-    if ((c->unix_path = strdup(host + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
-  }
-  c->state = CONN_RESOLVING;
-  loop_anchor(&c->obj, ANCHOR_CONNECTING); /* work in flight keeps run() going */
-  conn_begin(L, c, host, (int)port);
-  return 1;
 }
 
 /* Runs under loop_pcall from the listener: adopts an accepted socket.

@@ -122,4 +122,27 @@ void listener_local_address(struct evtcp_listener *l, evtcp_addr *out);
 SSL_CTX *listener_tls_context(struct evtcp_listener *l);
 const char *listener_unix_path(struct evtcp_listener *l);
 
+/* Shared by the connection's files: conn.c (state machine, data path,
+ * methods, collection), conn_connect.c (connecting), conn_receive.c
+ * (blocking-style reads). */
+int conn_note_failure(evtcp_conn *c, int err, const char *component);
+void conn_on_tls_readable(struct bufferevent *bev, void *arg);
+void conn_on_written(struct bufferevent *bev, void *arg);
+void conn_on_bev_event(struct bufferevent *bev, short what, void *arg);
+void conn_free_bev(struct bufferevent **bev, SSL **ssl, evutil_socket_t *fd);
+void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst);
+struct timeval seconds_tv(double s);
+evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop);
+void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index, int arg, int client);
+void conn_start_reading(evtcp_conn *c);
+int conn_handler_has(lua_State *L, const char *name);
+void conn_try_next_address(evtcp_conn *c);
+void conn_input_drained(evtcp_conn *c);
+int conn_read(lua_State *L);
+int conn_receive(lua_State *L);
+int conn_receive_until(lua_State *L);
+int conn_take(lua_State *L);
+int conn_state_name(lua_State *L);
+int conn_flags(lua_State *L);
+
 #endif

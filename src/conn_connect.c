@@ -1,0 +1,268 @@
+/*
+ * conn_connect.c - a client connection on its way to OPEN: the lookup, one
+ * attempt per address (failover to the next), the connect timeout, local
+ * bind, TLS sessions resumed from the Lua state's cache, and
+ * evtcp.connect itself. The rest of the state machine is in conn.c.
+ */
+#include "platform.h" /* first: feature macros */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/un.h>
+#include "conn.h"
+
+/* ---- connecting ---- */
+
+/* Starts connecting to the next address; ends the connection with the last
+ * failure when none is left. Runs no Lua (may run inside a method). */
+/* A non-blocking socket of family bound to localAddress/localPort, or -1
+ * with *err (an address of the other family fails this address only). */
+static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *err) {
+  evtcp_addr a;
+  socklen_t len;
+  evutil_socket_t fd;
+  memset(&a, 0, sizeof a);
+  if (c->bind_addr.sa.sa_family != 0) {
+    if (c->bind_addr.sa.sa_family != family) { *err = EAFNOSUPPORT; return -1; }
+    a = c->bind_addr;
+  }
+  a.sa.sa_family = (sa_family_t)family;
+  if (family == AF_INET) { a.in.sin_port = htons((unsigned short)c->bind_port); len = sizeof a.in; }
+  else { a.in6.sin6_port = htons((unsigned short)c->bind_port); len = sizeof a.in6; }
+  fd = socket(family, SOCK_STREAM, 0);
+  if (fd < 0) { *err = errno; return -1; }
+  if (evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0 ||
+      bind(fd, &a.sa, len) != 0) {
+    *err = errno;
+    evutil_closesocket(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Starts connecting to one address: a new bufferevent (TLS or plain) and,
+ * with localAddress/localPort, our own bound socket. Returns 0 once the
+ * attempt is under way, or -1 with the reason in c->failure. */
+/* OpenSSL's new-session callback of a client context: the session (a TLS
+ * 1.3 ticket comes after the handshake) goes to the Lua state's cache, for
+ * the next connection to the same host, port and settings. */
+static int conn_on_tls_session(SSL *ssl, SSL_SESSION *session) {
+  evtcp_conn *c = (evtcp_conn *)SSL_get_app_data(ssl);
+  if (c == NULL || c->tls_session_key == NULL || c->obj.loop == NULL) return 0;
+  tls_cache_put(c->obj.loop, c->tls_session_key, session);
+  return 1; /* the cache owns it */
+}
+
+/* A client TLS session for the next address, resuming a cached session. */
+static SSL *conn_tls_session(evtcp_conn *c) {
+  SSL *ssl = tls_client_session(c->tls_ctx, c->tls_host, c->tls_verify);
+  SSL_SESSION *cached;
+  if (ssl == NULL) return NULL;
+  SSL_set_app_data(ssl, c);
+  SSL_CTX_sess_set_new_cb(c->tls_ctx, conn_on_tls_session);
+  if (c->tls_session_key && (cached = tls_cache_get(c->obj.loop, c->tls_session_key)) != NULL)
+    SSL_set_session(ssl, cached);
+  return ssl;
+}
+
+static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
+  if (c->tls) {
+    SSL *ssl = conn_tls_session(c);
+    c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl,
+                                                  BUFFEREVENT_SSL_CONNECTING, 0)
+                 : NULL;
+    if (c->bev == NULL) { SSL_free(ssl); return conn_note_failure(c, ENOMEM, "evtcp"); }
+    c->ssl = ssl;
+    /* a peer that closes without close_notify is an end, not an error */
+    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+  } else {
+    c->bev = bufferevent_socket_new(c->obj.loop->base, -1, 0);
+    if (c->bev == NULL) return conn_note_failure(c, ENOMEM, "evtcp");
+  }
+  bufferevent_setcb(c->bev, c->tls ? conn_on_tls_readable : NULL, conn_on_written, conn_on_bev_event, c);
+  if (sa->sa_family != AF_UNIX)
+    memcpy(&c->peer, sa, (size_t)len < sizeof c->peer ? (size_t)len : sizeof c->peer);
+  c->state = CONN_CONNECTING;
+  if (c->bind_port >= 0) { /* localAddress / localPort: our own socket, bound */
+    int err = 0;
+    evutil_socket_t fd = conn_bound_socket(c, sa->sa_family, &err);
+    if (fd < 0 || bufferevent_setfd(c->bev, fd) != 0) {
+      if (fd >= 0) evutil_closesocket(fd);
+      conn_free_bev(&c->bev, &c->ssl, &c->fd);
+      return conn_note_failure(c, err ? err : ENOMEM, "evtcp");
+    }
+  }
+  if (bufferevent_socket_connect(c->bev, sa, len) == 0) {
+    c->fd = bufferevent_getfd(c->bev); /* ours to close */
+    return 0;
+  }
+  conn_note_failure(c, EVUTIL_SOCKET_ERROR(), "libevent");
+  c->fd = bufferevent_getfd(c->bev); /* libevent closed the socket it made */
+  conn_free_bev(&c->bev, &c->ssl, &c->fd);
+  return -1;
+}
+
+/* Ends the connection with the failure of the last address tried. */
+static void conn_connect_failed(evtcp_conn *c) {
+  if (c->failure == NULL) {
+    evtcp_failure f;
+    failure_from_errno(&f, ENOMEM, "evtcp");
+    conn_end(c, &f, 0);
+  } else {
+    conn_end(c, NULL, 0); /* reports the recorded failure */
+  }
+}
+
+void conn_try_next_address(evtcp_conn *c) {
+  while (c->next_addr != NULL) {
+    struct evutil_addrinfo *ai = c->next_addr;
+    c->next_addr = ai->ai_next;
+    if (conn_connect_to(c, ai->ai_addr, (int)ai->ai_addrlen) == 0) return;
+  }
+  conn_connect_failed(c);
+}
+
+static void conn_on_resolved(void *owner, int gai_code, struct evutil_addrinfo *addrs) {
+  evtcp_conn *c = (evtcp_conn *)owner;
+  c->lookup = NULL;
+  if (gai_code != 0 || addrs == NULL) {
+    evtcp_failure f;
+    if (addrs) evutil_freeaddrinfo(addrs);
+    failure_from_dns(&f, gai_code ? gai_code : EVUTIL_EAI_NONAME);
+    conn_end(c, &f, 0);
+    return;
+  }
+  c->addrs = c->next_addr = addrs;
+  conn_try_next_address(c);
+}
+
+static void conn_on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  evtcp_failure f;
+  (void)fd; (void)what;
+  if (c->failure) { free(c->failure); c->failure = NULL; }
+  failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp", "connect timeout");
+  conn_end(c, &f, 0);
+}
+
+/* Starts resolving or connecting to host:port. Runs no Lua callback. */
+static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) {
+  struct evutil_addrinfo hints, *literal = NULL;
+  char portstr[8], bare[64];
+  size_t n = strlen(host);
+  snprintf(portstr, sizeof portstr, "%d", port);
+  if (c->connect_timeout >= 0) {
+    struct timeval tv = seconds_tv(c->connect_timeout);
+    c->connect_timer = evtimer_new(c->obj.loop->base, conn_on_connect_timeout, c);
+    if (c->connect_timer == NULL) luaL_error(L, "evtcp: out of memory");
+    evtimer_add(c->connect_timer, &tv);
+  }
+  if (c->unix_path != NULL) { /* no lookup, one address */
+    struct sockaddr_un sun;
+    socklen_t len;
+    const char *why;
+    sockaddr_unix_parse(host, &sun, &len, &why); /* checked by conn_connect */
+    if (conn_connect_to(c, (struct sockaddr *)&sun, (int)len) != 0) conn_connect_failed(c);
+    return;
+  }
+  /* "[::1]" is accepted for an IPv6 literal, as in URLs */
+  if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n - 2 < sizeof bare) {
+    memcpy(bare, host + 1, n - 2);
+    bare[n - 2] = '\0';
+    host = bare;
+  }
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
+  if (evutil_getaddrinfo(host, portstr, &hints, &literal) == 0 && literal != NULL) {
+    c->addrs = c->next_addr = literal;  /* an IP literal: no lookup */
+    conn_try_next_address(c);
+    return;
+  }
+  c->state = CONN_RESOLVING;
+  c->lookup = lookup_start(c->obj.loop, host, portstr, conn_on_resolved, c);
+}
+
+/* Starts the connection, or reports a TLS context that could not be made. */
+static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
+  if (c->tls && c->tls_ctx == NULL) { /* the failure is recorded */
+    c->state = CONN_RESOLVING;
+    conn_end(c, NULL, 0);
+    return;
+  }
+  if (c->tls && c->tls_host == NULL && c->unix_path == NULL) {
+    size_t n = strlen(host);
+    int bracketed = n >= 2 && host[0] == '[' && host[n - 1] == ']';
+    c->tls_host = bracketed ? strndup(host + 1, n - 2) : strdup(host);
+    if (c->tls_host == NULL) luaL_error(L, "evtcp: out of memory");
+  }
+  if (c->tls && c->tls_session_key != NULL) {
+    /* sessions are per host, port, name verified and settings: a resumed
+     * session skips verification, so it must have passed the same one */
+    const char *name = c->tls_host ? c->tls_host : "";
+    size_t size = strlen(host) + strlen(name) + strlen(c->tls_session_key) + 16;
+    char *key = (char *)malloc(size);
+    if (key == NULL) luaL_error(L, "evtcp: out of memory");
+    snprintf(key, size, "%s:%d|%s%s", host, port, name, c->tls_session_key);
+    free(c->tls_session_key);
+    c->tls_session_key = key;
+  }
+  conn_start(L, c, host, port);
+}
+
+/* evtcp.connect(address, port [, options]); address "unix:/path" (or
+ * "unix:@name") with port nil is a Unix domain socket. */
+int conn_connect(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  const char *host;
+  lua_Integer port = 0;
+  evtcp_conn *c;
+  int is_unix;
+  luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
+  host = lua_tostring(L, 1);
+  luaL_argcheck(L, lua_rawlen(L, 1) > 0 && lua_rawlen(L, 1) < 256, 1, "address must be 1 to 255 bytes");
+  is_unix = sockaddr_is_unix(host);
+  if (is_unix) {
+    struct sockaddr_un sun;
+    socklen_t len;
+    const char *why;
+    if (sockaddr_unix_parse(host, &sun, &len, &why) != 0) luaL_argerror(L, 1, why);
+    if (lua_istable(L, 2) && lua_isnone(L, 3)) { /* connect("unix:/p", handler): no port to give */
+      lua_pushnil(L);
+      lua_insert(L, 2);
+    }
+    luaL_argcheck(L, lua_isnoneornil(L, 2), 2, "port must be nil for a Unix socket");
+  } else {
+    luaL_argexpected(L, lua_type(L, 2) == LUA_TNUMBER, 2, "number");
+    port = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, port >= 1 && port <= 65535, 2, "port must be in 1..65535");
+  }
+  if (lua_isnoneornil(L, 3)) {
+    lua_settop(L, 2);
+    lua_newtable(L);
+  }
+  luaL_argexpected(L, lua_istable(L, 3) || lua_isuserdata(L, 3), 3, "table");
+  lua_settop(L, 3);
+  c = conn_alloc(L, loop);
+  conn_adopt_handler(L, c, 3, 3, 1);
+  if (is_unix) {
+    const char *misuse = NULL;
+    if (c->bind_port >= 0) misuse = "localAddress and localPort do not apply to a Unix socket";
+    else if (c->tls && c->tls_verify && c->tls_host == NULL)
+      misuse = "TLS over a Unix socket needs tls.serverName (the name the certificate is checked "
+               "against), or tls.verify = false";
+    if (misuse) { /* the connection never starts: it must not stay anchored */
+      loop_unanchor(&c->obj, ANCHOR_CALLBACKS);
+      luaL_argerror(L, 3, misuse);
+    }
+    if ((c->unix_path = strdup(host + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
+  }
+  c->state = CONN_RESOLVING;
+  loop_anchor(&c->obj, ANCHOR_CONNECTING); /* work in flight keeps run() going */
+  conn_begin(L, c, host, (int)port);
+  return 1;
+}
+
