@@ -45,6 +45,9 @@
 #include "evtcp.h"
 #include "tls.h"
 
+#define READ_CHUNK (64 * 1024)  /* bytes read per recv(), and handed to one onData */
+#define READ_ROUNDS 8           /* recv() calls per wake-up at most */
+
 typedef enum {
   CONN_RESOLVING, CONN_CONNECTING, CONN_OPEN, CONN_CLOSING, CONN_TERMINATED
 } conn_state;
@@ -144,5 +147,16 @@ int conn_receive_until(lua_State *L);
 int conn_take(lua_State *L);
 int conn_state_name(lua_State *L);
 int conn_flags(lua_State *L);
+int conn_become_open(evtcp_conn *c);
+void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port);
+void conn_bev_timeouts(evtcp_conn *c);
+void conn_deliver(evtcp_conn *c, evtcp_event_type type);
+int conn_deliver_kept(evtcp_conn *c);
+void conn_fail(evtcp_conn *c, int err, const char *component);
+void conn_flushed(evtcp_conn *c, int from_loop);
+int conn_push(evtcp_conn *c);
+void conn_retire_bev(evtcp_conn *c);
+void conn_stop_reading(evtcp_conn *c);
+void conn_update_read_timeout(evtcp_conn *c);
 
 #endif

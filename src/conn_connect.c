@@ -187,7 +187,7 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
 }
 
 /* Starts the connection, or reports a TLS context that could not be made. */
-static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
+void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
   if (c->tls && c->tls_ctx == NULL) { /* the failure is recorded */
     c->state = CONN_RESOLVING;
     conn_end(c, NULL, 0);

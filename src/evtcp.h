@@ -5,6 +5,7 @@
  *   loop.c        the per-state event_base, run/step/stop, the callback
  *                 trampoline, anchoring, the deferred-work queue, waiters
  *   conn.c        TCPConnection: state machine and data path (conn.h)
+ *   conn_io.c     the data path and libevent callbacks
  *   conn_connect.c  connecting: lookup, failover, connect timeout, TLS sessions
  *   conn_receive.c  receive() by pattern and receiveUntil (blocking style)
  *   proxy.c       the PROXY protocol header reader (listeners)

@@ -1,0 +1,350 @@
+/*
+ * conn_io.c - the connection's data path and libevent's callbacks: reading
+ * plain TCP with our own event straight into the Lua string, TLS through
+ * the OpenSSL bufferevent, the read timeout and backpressure, the output
+ * queue emptying (shutdown and close once flushed), the peer's FIN, and
+ * the bufferevent's events while connecting and open (conn.h).
+ */
+#include "platform.h" /* first: feature macros */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/uio.h>
+#include <netinet/tcp.h>
+#include "conn.h"
+
+/* ---- reading ---- */
+
+struct timeval seconds_tv(double s) {
+  struct timeval tv;
+  tv.tv_sec = (long)s;
+  tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
+  return tv;
+}
+
+static int conn_wants_reading(const evtcp_conn *c) {
+  return c->state == CONN_OPEN && (c->read_ev || c->tls) && !c->paused && !c->input_full &&
+         !c->peer_eof && !c->close_wanted;
+}
+
+/* The bufferevent's timeouts: write always, read only over TLS (where the
+ * bufferevent reads) and only while reading. */
+void conn_bev_timeouts(evtcp_conn *c) {
+  struct timeval r, w;
+  int use_r = c->tls && c->reading && c->read_timeout >= 0;
+  if (c->bev == NULL) return;
+  if (use_r) r = seconds_tv(c->read_timeout);
+  if (c->write_timeout >= 0) w = seconds_tv(c->write_timeout);
+  bufferevent_set_timeouts(c->bev, use_r ? &r : NULL, c->write_timeout >= 0 ? &w : NULL);
+}
+
+void conn_start_reading(evtcp_conn *c) {
+  if (c->reading || !conn_wants_reading(c)) return;
+  if (c->tls) {
+    c->reading = 1;
+    conn_bev_timeouts(c);
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+      c->tls_backlog = 1; /* decrypted while paused: no new read will report it */
+      loop_defer(&c->obj);
+    }
+    return;
+  }
+  if (c->read_timeout >= 0) {
+    struct timeval tv = seconds_tv(c->read_timeout);
+    event_add(c->read_ev, &tv);
+  } else {
+    event_add(c->read_ev, NULL);
+  }
+  c->reading = 1;
+}
+
+void conn_stop_reading(evtcp_conn *c) {
+  if (!c->reading) return;
+  c->reading = 0;
+  if (c->tls) {
+    bufferevent_disable(c->bev, EV_READ);
+    conn_bev_timeouts(c);
+  } else {
+    event_del(c->read_ev);
+  }
+}
+
+/* Re-arms read_ev so a changed read timeout takes effect. */
+void conn_update_read_timeout(evtcp_conn *c) {
+  conn_stop_reading(c);
+  conn_start_reading(c);
+}
+
+/* ---- when the output queue empties ---- */
+
+static void conn_shut_write(evtcp_conn *c) {
+  evutil_socket_t fd = c->fd;
+  if (c->write_shut_done || fd < 0) return;
+  if (c->tls) { /* close_notify first: TLS's own end of the stream */
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    if (ssl) SSL_shutdown(ssl);
+  }
+  shutdown(fd, SHUT_WR);
+  c->write_shut_done = 1;
+}
+
+/* Everything queued has reached the kernel: do what waited for it. */
+void conn_flushed(evtcp_conn *c, int from_loop) {
+  loop_unanchor(&c->obj, ANCHOR_OUTPUT);
+  /* after the peer's FIN, our side closes once flushed, unless the program
+   * keeps it open (allowHalfOpen) until it calls shutdown() or close() */
+  if (c->close_wanted || (c->peer_eof && (!c->allow_half_open || c->write_shut_wanted))) {
+    conn_end(c, NULL, 0); /* closing the socket sends our FIN */
+    return;
+  }
+  if (c->write_shut_wanted) conn_shut_write(c);
+  if (from_loop) loop_wake(&c->obj, WAKE_OUTPUT); /* a send() waiting for room */
+  if (c->drain_wanted) {
+    c->drain_wanted = 0;
+    if (from_loop) {
+      conn_deliver(c, EVT_DRAIN);
+    } else {
+      c->drain_due = 1;
+      loop_defer(&c->obj);
+    }
+  }
+}
+
+/* ---- libevent callbacks ---- */
+
+/* Input was added for receive(): pause at highWaterMark, wake the reader. */
+static void conn_input_grew(evtcp_conn *c) {
+  if (evbuffer_get_length(c->input) >= c->high_water) {
+    c->input_full = 1;
+    conn_stop_reading(c);
+  }
+  loop_wake(&c->obj, WAKE_INPUT);
+}
+
+/* Bytes read from the socket (or decrypted): to onData, or kept in `input`
+ * for receive(). Input is appended by copy, sized to what came: reserving
+ * a 64 KiB read area in the buffer instead kept 128 KiB per idle
+ * connection (libevent rounds the reservation up). */
+static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
+  c->bytes_read += n;
+  if (!c->receiving && c->input && evbuffer_get_length(c->input) > 0) {
+    /* bytes kept while there was no onData go first */
+    if (evbuffer_add(c->input, buf, n) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
+    if (conn_deliver_kept(c)) return;
+    conn_input_grew(c);
+    return;
+  }
+  if (!c->receiving) {
+    evtcp_notice notice;
+    if (!conn_push(c)) return;
+    notice.type = EVT_DATA;
+    notice.data = buf;
+    notice.len = n;
+    notice.peer = &c->peer.sa;
+    notice.path = c->unix_path;
+    if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK || notice.handled) return;
+  }
+  /* no onData: keep the bytes for receive(), up to highWaterMark */
+  if (c->input == NULL) c->input = evbuffer_new();
+  if (c->input == NULL || evbuffer_add(c->input, buf, n) != 0) {
+    conn_fail(c, ENOMEM, "evtcp");
+    return;
+  }
+  conn_input_grew(c);
+}
+
+/* The peer's FIN: what came before it has been delivered; then onEnd, then
+ * (without allowHalfOpen) our side closes once what is queued is flushed. */
+static void conn_on_peer_eof(evtcp_conn *c) {
+  c->peer_eof = 1;
+  conn_stop_reading(c);
+  loop_wake(&c->obj, WAKE_INPUT); /* a receive("a") is complete */
+  if (!c->receiving) conn_deliver_kept(c);
+  if (c->state == CONN_OPEN) {
+    c->in_on_end = 1; /* a reply sent from onEnd is flushed before the close */
+    conn_deliver(c, EVT_END);
+    c->in_on_end = 0;
+  }
+  if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_flushed(c, 1);
+}
+
+/* TLS: the bufferevent decrypted input; hand it on like conn_on_readable. */
+void conn_on_tls_readable(struct bufferevent *bev, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  struct evbuffer *in = bufferevent_get_input(bev);
+  size_t len;
+  while (c->reading && !loop_has_error(c->obj.loop) && (len = evbuffer_get_length(in)) > 0) {
+    if (c->receiving) {
+      if (evbuffer_add_buffer(c->input, in) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
+      conn_input_grew(c);
+    } else {
+      /* copied out, not pulled up: a pullup of several records' chains
+       * allocates a new chain and copies once more (bench/: TLS bulk) */
+      char buf[READ_CHUNK];
+      ev_ssize_t n = evbuffer_copyout(in, buf, len < sizeof buf ? len : sizeof buf);
+      if (n <= 0) break;
+      conn_deliver_data(c, buf, (size_t)n);
+      evbuffer_drain(in, (size_t)n);
+    }
+  }
+}
+
+/* read_ev: reads up to READ_ROUNDS chunks while the socket has data and the
+ * program still wants it (a callback may close, pause or fail). */
+static void conn_on_readable(evutil_socket_t fd, short what, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  char buf[READ_CHUNK];
+  int round;
+  if (what & EV_TIMEOUT) {
+    evtcp_failure f;
+    failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp", "read timeout");
+    conn_end(c, &f, 0);
+    return;
+  }
+  for (round = 0; round < READ_ROUNDS; round++) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      conn_deliver_data(c, buf, (size_t)n);
+      if (!c->reading || loop_has_error(c->obj.loop) || (size_t)n < sizeof buf) return;
+    } else if (n == 0) {
+      conn_on_peer_eof(c);
+      return;
+    } else {
+      int err = EVUTIL_SOCKET_ERROR();
+      if (!io_would_block(err)) conn_fail(c, err, "evtcp");
+      return;
+    }
+  }
+}
+
+/* The bufferevent's write callback: output drained to its low mark (0). */
+void conn_on_written(struct bufferevent *bev, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  (void)bev;
+  if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_flushed(c, 1);
+}
+
+/* OPEN: the socket is connected (client) or accepted (server). */
+int conn_become_open(evtcp_conn *c) {
+  evutil_socket_t fd = c->fd;
+#if !defined(MSG_NOSIGNAL) && defined(SO_NOSIGPIPE)
+  {
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+  }
+#endif
+  c->state = CONN_OPEN;
+  c->was_open = 1;
+  loop_unanchor(&c->obj, ANCHOR_CONNECTING);
+  if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
+  if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
+  /* the peer's address is known (dialled or accepted); the local one is
+   * asked for when the program reads it: no syscalls here */
+  conn_apply_socket_options(c);
+  conn_bev_timeouts(c);
+  if (!c->tls) {
+    c->read_ev = event_new(c->obj.loop->base, fd, EV_READ | EV_PERSIST, conn_on_readable, c);
+    if (c->read_ev == NULL) return -1;
+  }
+  if (c->early && evbuffer_get_length(c->early) > 0 && c->bev) {
+    if (bufferevent_write_buffer(c->bev, c->early) != 0) return -1;
+  }
+  conn_start_reading(c);
+  return 0;
+}
+
+/* Was the connection reset? A FIN leaves the socket in CLOSE_WAIT, a
+ * reset in CLOSE. (Once our side has sent its FIN, the peer's FIN moves
+ * the socket to CLOSE too: then it cannot be told apart, and is an end.) */
+static int conn_was_reset(const evtcp_conn *c) {
+#if defined(__linux__) && defined(TCP_INFO)
+  struct tcp_info info;
+  socklen_t len = sizeof info;
+  if (c->fd < 0 || c->write_shut_done || getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
+  return info.tcpi_state == TCP_CLOSE;
+#else
+  (void)c; /* elsewhere a reset OpenSSL swallowed reads as an end */
+  return 0;
+#endif
+}
+
+/* The socket's pending error (SO_ERROR), or err when it has none. */
+static int conn_socket_error(evtcp_conn *c, int err) {
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  if (err == ECONNRESET || err == EPIPE || c->fd < 0) return err;
+  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr != 0) return soerr;
+  return err;
+}
+
+void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  int err = EVUTIL_SOCKET_ERROR();
+  (void)bev;
+  if (c->state == CONN_CONNECTING) {
+    if (what & BEV_EVENT_CONNECTED) {
+      free(c->failure); /* an earlier address may have failed */
+      c->failure = NULL;
+      c->fd = bufferevent_getfd(c->bev);
+      {
+        socklen_t len = sizeof c->local;
+        if (getsockname(c->fd, &c->local.sa, &len) != 0) memset(&c->local, 0, sizeof c->local);
+      }
+      if (conn_become_open(c) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
+      conn_deliver(c, EVT_CONNECTION);
+      /* a close() or shutdown() that came while connecting, with nothing
+       * left to flush (what was queued is flushed first: conn_on_written) */
+      if (c->state == CONN_OPEN && conn_buffered(c) == 0 && (c->close_wanted || c->write_shut_wanted))
+        conn_flushed(c, 1);
+      loop_wake(&c->obj, WAKE_STATE); /* dial() */
+      return;
+    }
+    if (c->tls) {
+      evtcp_failure f;
+      int said = tls_bev_failure(c->bev, &f);
+      /* an EOF or a reset here is the peer aborting the handshake: the TCP
+       * connection was up (a refusal would be ECONNREFUSED) */
+      if (said || (what & BEV_EVENT_EOF) || err == ECONNRESET || err == EPIPE) { /* final */
+        if (!said)
+          failure_set(&f, KIND_TLS, err ? err : ECONNRESET, "openssl",
+                      "the peer closed the connection during the TLS handshake");
+        free(c->failure);
+        c->failure = NULL;
+        conn_end(c, &f, 0);
+        return;
+      }
+    }
+    /* this address failed: remember why, try the next one */
+    conn_note_failure(c, err ? err : ECONNREFUSED, "libevent");
+    conn_retire_bev(c);
+    conn_try_next_address(c);
+    return;
+  }
+  if (c->state != CONN_OPEN) return;
+  if (what & BEV_EVENT_TIMEOUT) {
+    evtcp_failure f;
+    failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp",
+                (what & BEV_EVENT_READING) ? "read timeout" : "write timeout");
+    conn_end(c, &f, 0);
+  } else if (what & BEV_EVENT_ERROR) {
+    evtcp_failure f;
+    int soerr = conn_socket_error(c, err);
+    /* a reset is a reset over TLS too, whatever OpenSSL queued about it */
+    if (c->tls && soerr != ECONNRESET && soerr != EPIPE && tls_bev_failure(c->bev, &f)) conn_end(c, &f, 0);
+    else conn_fail(c, soerr ? soerr : EPIPE, "libevent");
+  } else if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_WRITING)) {
+    /* over TLS: the peer's close_notify came while we still had output,
+     * which can no longer be delivered (libevent stops writing): as a
+     * write to a closed socket is over plain TCP */
+    conn_fail(c, EPIPE, "libevent");
+  } else if ((what & BEV_EVENT_EOF) && c->tls && conn_was_reset(c)) {
+    /* OpenSSL can report a reset as an end (a write inside SSL_read took the
+     * socket's error first): the kernel's state tells */
+    conn_fail(c, ECONNRESET, "libevent");
+  } else if (what & BEV_EVENT_EOF) {
+    conn_on_peer_eof(c); /* over TLS the bufferevent reads */
+  }
+}
+
