@@ -23,13 +23,13 @@ static const char conn_mt_key = 'C';
 
 /* The connection at index, or NULL. */
 evtcp_conn *test_conn(lua_State *L, int index) {
-  return (evtcp_conn *)loop_test_udata(L, index, &conn_mt_key);
+  return (evtcp_conn *)object_test(L, index, &conn_mt_key);
 }
 
 /* The type check of every method. */
 evtcp_conn *check_conn(lua_State *L, int index) {
   evtcp_conn *c = test_conn(L, index);
-  if (c == NULL) loop_self_error(L, index, "TCPConnection", &conn_methods_key);
+  if (c == NULL) object_self_error(L, index, "TCPConnection", &conn_methods_key);
   return c;
 }
 
@@ -68,7 +68,7 @@ void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst) {
   }
   c->state = CONN_CLOSING;
   c->finish_due = 1;
-  loop_defer(&c->obj);
+  object_defer(&c->obj);
 }
 
 void conn_fail(evtcp_conn *c, int err, const char *component) {
@@ -110,7 +110,7 @@ void conn_retire_bev(evtcp_conn *c) {
   c->bev = NULL;
   c->ssl = NULL;
   c->fd = -1;
-  loop_defer(&c->obj);
+  object_defer(&c->obj);
 }
 
 /* Frees every libevent object and the socket. No Lua. */
@@ -136,7 +136,7 @@ static void conn_release(evtcp_conn *c) {
 /* Pushes the connection's userdata; 0 (nothing pushed) if it is gone. */
 int conn_push(evtcp_conn *c) {
   lua_State *L = c->obj.loop->L;
-  loop_push_object(L, &c->obj);
+  object_push(L, &c->obj);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
   return 1;
 }
@@ -186,7 +186,7 @@ static void conn_finish(evtcp_conn *c) {
   conn_release(c);
   if (!c->receiving) {
     conn_deliver_kept(c); /* the data came before the end */
-    if (loop_has_error(c->obj.loop)) { loop_defer(&c->obj); return; } /* the rest next run */
+    if (loop_has_error(c->obj.loop)) { object_defer(&c->obj); return; } /* the rest next run */
   }
   c->finish_due = 0;
   c->closed = 1;
@@ -210,12 +210,12 @@ static void conn_finish(evtcp_conn *c) {
   }
   conn_deliver(c, EVT_TERMINATE);
   c->state = CONN_TERMINATED;
-  loop_wake(&c->obj, WAKE_ALL);
+  object_wake(&c->obj, WAKE_ALL);
   if (c->listener) {
     listener_connection_gone(c->listener);
     c->listener = NULL;
   }
-  loop_unanchor(&c->obj, ANCHOR_CALLBACKS | ANCHOR_OUTPUT | ANCHOR_CONNECTING);
+  object_unanchor(&c->obj, ANCHOR_CALLBACKS | ANCHOR_OUTPUT | ANCHOR_CONNECTING);
 }
 
 
@@ -235,7 +235,7 @@ static void conn_run_pending(evtcp_object *obj) {
     if (conn_is_live(c)) conn_deliver(c, EVT_DRAIN);
   }
   if (c->finish_due && !loop_has_error(c->obj.loop)) conn_finish(c);
-  else if (c->finish_due) loop_defer(&c->obj);
+  else if (c->finish_due) object_defer(&c->obj);
 }
 
 /* ---- methods ---- */
@@ -332,7 +332,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
       n = 0;
     }
     if ((size_t)n == total) {
-      if (conn_handler_has(L, "onDrain")) { c->drain_due = 1; loop_defer(&c->obj); }
+      if (conn_handler_has(L, "onDrain")) { c->drain_due = 1; object_defer(&c->obj); }
       return;
     }
     /* the kernel took n bytes: queue the rest, in order */
@@ -356,7 +356,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
     }
   }
   c->drain_wanted = 1;
-  loop_anchor(&c->obj, ANCHOR_OUTPUT);
+  object_anchor(&c->obj, ANCHOR_OUTPUT);
 }
 
 static int conn_send_finish(lua_State *L, int status, lua_KContext ctx) {
@@ -392,7 +392,7 @@ static int conn_send(lua_State *L) {
       if (evbuffer_add(c->early, s, len) != 0) luaL_error(L, "evtcp: out of memory");
       c->bytes_sent += len;
       c->drain_wanted = 1;
-      loop_anchor(&c->obj, ANCHOR_OUTPUT);
+      object_anchor(&c->obj, ANCHOR_OUTPUT);
     }
   }
   if (conn_buffered(c) > c->high_water && c->obj.loop->send_hook_ref != LUA_NOREF &&
@@ -480,7 +480,7 @@ void conn_kept_input_due(evtcp_conn *c) {
       evbuffer_get_length(c->input) == 0 || c->obj.loop == NULL)
     return;
   c->input_due = 1;
-  loop_defer(&c->obj);
+  object_defer(&c->obj);
 }
 
 /* ---- construction and collection ---- */
@@ -500,7 +500,7 @@ evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
   c->high_water = 1024 * 1024;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &conn_mt_key);
   lua_setmetatable(L, -2);
-  loop_register(L, &c->obj, -1);
+  object_register(L, &c->obj, -1);
   return c;
 }
 
@@ -510,7 +510,7 @@ void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index, int arg,
   conn_read_options(L, c, handler_index, arg, client);
   lua_pushvalue(L, handler_index);
   lua_setiuservalue(L, -2, UV_HANDLER);
-  if (conn_handler_has_callbacks(L, handler_index)) loop_anchor(&c->obj, ANCHOR_CALLBACKS);
+  if (conn_handler_has_callbacks(L, handler_index)) object_anchor(&c->obj, ANCHOR_CALLBACKS);
 }
 
 /* Runs under loop_pcall from the listener: adopts an accepted socket.
@@ -550,7 +550,7 @@ int conn_adopt_accepted(lua_State *L) {
                  : NULL;
     if (c->bev == NULL) { SSL_free(ssl); return luaL_error(L, "evtcp: out of memory"); }
     c->ssl = ssl;
-    loop_anchor(&c->obj, ANCHOR_CONNECTING); /* the handshake is work in flight */
+    object_anchor(&c->obj, ANCHOR_CONNECTING); /* the handshake is work in flight */
     bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
     bufferevent_setcb(c->bev, conn_on_tls_readable, conn_on_written, conn_on_bev_event, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
@@ -575,7 +575,7 @@ static int conn__gc(lua_State *L) {
   free(c->unix_path);
   c->unix_path = NULL;
   if (c->listener) { listener_connection_gone(c->listener); c->listener = NULL; }
-  loop_unregister(L, &c->obj);
+  object_unregister(L, &c->obj);
   c->state = CONN_TERMINATED;
   c->obj.loop = NULL;
   return 0;
@@ -595,8 +595,8 @@ static const luaL_Reg conn_methods[] = {
   {"_take", conn_take},
   {"_state", conn_state_name},
   {"_flags", conn_flags},
-  {"_addWaiter", loop_add_waiter_lua},
-  {"_removeWaiter", loop_remove_waiter_lua},
+  {"_addWaiter", object_add_waiter_lua},
+  {"_removeWaiter", object_remove_waiter_lua},
   {NULL, NULL}
 };
 

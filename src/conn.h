@@ -14,7 +14,7 @@
  * Callbacks: onConnection when OPEN is reached (client side) or when the
  * listener adopts the socket (server side); onData while OPEN; the rest on
  * the way out of CLOSING. Methods never run callbacks: they move the state
- * and queue the connection (loop_defer) so the loop delivers them.
+ * and queue the connection (object_defer) so the loop delivers them.
  *
  * Anchors: ANCHOR_CALLBACKS from creation to TERMINATED if the handler has a
  * callback; ANCHOR_OUTPUT while queued output waits to be flushed;

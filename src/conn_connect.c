@@ -255,13 +255,13 @@ int conn_connect(lua_State *L) {
       misuse = "TLS over a Unix socket needs tls.serverName (the name the certificate is checked "
                "against), or tls.verify = false";
     if (misuse) { /* the connection never starts: it must not stay anchored */
-      loop_unanchor(&c->obj, ANCHOR_CALLBACKS);
+      object_unanchor(&c->obj, ANCHOR_CALLBACKS);
       luaL_argerror(L, 3, misuse);
     }
     if ((c->unix_path = strdup(host + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
   }
   c->state = CONN_RESOLVING;
-  loop_anchor(&c->obj, ANCHOR_CONNECTING); /* work in flight keeps run() going */
+  object_anchor(&c->obj, ANCHOR_CONNECTING); /* work in flight keeps run() going */
   conn_begin(L, c, host, (int)port);
   return 1;
 }

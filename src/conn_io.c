@@ -47,7 +47,7 @@ void conn_start_reading(evtcp_conn *c) {
     bufferevent_enable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
       c->tls_backlog = 1; /* decrypted while paused: no new read will report it */
-      loop_defer(&c->obj);
+      object_defer(&c->obj);
     }
     return;
   }
@@ -92,7 +92,7 @@ static void conn_shut_write(evtcp_conn *c) {
 
 /* Everything queued has reached the kernel: do what waited for it. */
 void conn_flushed(evtcp_conn *c, int from_loop) {
-  loop_unanchor(&c->obj, ANCHOR_OUTPUT);
+  object_unanchor(&c->obj, ANCHOR_OUTPUT);
   /* after the peer's FIN, our side closes once flushed, unless the program
    * keeps it open (allowHalfOpen) until it calls shutdown() or close() */
   if (c->close_wanted || (c->peer_eof && (!c->allow_half_open || c->write_shut_wanted))) {
@@ -100,14 +100,14 @@ void conn_flushed(evtcp_conn *c, int from_loop) {
     return;
   }
   if (c->write_shut_wanted) conn_shut_write(c);
-  if (from_loop) loop_wake(&c->obj, WAKE_OUTPUT); /* a send() waiting for room */
+  if (from_loop) object_wake(&c->obj, WAKE_OUTPUT); /* a send() waiting for room */
   if (c->drain_wanted) {
     c->drain_wanted = 0;
     if (from_loop) {
       conn_deliver(c, EVT_DRAIN);
     } else {
       c->drain_due = 1;
-      loop_defer(&c->obj);
+      object_defer(&c->obj);
     }
   }
 }
@@ -120,7 +120,7 @@ static void conn_input_grew(evtcp_conn *c) {
     c->input_full = 1;
     conn_stop_reading(c);
   }
-  loop_wake(&c->obj, WAKE_INPUT);
+  object_wake(&c->obj, WAKE_INPUT);
 }
 
 /* Bytes read from the socket (or decrypted): to onData, or kept in `input`
@@ -160,7 +160,7 @@ static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
 static void conn_on_peer_eof(evtcp_conn *c) {
   c->peer_eof = 1;
   conn_stop_reading(c);
-  loop_wake(&c->obj, WAKE_INPUT); /* a receive("a") is complete */
+  object_wake(&c->obj, WAKE_INPUT); /* a receive("a") is complete */
   if (!c->receiving) conn_deliver_kept(c);
   if (c->state == CONN_OPEN) {
     c->in_on_end = 1; /* a reply sent from onEnd is flushed before the close */
@@ -237,7 +237,7 @@ int conn_become_open(evtcp_conn *c) {
 #endif
   c->state = CONN_OPEN;
   c->was_open = 1;
-  loop_unanchor(&c->obj, ANCHOR_CONNECTING);
+  object_unanchor(&c->obj, ANCHOR_CONNECTING);
   if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
   if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
   /* the peer's address is known (dialled or accepted); the local one is
@@ -298,7 +298,7 @@ void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
        * left to flush (what was queued is flushed first: conn_on_written) */
       if (c->state == CONN_OPEN && conn_buffered(c) == 0 && (c->close_wanted || c->write_shut_wanted))
         conn_flushed(c, 1);
-      loop_wake(&c->obj, WAKE_STATE); /* dial() */
+      object_wake(&c->obj, WAKE_STATE); /* dial() */
       return;
     }
     if (c->tls) {

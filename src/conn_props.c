@@ -299,8 +299,8 @@ static int conn__newindex(lua_State *L) {
     lua_pushvalue(L, 3);
     lua_setiuservalue(L, 1, UV_HANDLER);
     if (c->state != CONN_TERMINATED && c->obj.loop != NULL) {
-      if (conn_handler_has_callbacks(L, 3)) loop_anchor(&c->obj, ANCHOR_CALLBACKS);
-      else loop_unanchor(&c->obj, ANCHOR_CALLBACKS);
+      if (conn_handler_has_callbacks(L, 3)) object_anchor(&c->obj, ANCHOR_CALLBACKS);
+      else object_unanchor(&c->obj, ANCHOR_CALLBACKS);
       conn_kept_input_due(c); /* kept input goes to a new onData */
     }
     return 0;

@@ -193,7 +193,7 @@ static int conn_receive_k(lua_State *L, int status, lua_KContext ctx);
 /* conn:receive([pattern [, timeout]]) -> data | nil, err, partial
  * The fast path of blocking style: with no timeout, in a coroutine started
  * by evtcp.spawn, it yields from C and the core resumes this thread when
- * input comes (loop_wake), no Lua in between. Everything else is the Lua
+ * input comes (object_wake), no Lua in between. Everything else is the Lua
  * layer's receive. */
 int conn_receive(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
@@ -204,7 +204,7 @@ int conn_receive(lua_State *L) {
   if (n >= 0) return n;
   if (!loop_is_spawned(L)) return conn_receive_in_lua(L);
   lua_pushthread(L);
-  loop_add_waiter(L, 1, -1, WAKE_INPUT | WAKE_STATE, WAIT_READER);
+  object_add_waiter(L, 1, -1, WAKE_INPUT | WAKE_STATE, WAIT_READER);
   lua_pop(L, 1);
   return lua_yieldk(L, 0, 0, conn_receive_k);
 }

@@ -101,7 +101,7 @@ int event_deliver(evtcp_loop *loop, evtcp_notice *notice, int nargs, int nresult
 
 /* Every event.data goes through here. */
 static evtcp_event *check_event(lua_State *L) {
-  void *p = loop_test_udata(L, 1, &event_mt_key);
+  void *p = object_test(L, 1, &event_mt_key);
   return p ? (evtcp_event *)p : (evtcp_event *)luaL_checkudata(L, 1, EVTCP_EVENT_MT);
 }
 

@@ -3,7 +3,9 @@
  *
  * One C file per Lua type:
  *   loop.c        the per-state event_base, run/step/stop, the callback
- *                 trampoline, anchoring, the deferred-work queue, waiters
+ *                 trampoline, Ctrl-C
+ *   object.c      what every object has: type check, registry, anchors,
+ *                 the deferred-work queue, waiters (object.h)
  *   conn.c        TCPConnection: state machine and data path (conn.h)
  *   conn_io.c     the data path and libevent callbacks
  *   conn_connect.c  connecting: lookup, failover, connect timeout, TLS sessions
@@ -58,38 +60,9 @@ enum {
   UV_CONN_COUNT = UV_OWNER
 };
 
-/* Why an object is anchored (kept alive from the registry): a bit each. */
-enum {
-  ANCHOR_CALLBACKS = 1, /* its handler has callbacks and it is not terminated */
-  ANCHOR_OUTPUT = 2,    /* it still has queued output to flush */
-  ANCHOR_WAITER = 4,    /* a coroutine waits on it */
-  ANCHOR_PENDING = 8,   /* it sits in the deferred-work queue */
-  ANCHOR_CONNECTING = 16 /* resolving, connecting or in its TLS handshake */
-};
-
 typedef struct evtcp_loop evtcp_loop;
 
-/* What every anchorable object starts with, so loop.c can treat them alike. */
-typedef struct evtcp_object {
-  evtcp_loop *loop;
-  int anchor_ref;     /* registry reference while anchored, else LUA_NOREF */
-  unsigned anchors;   /* ANCHOR_* bits */
-  /* the deferred-work queue: doubly linked so __gc can unlink in O(1) */
-  struct evtcp_object *pending_next, *pending_prev;
-  void (*run_pending)(struct evtcp_object *obj);
-  unsigned waiters;   /* coroutines waiting on it (loop_add_waiter) */
-} evtcp_object;
-
-/* What changed, for loop_wake; what a waiter waits for. */
-enum {
-  WAKE_INPUT = 1,  /* input came, or the end of it (a reader, accept) */
-  WAKE_OUTPUT = 2, /* the send queue drained (a writer waiting for room) */
-  WAKE_STATE = 4,  /* connected, closed, terminated (wait, dial) */
-  WAKE_ALL = 7
-};
-
-/* Roles held by one waiter at a time per connection. */
-enum { WAIT_READER = 1, WAIT_WRITER = 2 };
+#include "object.h"
 
 /* A DNS lookup in flight; outlives its connection when cancelled (evdns
  * reports cancellation later), so it is a separate allocation. */
@@ -125,23 +98,11 @@ evtcp_loop *loop_get(lua_State *L);
 evtcp_loop *loop_get_unchecked(lua_State *L);
 void loop_open(lua_State *L);
 int loop_pcall(evtcp_loop *loop, int nargs, int nresults);
-void loop_register(lua_State *L, evtcp_object *obj, int ud_index);
-void loop_unregister(lua_State *L, evtcp_object *obj);
-void loop_push_object(lua_State *L, evtcp_object *obj);
-void loop_anchor(evtcp_object *obj, unsigned why);
-void loop_unanchor(evtcp_object *obj, unsigned why);
-void loop_defer(evtcp_object *obj);
 int loop_has_error(evtcp_loop *loop);
-void loop_wake(evtcp_object *obj, unsigned why);
-void loop_add_waiter(lua_State *L, int obj_index, int waiter_index, unsigned mask, unsigned role);
-void loop_remove_waiter(lua_State *L, int obj_index, int waiter_index);
-int loop_add_waiter_lua(lua_State *L);
-int loop_remove_waiter_lua(lua_State *L);
-void *loop_test_udata(lua_State *L, int index, const void *mt_key);
-int loop_self_error(lua_State *L, int arg, const char *tname, const void *methods_key);
 extern const char conn_methods_key, listener_methods_key;
 void loop_push_scheduler(lua_State *L, int i);
 int loop_is_spawned(lua_State *L);
+void loop_resume_thread(evtcp_loop *loop, lua_State *L);
 
 
 /* ---- event.c ---- */

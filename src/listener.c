@@ -68,7 +68,7 @@ const char listener_methods_key = 'M';
 
 static evtcp_listener *check_listener(lua_State *L, int index) {
   evtcp_listener *l = (evtcp_listener *)luaL_testudata(L, index, EVTCP_LISTENER_MT);
-  if (l == NULL) loop_self_error(L, index, "TCPListener", &listener_methods_key);
+  if (l == NULL) object_self_error(L, index, "TCPListener", &listener_methods_key);
   return l;
 }
 
@@ -139,9 +139,9 @@ static void listener_run_pending(evtcp_object *obj) {
   l->terminated = 1;
   memset(&n, 0, sizeof n);
   n.type = EVT_TERMINATE;
-  loop_push_object(obj->loop->L, obj);
+  object_push(obj->loop->L, obj);
   event_deliver(obj->loop, &n, 1, 0);
-  loop_wake(obj, WAKE_ALL); /* wait() or accept() */
+  object_wake(obj, WAKE_ALL); /* wait() or accept() */
 }
 
 /* Adopts fd as a TCPConnection with the handler on top of the main stack
@@ -151,7 +151,7 @@ static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_ad
   evtcp_notice n;
   lua_pushcfunction(L, conn_adopt_accepted);  /* handler f */
   lua_insert(L, -2);                           /* f handler */
-  loop_push_object(L, &l->obj);
+  object_push(L, &l->obj);
   lua_insert(L, -2);                           /* f listener handler */
   lua_pushinteger(L, fd);
   lua_pushlightuserdata(L, (void *)peer);
@@ -180,7 +180,7 @@ static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_ad
 static void listener_report(evtcp_listener *l, const evtcp_failure *f) {
   lua_State *L = l->obj.loop->L;
   evtcp_notice n;
-  loop_push_object(L, &l->obj);
+  object_push(L, &l->obj);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
   error_push(L, f);
   error_append(L, -2, -1);
@@ -198,7 +198,7 @@ static void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const stru
     evutil_closesocket(fd); /* refused: never reaches onConnection */
     return;
   }
-  loop_push_object(L, &l->obj);
+  object_push(L, &l->obj);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); evutil_closesocket(fd); return; }
   memset(&n, 0, sizeof n);
   n.type = EVT_CONNECTION;
@@ -213,7 +213,7 @@ static void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const stru
     memset(&l->held_addr, 0, sizeof l->held_addr);
     memcpy(&l->held_addr, sa, (size_t)socklen < sizeof l->held_addr ? (size_t)socklen : sizeof l->held_addr);
     if (l->lev) evconnlistener_disable(l->lev);
-    loop_wake(&l->obj, WAKE_INPUT); /* accept() */
+    object_wake(&l->obj, WAKE_INPUT); /* accept() */
     return;
   }
   if (!lua_toboolean(L, -1)) {
@@ -525,7 +525,7 @@ int listener_listen(lua_State *L) {
   l->closed = 1; /* until the socket exists */
   l->terminated = 1;
   luaL_setmetatable(L, EVTCP_LISTENER_MT);
-  loop_register(L, &l->obj, -1);
+  object_register(L, &l->obj, -1);
   lua_insert(L, 1); /* listener port options */
   kind = listen_check_target(L, &port, &adopt_fd);
   if (lua_getfield(L, 3, "address") != LUA_TNIL) {
@@ -610,7 +610,7 @@ int listener_listen(lua_State *L) {
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, 1, UV_HANDLER);
   lua_settop(L, 1);
-  if (has_cb) loop_anchor(&l->obj, ANCHOR_CALLBACKS);
+  if (has_cb) object_anchor(&l->obj, ANCHOR_CALLBACKS);
   return 1;
 }
 
@@ -621,8 +621,8 @@ static int listener_terminate(lua_State *L) {
   l->closed = 1;
   listener_release(l);
   l->terminate_due = 1;
-  loop_defer(&l->obj);
-  loop_unanchor(&l->obj, ANCHOR_CALLBACKS);
+  object_defer(&l->obj);
+  object_unanchor(&l->obj, ANCHOR_CALLBACKS);
   return 0;
 }
 
@@ -648,7 +648,7 @@ static int listener_take_held(lua_State *L) {
   if (l->lev && !l->closed) evconnlistener_enable(l->lev);
   if (l->proxy_waits != NULL) { /* one may be ready: offer it from the loop */
     l->promote_due = 1;
-    loop_defer(&l->obj);
+    object_defer(&l->obj);
   }
   return 1;
 }
@@ -705,7 +705,7 @@ static int listener__gc(lua_State *L) {
   free(l->unix_path);
   l->unix_path = NULL;
   l->closed = 1;
-  loop_unregister(L, &l->obj);
+  object_unregister(L, &l->obj);
   l->obj.loop = NULL;
   return 0;
 }
@@ -714,8 +714,8 @@ static const luaL_Reg listener_methods[] = {
   {"terminate", listener_terminate},
   {"close", listener_terminate},
   {"_takeHeld", listener_take_held},
-  {"_addWaiter", loop_add_waiter_lua},
-  {"_removeWaiter", loop_remove_waiter_lua},
+  {"_addWaiter", object_add_waiter_lua},
+  {"_removeWaiter", object_remove_waiter_lua},
   {NULL, NULL}
 };
 

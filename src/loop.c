@@ -8,18 +8,13 @@
  * (Lua 5.4 runs finalizers in reverse order of marking); its __gc then frees
  * libevent's own objects without running Lua code.
  *
- * Anchoring: an object that must stay alive without Lua references (it still
- * has callbacks to run, output to flush, a coroutine waiting) holds a
- * registry reference; `active` counts them, and run() returns at zero.
+ * Objects (anchoring, the deferred-work queue, waiters) are object.c's;
+ * `active` counts the anchored ones, and run() returns at zero.
  *
  * Entering Lua: every callback goes through loop_pcall(), which runs on the
  * main thread with a traceback handler. The first error is stored, the
  * dispatch is broken off, and run/step raise it in their caller; what was
  * left to do stays queued for the next run.
- *
- * Deferred work: methods never run callbacks themselves (a callback can call
- * any method, and so can top-level code with no loop running). They queue
- * the object, and loop_run_pending() advances it from inside the loop.
  */
 #include "platform.h" /* first: feature macros */
 #include <signal.h>
@@ -29,7 +24,6 @@
 
 static const char loop_key = 'L';
 
-static void loop_cancel_deferred(evtcp_object *obj);
 
 /* This state's loop, or NULL (no error): for finalizers and cancels that
  * may run after lua_close began. */
@@ -107,150 +101,6 @@ static void loop_check_not_running(lua_State *L, evtcp_loop *loop) {
   if (loop->running) luaL_error(L, EVTCP_REENTER_MSG);
 }
 
-/* The userdata at index if its metatable is the one stored in the registry
- * under the light-userdata key mt_key, else NULL. The per-message type
- * checks use this: luaL_testudata looks the metatable up by its name, which
- * costs a string hash and a strcmp on every call. */
-void *loop_test_udata(lua_State *L, int index, const void *mt_key) {
-  void *p = lua_touserdata(L, index);
-  int same = 0;
-  if (p != NULL && lua_getmetatable(L, index)) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, mt_key);
-    same = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-  }
-  return same ? p : NULL;
-}
-
-/* Raises "bad argument #arg to 'name' (tname expected, got ...)" for a
- * method called on the wrong object. The name is the call's, or, when the
- * call has none (pcall(conn.send, 42)), the method's key in the type's
- * method table (in the registry under methods_key): never '?'. */
-int loop_self_error(lua_State *L, int arg, const char *tname, const void *methods_key) {
-  lua_Debug ar;
-  const char *name = NULL;
-  const char *got = luaL_typename(L, arg); /* before anything is pushed */
-  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "nf", &ar)) { /* pushes the function */
-    name = ar.name;
-    if (name == NULL && lua_rawgetp(L, LUA_REGISTRYINDEX, methods_key) == LUA_TTABLE) {
-      lua_pushnil(L);
-      while (name == NULL && lua_next(L, -2)) {
-        if (lua_rawequal(L, -1, -4) && lua_type(L, -2) == LUA_TSTRING) name = lua_tostring(L, -2);
-        lua_pop(L, 1);
-      }
-    }
-  }
-  return luaL_error(L, "bad argument #%d to '%s' (%s expected, got %s)", arg, name ? name : "?",
-                    tname, got);
-}
-
-/* ---- object registry and anchoring ---- */
-
-/* Records the userdata at ud_index as the Lua side of obj. */
-void loop_register(lua_State *L, evtcp_object *obj, int ud_index) {
-  ud_index = lua_absindex(L, ud_index);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, obj->loop->weak_ref);
-  lua_pushvalue(L, ud_index);
-  lua_rawsetp(L, -2, obj);
-  lua_pop(L, 1);
-}
-
-/* Forgets obj; called from __gc, when the weak entry may already be gone. */
-void loop_unregister(lua_State *L, evtcp_object *obj) {
-  evtcp_loop *loop = obj->loop;
-  loop_cancel_deferred(obj);
-  if (obj->anchor_ref != LUA_NOREF) {
-    luaL_unref(L, LUA_REGISTRYINDEX, obj->anchor_ref);
-    obj->anchor_ref = LUA_NOREF;
-    loop->active--;
-  }
-  obj->anchors = 0;
-  obj->waiters = 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->weak_ref);
-  if (lua_istable(L, -1)) {
-    lua_pushnil(L);
-    lua_rawsetp(L, -2, obj);
-  }
-  lua_pop(L, 1);
-}
-
-/* Pushes obj's userdata. [-0, +1] (nil if it has been collected). */
-void loop_push_object(lua_State *L, evtcp_object *obj) {
-  if (obj->anchor_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, obj->anchor_ref);
-    return;
-  }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, obj->loop->weak_ref);
-  lua_rawgetp(L, -1, obj);
-  lua_remove(L, -2);
-}
-
-/* Adds a reason to keep obj alive; the first one takes a registry ref.
- * Never raises: luaL_ref only fails on memory, and the weak table entry
- * exists, so this is called with the userdata reachable. */
-void loop_anchor(evtcp_object *obj, unsigned why) {
-  lua_State *L = obj->loop->L;
-  if (obj->anchors == 0 && obj->anchor_ref == LUA_NOREF) {
-    loop_push_object(L, obj);
-    if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
-    obj->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    obj->loop->active++;
-  }
-  obj->anchors |= why;
-}
-
-void loop_unanchor(evtcp_object *obj, unsigned why) {
-  obj->anchors &= ~why;
-  if (obj->anchors == 0 && obj->anchor_ref != LUA_NOREF) {
-    luaL_unref(obj->loop->L, LUA_REGISTRYINDEX, obj->anchor_ref);
-    obj->anchor_ref = LUA_NOREF;
-    obj->loop->active--;
-  }
-}
-
-/* ---- the deferred-work queue ---- */
-
-/* Queues obj so that its run_pending runs from inside the loop. Idempotent. */
-void loop_defer(evtcp_object *obj) {
-  evtcp_loop *loop = obj->loop;
-  if (obj->pending_prev != NULL || loop->pending_head == obj) return;
-  obj->pending_next = loop->pending_head;
-  obj->pending_prev = NULL;
-  if (loop->pending_head) loop->pending_head->pending_prev = obj;
-  loop->pending_head = obj;
-  loop_anchor(obj, ANCHOR_PENDING);
-  event_active(loop->pending_ev, EV_TIMEOUT, 0);
-}
-
-static void loop_unlink_pending(evtcp_object *obj) {
-  evtcp_loop *loop = obj->loop;
-  if (obj->pending_prev) obj->pending_prev->pending_next = obj->pending_next;
-  else loop->pending_head = obj->pending_next;
-  if (obj->pending_next) obj->pending_next->pending_prev = obj->pending_prev;
-  obj->pending_next = obj->pending_prev = NULL;
-}
-
-static void loop_cancel_deferred(evtcp_object *obj) {
-  if (obj->pending_prev == NULL && obj->loop->pending_head != obj) return;
-  loop_unlink_pending(obj);
-  loop_unanchor(obj, ANCHOR_PENDING);
-}
-
-/* The libevent callback of pending_ev: advances queued objects until the
- * queue is empty or a callback failed (the rest waits for the next run). */
-static void loop_run_pending(evutil_socket_t fd, short what, void *arg) {
-  evtcp_loop *loop = (evtcp_loop *)arg;
-  (void)fd; (void)what;
-  while (loop->pending_head != NULL && !loop_has_error(loop) && !loop->closing) {
-    evtcp_object *obj = loop->pending_head;
-    loop_unlink_pending(obj);
-    obj->run_pending(obj);
-    /* unanchor last: run_pending may still use the Lua object */
-    loop_unanchor(obj, ANCHOR_PENDING);
-  }
-  if (loop->pending_head != NULL) event_active(loop->pending_ev, EV_TIMEOUT, 0);
-}
-
 /* ---- the Lua layer's scheduler, as the core needs to know it ---- */
 
 static const char scheduler_key = 'S';
@@ -291,7 +141,7 @@ int loop_is_spawned(lua_State *L) {
 /* Resumes a coroutine waiting in the core (receive's fast path). Its error,
  * with its own traceback, propagates out of run(). The thread is kept on
  * the main stack while it runs. [-1, +0]: pops the thread. */
-static void loop_resume_thread(evtcp_loop *loop, lua_State *L) {
+void loop_resume_thread(evtcp_loop *loop, lua_State *L) {
   lua_State *co = lua_tothread(L, -1);
   int nres, status;
   if (lua_status(co) != LUA_YIELD) { lua_pop(L, 1); return; }
@@ -304,163 +154,6 @@ static void loop_resume_thread(evtcp_loop *loop, lua_State *L) {
     loop_store_error(loop, L);
   }
   lua_pop(L, 1);
-}
-
-/* ---- coroutines waiting on an object ----
- *
- * Any number of coroutines may wait on one object (full duplex: a reader
- * and a writer on one connection, many acceptors on one listener). The
- * waiters live in a table in the object's UV_WAITER slot, waiter -> tag:
- * a waiter is a thread (receive's fast path, resumed directly) or a
- * function (the Lua layer's waker, called with the object). The tag holds
- * what wakes it (WAKE_* bits), its role (one reader and one writer at a
- * time) and a sequence number: waking goes oldest first, so acceptors are
- * served first come, first served. A woken waiter is removed; one whose
- * condition does not hold yet waits again. obj->waiters counts them, and
- * the object is anchored while there is any.
- */
-#define TAG_MASK_BITS 3
-#define TAG_ROLE_BITS 2
-#define TAG_SEQ_SHIFT (TAG_MASK_BITS + TAG_ROLE_BITS)
-
-static unsigned tag_mask(lua_Integer tag) { return (unsigned)(tag & 7); }
-static unsigned tag_role(lua_Integer tag) { return (unsigned)((tag >> TAG_MASK_BITS) & 3); }
-static lua_Integer tag_seq(lua_Integer tag) { return tag >> TAG_SEQ_SHIFT; }
-
-/* Pushes obj's waiter table, made on first use. [-0, +1] */
-static void waiters_push(lua_State *L, int obj_index) {
-  if (lua_getiuservalue(L, obj_index, UV_WAITER) == LUA_TTABLE) return;
-  lua_pop(L, 1);
-  lua_createtable(L, 0, 2);
-  lua_pushvalue(L, -1);
-  lua_setiuservalue(L, obj_index, UV_WAITER);
-}
-
-static const char *const role_conflicts[] = {
-  NULL,
-  "evtcp: connection is already being read by another coroutine",
-  "evtcp: connection is already being written by another coroutine (waiting in send)"
-};
-
-/* Adds the waiter at waiter_index to the object at obj_index, woken by the
- * WAKE_* bits in mask; role (WAIT_READER, WAIT_WRITER or 0) may be held by
- * one waiter at a time: a second one raises. */
-void loop_add_waiter(lua_State *L, int obj_index, int waiter_index, unsigned mask, unsigned role) {
-  evtcp_object *obj = (evtcp_object *)lua_touserdata(L, obj_index);
-  obj_index = lua_absindex(L, obj_index);
-  waiter_index = lua_absindex(L, waiter_index);
-  waiters_push(L, obj_index);                                   /* t */
-  if (role != 0 && obj->waiters > 0) {
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-      if (tag_role(lua_tointeger(L, -1)) == role && !lua_rawequal(L, -2, waiter_index))
-        luaL_error(L, "%s", role_conflicts[role]);
-      lua_pop(L, 1);
-    }
-  }
-  lua_pushvalue(L, waiter_index);
-  if (lua_rawget(L, -2) == LUA_TNIL) obj->waiters++;
-  lua_pop(L, 1);
-  lua_pushvalue(L, waiter_index);
-  lua_pushinteger(L, (lua_Integer)(((lua_Unsigned)++obj->loop->wait_seq << TAG_SEQ_SHIFT) |
-                                   (role << TAG_MASK_BITS) | (mask & 7)));
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
-  loop_anchor(obj, ANCHOR_WAITER);
-}
-
-/* Removes the waiter at waiter_index, if it waits on the object. */
-void loop_remove_waiter(lua_State *L, int obj_index, int waiter_index) {
-  evtcp_object *obj = (evtcp_object *)lua_touserdata(L, obj_index);
-  obj_index = lua_absindex(L, obj_index);
-  waiter_index = lua_absindex(L, waiter_index);
-  if (obj->waiters == 0 || lua_getiuservalue(L, obj_index, UV_WAITER) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_pushvalue(L, waiter_index);
-  if (lua_rawget(L, -2) != LUA_TNIL) {
-    lua_pushvalue(L, waiter_index);
-    lua_pushnil(L);
-    lua_rawset(L, -4);
-    obj->waiters--;
-  }
-  lua_pop(L, 2);
-  if (obj->waiters == 0 && obj->loop != NULL) loop_unanchor(obj, ANCHOR_WAITER);
-}
-
-/* Pushes the oldest waiter in the table on top that `why` wakes and that
- * was waiting before `before`, and removes it from the table; 0 if none. */
-static int waiters_take_oldest(lua_State *L, evtcp_object *obj, unsigned why, lua_Integer before) {
-  int t = lua_gettop(L), found = 0;
-  lua_Integer best = 0;
-  lua_pushnil(L);                                           /* t ... best? key */
-  while (lua_next(L, t)) {
-    lua_Integer tag = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    if ((tag_mask(tag) & why) && tag_seq(tag) <= before && (!found || tag_seq(tag) < best)) {
-      if (found) lua_remove(L, -2);
-      lua_pushvalue(L, -1);                                 /* best key */
-      lua_insert(L, -2);
-      best = tag_seq(tag);
-      found = 1;
-    }
-  }
-  if (!found) return 0;
-  lua_pushvalue(L, -1);
-  lua_pushnil(L);
-  lua_rawset(L, t);
-  obj->waiters--;
-  return 1;
-}
-
-/* Something changed for obj (the WAKE_* bits in why): wakes, oldest first,
- * every waiter that waits for it and was waiting already. Each looks
- * again and may wait again. Runs from libevent only. */
-void loop_wake(evtcp_object *obj, unsigned why) {
-  lua_State *L = obj->loop->L;
-  int top = lua_gettop(L);
-  lua_Integer before = obj->loop->wait_seq;
-  if (obj->waiters == 0) return; /* the common case */
-  loop_push_object(L, obj);                                 /* obj */
-  if (lua_isnil(L, -1) || lua_getiuservalue(L, -1, UV_WAITER) != LUA_TTABLE) {
-    lua_settop(L, top);
-    return;
-  }                                                         /* obj t */
-  while (!loop_has_error(obj->loop) && waiters_take_oldest(L, obj, why, before)) {
-    if (lua_type(L, -1) == LUA_TTHREAD) {                   /* obj t waiter */
-      loop_resume_thread(obj->loop, L);
-    } else {
-      lua_pushvalue(L, top + 1);
-      loop_pcall(obj->loop, 1, 0);
-    }
-  }
-  if (obj->waiters == 0) loop_unanchor(obj, ANCHOR_WAITER);
-  lua_settop(L, top);
-}
-
-static evtcp_object *check_waitable(lua_State *L) {
-  /* a connection, the case on every message, is tested first and fast */
-  if (test_conn(L, 1) == NULL && luaL_testudata(L, 1, EVTCP_LISTENER_MT) == NULL)
-    luaL_typeerror(L, 1, "TCPConnection or TCPListener");
-  return (evtcp_object *)lua_touserdata(L, 1);
-}
-
-/* obj:_addWaiter(fn, mask [, role]) and obj:_removeWaiter(fn), for the Lua
- * layer's waits on connections and listeners alike. */
-int loop_add_waiter_lua(lua_State *L) {
-  evtcp_object *obj = check_waitable(L);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  if (obj->loop == NULL) return 0; /* collected: nothing will change */
-  loop_add_waiter(L, 1, 2, (unsigned)luaL_checkinteger(L, 3), (unsigned)luaL_optinteger(L, 4, 0));
-  return 0;
-}
-
-int loop_remove_waiter_lua(lua_State *L) {
-  check_waitable(L);
-  luaL_checkany(L, 2);
-  loop_remove_waiter(L, 1, 2);
-  return 0;
 }
 
 /* ---- run, step, stop ---- */
@@ -685,7 +378,7 @@ void loop_open(lua_State *L) {
   lua_pop(L, 1);
   loop->base = event_base_new();
   if (loop->base == NULL) luaL_error(L, "evtcp: cannot create the libevent event_base");
-  loop->pending_ev = event_new(loop->base, -1, 0, loop_run_pending, loop);
+  loop->pending_ev = event_new(loop->base, -1, 0, object_run_pending, loop);
   if (loop->pending_ev == NULL) luaL_error(L, "evtcp: out of memory");
   /* weak-valued: lightuserdata -> the object's userdata */
   lua_newtable(L);

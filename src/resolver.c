@@ -31,7 +31,7 @@ static void request_on_answer(void *owner, int gai_code, struct evutil_addrinfo 
   r->addrs = addrs;
   r->gai_code = gai_code;
   r->due = 1;
-  loop_defer(&r->obj);
+  object_defer(&r->obj);
 }
 
 /* Pushes the addresses as an array of IP strings, each once, in order. */
@@ -77,9 +77,9 @@ static void request_run_pending(evtcp_object *obj) {
   lua_State *L = obj->loop->L;
   if (!r->due) return;
   r->due = 0;
-  loop_unanchor(obj, ANCHOR_CONNECTING);
+  object_unanchor(obj, ANCHOR_CONNECTING);
   lua_pushcfunction(L, request_deliver);
-  loop_push_object(L, obj); /* anchored while pending: never nil */
+  object_push(L, obj); /* anchored while pending: never nil */
   loop_pcall(obj->loop, 1, 0);
 }
 
@@ -96,10 +96,10 @@ static int request_start(lua_State *L) {
   r->obj.anchor_ref = LUA_NOREF;
   r->obj.run_pending = request_run_pending;
   luaL_setmetatable(L, EVTCP_LOOKUP_MT);
-  loop_register(L, &r->obj, -1);
+  object_register(L, &r->obj, -1);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);
-  loop_anchor(&r->obj, ANCHOR_CONNECTING);
+  object_anchor(&r->obj, ANCHOR_CONNECTING);
   r->lookup = lookup_start(loop, name, "0", request_on_answer, r);
   return 1;
 }
@@ -117,7 +117,7 @@ static int request_cancel(lua_State *L) {
   int was = r->lookup != NULL || r->due;
   if (r->obj.loop == NULL) { lua_pushboolean(L, 0); return 1; }
   request_stop(r);
-  loop_unanchor(&r->obj, ANCHOR_CONNECTING);
+  object_unanchor(&r->obj, ANCHOR_CONNECTING);
   lua_pushboolean(L, was);
   return 1;
 }
@@ -126,7 +126,7 @@ static int request__gc(lua_State *L) {
   evtcp_request *r = (evtcp_request *)lua_touserdata(L, 1);
   if (r->obj.loop == NULL) return 0;
   request_stop(r);
-  loop_unregister(L, &r->obj);
+  object_unregister(L, &r->obj);
   r->obj.loop = NULL;
   return 0;
 }

@@ -19,8 +19,8 @@ static void timer_on_fire(evutil_socket_t fd, short what, void *arg) {
   lua_State *L = t->obj.loop->L;
   (void)fd; (void)what;
   t->pending = 0;
-  loop_push_object(L, &t->obj);
-  loop_unanchor(&t->obj, ANCHOR_CALLBACKS);
+  object_push(L, &t->obj);
+  object_unanchor(&t->obj, ANCHOR_CALLBACKS);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
   lua_getiuservalue(L, -1, 1);  /* handle fn */
   lua_insert(L, -2);            /* fn handle */
@@ -40,7 +40,7 @@ int timer_after(lua_State *L) {
   t->obj.loop = loop;
   t->obj.anchor_ref = LUA_NOREF;
   luaL_setmetatable(L, EVTCP_TIMER_MT);
-  loop_register(L, &t->obj, -1);
+  object_register(L, &t->obj, -1);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);
   t->ev = evtimer_new(loop->base, timer_on_fire, t);
@@ -49,7 +49,7 @@ int timer_after(lua_State *L) {
   tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
   evtimer_add(t->ev, &tv);
   t->pending = 1;
-  loop_anchor(&t->obj, ANCHOR_CALLBACKS);
+  object_anchor(&t->obj, ANCHOR_CALLBACKS);
   return 1;
 }
 
@@ -60,7 +60,7 @@ static int timer_cancel(lua_State *L) {
   if (was) {
     event_del(t->ev);
     t->pending = 0;
-    loop_unanchor(&t->obj, ANCHOR_CALLBACKS);
+    object_unanchor(&t->obj, ANCHOR_CALLBACKS);
   }
   lua_pushboolean(L, was);
   return 1;
@@ -72,7 +72,7 @@ static int timer__gc(lua_State *L) {
   if (t->ev) event_free(t->ev);
   t->ev = NULL;
   t->pending = 0; /* a later cancel() from another finalizer is a no-op */
-  loop_unregister(L, &t->obj);
+  object_unregister(L, &t->obj);
   t->obj.loop = NULL;
   return 0;
 }
