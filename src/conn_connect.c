@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <sys/un.h>
 #include "conn.h"
+#include "socket.h"
 
 /* ---- connecting ---- */
 
@@ -30,10 +31,8 @@ static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *e
   a.sa.sa_family = (sa_family_t)family;
   if (family == AF_INET) { a.in.sin_port = htons((unsigned short)c->bind_port); len = sizeof a.in; }
   else { a.in6.sin6_port = htons((unsigned short)c->bind_port); len = sizeof a.in6; }
-  fd = socket(family, SOCK_STREAM, 0);
-  if (fd < 0) { *err = errno; return -1; }
-  if (evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0 ||
-      bind(fd, &a.sa, len) != 0) {
+  if ((fd = socket_new(family, err)) < 0) return -1;
+  if (bind(fd, &a.sa, len) != 0) {
     *err = errno;
     evutil_closesocket(fd);
     return -1;

@@ -10,6 +10,7 @@
  *   conn_io.c     the data path and libevent callbacks
  *   conn_connect.c  connecting: lookup, failover, connect timeout, TLS sessions
  *   conn_receive.c  receive() by pattern and receiveUntil (blocking style)
+ *   listener_proxy.c  a proxyProtocol listener's clients until their header is read
  *   proxy.c       the PROXY protocol header reader (listeners)
  *   conn_props.c  TCPConnection as Lua sees it: properties, options
  *   listener.c    TCPListener
@@ -20,6 +21,7 @@
  *   resolve.c     asynchronous name resolution (evdns), no Lua in it
  *   resolver.c    core.lookup: one lookup as a Lua object (evtcp.resolve)
  *   sockaddr.c    address helpers
+ *   socket.c      making sockets: listening (TCP, Unix), adopting, bound
  *   module.c      luaopen_evtcp_core
  *
  * Lua is only ever entered from libevent through loop_pcall(), on the main

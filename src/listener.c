@@ -23,46 +23,12 @@
 #include <sys/un.h>
 #include "conn.h"
 #include "proxy.h"
+#include "socket.h"
 
 #define ACCEPT_BACKOFF_MS 100
 #define PROXY_HEADER_TIMEOUT 10.0 /* seconds, when the listener has no readTimeout */
 
-struct evtcp_listener;
-
-/* A client of a proxyProtocol listener whose header is still being read
- * (or, read, waiting for accept() to take the client before it). */
-typedef struct proxy_wait {
-  struct evtcp_listener *l;
-  evutil_socket_t fd;
-  struct event *ev;
-  evtcp_addr peer;              /* the balancer's end, then the client's */
-  proxy_reader reader;
-  int ready;                    /* header read; waits for the held client to go */
-  struct proxy_wait *next, *prev;
-} proxy_wait;
-
-typedef struct evtcp_listener {
-  evtcp_object obj;
-  struct evconnlistener *lev;
-  struct event *backoff_ev;     /* re-enables accepting after a failure */
-  evutil_socket_t held_fd;      /* accepted, waiting for accept(); or -1 */
-  evtcp_addr held_addr;
-  evtcp_addr bound;
-  int connections;              /* live accepted connections */
-  int max_connections;          /* 0: unlimited */
-  tls_server *tls;              /* a TLS server: contexts, ALPN, SNI */
-  char *unix_path;              /* a Unix socket listener: "/path" or "@name" */
-  dev_t file_dev;               /* the socket file we made, removed at the end */
-  ino_t file_ino;
-  proxy_wait *proxy_waits;      /* clients whose PROXY header is being read */
-  double proxy_timeout;         /* seconds the header may take */
-  unsigned proxy : 1;           /* the proxyProtocol option */
-  unsigned promote_due : 1;     /* a client read its header while another was held */
-  unsigned owns_file : 1;
-  unsigned closed : 1;
-  unsigned terminate_due : 1;
-  unsigned terminated : 1;      /* onTerminate delivered */
-} evtcp_listener;
+#include "listener.h"
 
 const char listener_methods_key = 'M';
 
@@ -104,16 +70,6 @@ static void listener_remove_file(evtcp_listener *l) {
     unlink(l->unix_path);
 }
 
-static void proxy_wait_free(proxy_wait *w, int close_fd) {
-  evtcp_listener *l = w->l;
-  if (w->prev) w->prev->next = w->next;
-  else l->proxy_waits = w->next;
-  if (w->next) w->next->prev = w->prev;
-  if (w->ev) event_free(w->ev);
-  if (close_fd) evutil_closesocket(w->fd);
-  free(w);
-}
-
 /* Frees the listening socket and a held client. No Lua. The TLS context
  * stays until __gc: terminate() may run inside onConnection, and the client
  * being accepted then still gets its handshake. */
@@ -124,8 +80,6 @@ static void listener_release(evtcp_listener *l) {
   if (l->held_fd >= 0) { evutil_closesocket(l->held_fd); l->held_fd = -1; }
   while (l->proxy_waits) proxy_wait_free(l->proxy_waits, 1);
 }
-
-static void listener_offer_ready(evtcp_listener *l);
 
 static void listener_run_pending(evtcp_object *obj) {
   evtcp_listener *l = (evtcp_listener *)obj;
@@ -177,7 +131,7 @@ static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_ad
 
 /* Appends the failure to the listener's errors and hands it to onError:
  * the listener itself goes on. */
-static void listener_report(evtcp_listener *l, const evtcp_failure *f) {
+void listener_report(evtcp_listener *l, const evtcp_failure *f) {
   lua_State *L = l->obj.loop->L;
   evtcp_notice n;
   object_push(L, &l->obj);
@@ -191,7 +145,7 @@ static void listener_report(evtcp_listener *l, const evtcp_failure *f) {
 
 /* A client, ready to be offered: onConnection decides, or it is held for
  * accept(). sa is its address (the original client's behind a balancer). */
-static void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const struct sockaddr *sa, int socklen) {
+void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const struct sockaddr *sa, int socklen) {
   lua_State *L = l->obj.loop->L;
   evtcp_notice n;
   if (l->closed || (l->max_connections > 0 && l->connections >= l->max_connections)) {
@@ -229,65 +183,6 @@ static void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const stru
   }
 }
 
-/* A client whose PROXY header failed (malformed, missing, closed early):
- * closed, and reported to the listener's onError, kind "io". */
-static void listener_proxy_failed(proxy_wait *w, const char *why, int err) {
-  evtcp_listener *l = w->l;
-  evtcp_failure f;
-  failure_set(&f, KIND_IO, err ? err : EPROTO, "evtcp", why);
-  proxy_wait_free(w, 1);
-  listener_report(l, &f);
-}
-
-/* Offers a client whose header is read, unless one is held for accept():
- * then it waits its turn (listener_run_pending). Frees w. */
-static void listener_proxy_offer(proxy_wait *w) {
-  evtcp_listener *l = w->l;
-  evutil_socket_t fd = w->fd;
-  evtcp_addr peer = w->peer;
-  if (l->held_fd >= 0) {
-    w->ready = 1;
-    event_del(w->ev);
-    return;
-  }
-  proxy_wait_free(w, 0);
-  listener_on_client(l, fd, &peer.sa, (int)sizeof peer);
-}
-
-static void listener_on_proxy_readable(evutil_socket_t fd, short what, void *arg) {
-  proxy_wait *w = (proxy_wait *)arg;
-  evtcp_addr client;
-  proxy_result r;
-  if (what & EV_TIMEOUT) {
-    listener_proxy_failed(w, "no PROXY protocol header in time", ETIMEDOUT);
-    return;
-  }
-  memset(&client, 0, sizeof client);
-  r = proxy_read(&w->reader, fd, &client);
-  if (r == PROXY_AGAIN) return;
-  if (r == PROXY_BAD) { listener_proxy_failed(w, w->reader.why, w->reader.err); return; }
-  if (client.sa.sa_family != 0) w->peer = client;
-  listener_proxy_offer(w);
-}
-
-/* Behind a balancer: read the client's PROXY header before anything else. */
-static void listener_proxy_start(evtcp_listener *l, evutil_socket_t fd, const struct sockaddr *sa, int socklen) {
-  proxy_wait *w = (proxy_wait *)calloc(1, sizeof *w);
-  struct timeval tv;
-  if (w == NULL) { evutil_closesocket(fd); return; }
-  w->l = l;
-  w->fd = fd;
-  memcpy(&w->peer, sa, (size_t)socklen < sizeof w->peer ? (size_t)socklen : sizeof w->peer);
-  w->ev = event_new(l->obj.loop->base, fd, EV_READ | EV_PERSIST, listener_on_proxy_readable, w);
-  if (w->ev == NULL) { evutil_closesocket(fd); free(w); return; }
-  w->next = l->proxy_waits;
-  if (w->next) w->next->prev = w;
-  l->proxy_waits = w;
-  tv.tv_sec = (long)l->proxy_timeout;
-  tv.tv_usec = (long)((l->proxy_timeout - (double)tv.tv_sec) * 1e6);
-  event_add(w->ev, &tv);
-}
-
 static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
                                struct sockaddr *sa, int socklen, void *arg) {
   evtcp_listener *l = (evtcp_listener *)arg;
@@ -298,15 +193,6 @@ static void listener_on_accept(struct evconnlistener *lev, evutil_socket_t fd,
   }
   if (l->proxy) listener_proxy_start(l, fd, sa, socklen);
   else listener_on_client(l, fd, sa, socklen);
-}
-
-/* After accept() took the held client: the oldest client whose header was
- * read meanwhile is offered next. */
-static void listener_offer_ready(evtcp_listener *l) {
-  proxy_wait *w, *oldest = NULL;
-  for (w = l->proxy_waits; w != NULL; w = w->next)
-    if (w->ready) oldest = w; /* the list is newest first */
-  if (oldest != NULL && l->held_fd < 0 && !l->closed) listener_proxy_offer(oldest);
 }
 
 static void listener_on_backoff_done(evutil_socket_t fd, short what, void *arg) {
@@ -349,127 +235,6 @@ static int option_integer(lua_State *L, int h, const char *name, lua_Integer dfl
   }
   lua_pop(L, 1);
   return (int)v;
-}
-
-/* Makes the listening socket ourselves rather than with libevent's
- * evconnlistener_new_bind: libevent 2.1 sets SO_REUSEPORT only on Linux,
- * and turns SO_KEEPALIVE on for the listening socket, which accepted
- * sockets would inherit. Returns the socket, or -1 with *err set. */
-static evutil_socket_t listener_bind(const struct sockaddr *sa, int len, int reuse_port, int v6only,
-                                     int backlog, int *err) {
-  int one = 1;
-  evutil_socket_t fd = socket(sa->sa_family, SOCK_STREAM, 0);
-  if (fd < 0) { *err = errno; return -1; }
-  if (evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0 ||
-      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
-    goto fail;
-  if (reuse_port) {
-#ifdef SO_REUSEPORT
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) goto fail;
-#else
-    errno = ENOPROTOOPT; /* this system cannot share a port */
-    goto fail;
-#endif
-  }
-  /* IPv6: dual-stack unless ipv6Only, whatever the system's default */
-  if (sa->sa_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) != 0)
-    goto fail;
-  if (bind(fd, sa, (socklen_t)len) != 0 || listen(fd, backlog) != 0) goto fail;
-  return fd;
-fail:
-  *err = errno;
-  evutil_closesocket(fd);
-  return -1;
-}
-
-/* A socket file at path that no process listens on (left by one that
- * died): connecting to it is refused. A live listener, or anything that is
- * not a socket, is not stale and is never removed. */
-static int unix_file_is_stale(const char *path) {
-  struct stat st;
-  struct sockaddr_un sun;
-  evutil_socket_t probe;
-  int stale;
-  if (lstat(path, &st) != 0 || !S_ISSOCK(st.st_mode) || strlen(path) >= sizeof sun.sun_path) return 0;
-  memset(&sun, 0, sizeof sun);
-  sun.sun_family = AF_UNIX;
-  memcpy(sun.sun_path, path, strlen(path) + 1);
-  probe = socket(AF_UNIX, SOCK_STREAM, 0);
-  if (probe < 0) return 0;
-  /* non-blocking: a live listener with a full backlog says EAGAIN */
-  evutil_make_socket_nonblocking(probe);
-  stale = connect(probe, (struct sockaddr *)&sun, sizeof sun) != 0 && errno == ECONNREFUSED;
-  evutil_closesocket(probe);
-  return stale;
-}
-
-/* Binds and listens on a Unix socket ("unix:/path" or "unix:@name"),
- * replacing a stale socket file. Returns the socket, or -1 with *err. */
-static evutil_socket_t listener_bind_unix(evtcp_listener *l, const char *spec, int backlog, int *err) {
-  struct sockaddr_un sun;
-  socklen_t len;
-  const char *why;
-  int is_file;
-  evutil_socket_t fd;
-  sockaddr_unix_parse(spec, &sun, &len, &why); /* checked by listener_listen */
-  is_file = sun.sun_path[0] != '\0';
-  fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  if (fd < 0) { *err = errno; return -1; }
-  if (evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0) goto fail;
-  if (bind(fd, (struct sockaddr *)&sun, len) != 0) {
-    if (!(errno == EADDRINUSE && is_file && unix_file_is_stale(sun.sun_path))) goto fail;
-    unlink(sun.sun_path);
-    if (bind(fd, (struct sockaddr *)&sun, len) != 0) goto fail;
-  }
-  if (is_file) {
-    struct stat st;
-    if (lstat(sun.sun_path, &st) == 0) {
-      l->file_dev = st.st_dev;
-      l->file_ino = st.st_ino;
-      l->owns_file = 1; /* from here on, listener_release removes it */
-    }
-  }
-  if (listen(fd, backlog) != 0) goto fail;
-  return fd;
-fail:
-  *err = errno;
-  evutil_closesocket(fd);
-  return -1;
-}
-
-/* Adopts a socket that is bound and listening already (systemd, inetd).
- * Returns fd, or -1 with *err: fd is left open for its owner then. */
-static evutil_socket_t listener_adopt_fd(evtcp_listener *l, evutil_socket_t fd, int *err) {
-  int type = 0, listening = 0;
-  socklen_t n = sizeof type;
-  struct sockaddr_storage ss;
-  socklen_t sslen = sizeof ss;
-  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) != 0) { *err = errno; return -1; }
-  n = sizeof listening;
-  if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) != 0 || !listening) {
-    *err = EINVAL;
-    return -1;
-  }
-  if (getsockname(fd, (struct sockaddr *)&ss, &sslen) != 0 ||
-      evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0) {
-    *err = errno;
-    return -1;
-  }
-  if (ss.ss_family == AF_UNIX) {
-    const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
-    size_t len = sslen > offsetof(struct sockaddr_un, sun_path) ? sslen - offsetof(struct sockaddr_un, sun_path) : 0;
-    char name[sizeof sun->sun_path + 1];
-    if (len > 0 && sun->sun_path[0] == '\0') { /* abstract: "@name" */
-      name[0] = '@';
-      memcpy(name + 1, sun->sun_path + 1, len - 1);
-      name[len] = '\0';
-    } else {
-      memcpy(name, sun->sun_path, len);
-      name[len] = '\0'; /* len counts the path's NUL, or not: both end here */
-    }
-    if ((l->unix_path = strdup(name)) == NULL) { *err = ENOMEM; return -1; }
-  }
-  return fd;
 }
 
 /* How listen() was asked to listen. */
@@ -573,9 +338,15 @@ int listener_listen(lua_State *L) {
   l->max_connections = max_conn;
   if (kind == LISTEN_UNIX) {
     if ((l->unix_path = strdup(lua_tostring(L, 2) + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
-    fd = listener_bind_unix(l, lua_tostring(L, 2), backlog, &err);
+    struct stat file;
+    fd = socket_listen_unix(lua_tostring(L, 2), backlog, &file, &err);
+    if (fd >= 0 && file.st_ino != 0) { /* from here on, listener_release removes it */
+      l->file_dev = file.st_dev;
+      l->file_ino = file.st_ino;
+      l->owns_file = 1;
+    }
   } else if (kind == LISTEN_FD) {
-    fd = listener_adopt_fd(l, (evutil_socket_t)adopt_fd, &err);
+    fd = socket_adopt_listening((evutil_socket_t)adopt_fd, &l->unix_path, &err);
     if (fd < 0 && err == EINVAL) {
       lua_pushnil(L);
       lua_pushfstring(L, "fd %d is not a listening stream socket", (int)adopt_fd);
@@ -592,7 +363,7 @@ int listener_listen(lua_State *L) {
       lua_pushinteger(L, EADDRNOTAVAIL);
       return 3;
     }
-    fd = listener_bind((struct sockaddr *)&ss, sslen, reuse_port, v6only, backlog, &err);
+    fd = socket_listen_ip((struct sockaddr *)&ss, sslen, reuse_port, v6only, backlog, &err);
   }
   if (fd < 0) return listener_fail(L, err);
   /* backlog 0: the socket listens already */

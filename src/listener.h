@@ -1,0 +1,58 @@
+/*
+ * listener.h - the TCPListener struct, shared by listener.c (the listener
+ * and its Lua API) and listener_proxy.c (clients behind a PROXY header).
+ */
+#ifndef EVTCP_LISTENER_H
+#define EVTCP_LISTENER_H
+
+#include <sys/stat.h>
+#include "conn.h"
+#include "proxy.h"
+
+struct evtcp_listener;
+
+/* A client of a proxyProtocol listener whose header is still being read
+ * (or, read, waiting for accept() to take the client before it). */
+typedef struct proxy_wait {
+  struct evtcp_listener *l;
+  evutil_socket_t fd;
+  struct event *ev;
+  evtcp_addr peer;              /* the balancer's end, then the client's */
+  proxy_reader reader;
+  int ready;                    /* header read; waits for the held client to go */
+  struct proxy_wait *next, *prev;
+} proxy_wait;
+
+typedef struct evtcp_listener {
+  evtcp_object obj;
+  struct evconnlistener *lev;
+  struct event *backoff_ev;     /* re-enables accepting after a failure */
+  evutil_socket_t held_fd;      /* accepted, waiting for accept(); or -1 */
+  evtcp_addr held_addr;
+  evtcp_addr bound;
+  int connections;              /* live accepted connections */
+  int max_connections;          /* 0: unlimited */
+  tls_server *tls;              /* a TLS server: contexts, ALPN, SNI */
+  char *unix_path;              /* a Unix socket listener: "/path" or "@name" */
+  dev_t file_dev;               /* the socket file we made, removed at the end */
+  ino_t file_ino;
+  proxy_wait *proxy_waits;      /* clients whose PROXY header is being read */
+  double proxy_timeout;         /* seconds the header may take */
+  unsigned proxy : 1;           /* the proxyProtocol option */
+  unsigned promote_due : 1;     /* a client read its header while another was held */
+  unsigned owns_file : 1;
+  unsigned closed : 1;
+  unsigned terminate_due : 1;
+  unsigned terminated : 1;      /* onTerminate delivered */
+} evtcp_listener;
+
+/* listener.c */
+void listener_report(evtcp_listener *l, const evtcp_failure *f);
+void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const struct sockaddr *sa, int socklen);
+
+/* listener_proxy.c */
+void proxy_wait_free(proxy_wait *w, int close_fd);
+void listener_proxy_start(evtcp_listener *l, evutil_socket_t fd, const struct sockaddr *sa, int socklen);
+void listener_offer_ready(evtcp_listener *l);
+
+#endif

@@ -1,0 +1,93 @@
+/*
+ * listener_proxy.c - a proxyProtocol listener's clients before they are
+ * offered: each one's PROXY header is read (proxy.c) with a deadline, then
+ * the client is offered as any other, with the original client's address;
+ * a failed header is the listener's onError. While accept() holds a client,
+ * those whose headers are read wait their turn in arrival order.
+ */
+#include "platform.h" /* first: feature macros */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "conn.h"
+#include "listener.h"
+
+void proxy_wait_free(proxy_wait *w, int close_fd) {
+  evtcp_listener *l = w->l;
+  if (w->prev) w->prev->next = w->next;
+  else l->proxy_waits = w->next;
+  if (w->next) w->next->prev = w->prev;
+  if (w->ev) event_free(w->ev);
+  if (close_fd) evutil_closesocket(w->fd);
+  free(w);
+}
+
+/* A client whose PROXY header failed (malformed, missing, closed early):
+ * closed, and reported to the listener's onError, kind "io". */
+static void listener_proxy_failed(proxy_wait *w, const char *why, int err) {
+  evtcp_listener *l = w->l;
+  evtcp_failure f;
+  failure_set(&f, KIND_IO, err ? err : EPROTO, "evtcp", why);
+  proxy_wait_free(w, 1);
+  listener_report(l, &f);
+}
+
+/* Offers a client whose header is read, unless one is held for accept():
+ * then it waits its turn (listener_run_pending). Frees w. */
+static void listener_proxy_offer(proxy_wait *w) {
+  evtcp_listener *l = w->l;
+  evutil_socket_t fd = w->fd;
+  evtcp_addr peer = w->peer;
+  if (l->held_fd >= 0) {
+    w->ready = 1;
+    event_del(w->ev);
+    return;
+  }
+  proxy_wait_free(w, 0);
+  listener_on_client(l, fd, &peer.sa, (int)sizeof peer);
+}
+
+static void listener_on_proxy_readable(evutil_socket_t fd, short what, void *arg) {
+  proxy_wait *w = (proxy_wait *)arg;
+  evtcp_addr client;
+  proxy_result r;
+  if (what & EV_TIMEOUT) {
+    listener_proxy_failed(w, "no PROXY protocol header in time", ETIMEDOUT);
+    return;
+  }
+  memset(&client, 0, sizeof client);
+  r = proxy_read(&w->reader, fd, &client);
+  if (r == PROXY_AGAIN) return;
+  if (r == PROXY_BAD) { listener_proxy_failed(w, w->reader.why, w->reader.err); return; }
+  if (client.sa.sa_family != 0) w->peer = client;
+  listener_proxy_offer(w);
+}
+
+/* Behind a balancer: read the client's PROXY header before anything else. */
+void listener_proxy_start(evtcp_listener *l, evutil_socket_t fd, const struct sockaddr *sa, int socklen) {
+  proxy_wait *w = (proxy_wait *)calloc(1, sizeof *w);
+  struct timeval tv;
+  if (w == NULL) { evutil_closesocket(fd); return; }
+  w->l = l;
+  w->fd = fd;
+  memcpy(&w->peer, sa, (size_t)socklen < sizeof w->peer ? (size_t)socklen : sizeof w->peer);
+  w->ev = event_new(l->obj.loop->base, fd, EV_READ | EV_PERSIST, listener_on_proxy_readable, w);
+  if (w->ev == NULL) { evutil_closesocket(fd); free(w); return; }
+  w->next = l->proxy_waits;
+  if (w->next) w->next->prev = w;
+  l->proxy_waits = w;
+  tv.tv_sec = (long)l->proxy_timeout;
+  tv.tv_usec = (long)((l->proxy_timeout - (double)tv.tv_sec) * 1e6);
+  event_add(w->ev, &tv);
+}
+
+/* After accept() took the held client: the oldest client whose header was
+ * read meanwhile is offered next. */
+void listener_offer_ready(evtcp_listener *l) {
+  proxy_wait *w, *oldest = NULL;
+  for (w = l->proxy_waits; w != NULL; w = w->next)
+    if (w->ready) oldest = w; /* the list is newest first */
+  if (oldest != NULL && l->held_fd < 0 && !l->closed) listener_proxy_offer(oldest);
+}
+
