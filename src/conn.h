@@ -147,6 +147,8 @@ int conn_receive_until(lua_State *L);
 int conn_take(lua_State *L);
 int conn_state_name(lua_State *L);
 int conn_flags(lua_State *L);
+int conn_send(lua_State *L);
+int conn_is_live(const evtcp_conn *c);
 int conn_become_open(evtcp_conn *c);
 void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port);
 void conn_bev_timeouts(evtcp_conn *c);

@@ -2,8 +2,10 @@
  * conn_io.c - the connection's data path and libevent's callbacks: reading
  * plain TCP with our own event straight into the Lua string, TLS through
  * the OpenSSL bufferevent, the read timeout and backpressure, the output
- * queue emptying (shutdown and close once flushed), the peer's FIN, and
- * the bufferevent's events while connecting and open (conn.h).
+ * queue emptying (shutdown and close once flushed), the peer's FIN, the
+ * bufferevent's events while connecting and open, and send(): written at
+ * once with sendmsg() when nothing is queued, long strings queued by
+ * reference (conn.h).
  */
 #include "platform.h" /* first: feature macros */
 #include <errno.h>
@@ -346,5 +348,161 @@ void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
   } else if (what & BEV_EVENT_EOF) {
     conn_on_peer_eof(c); /* over TLS the bufferevent reads */
   }
+}
+
+/* ---- writing: send() ---- */
+
+#define SEND_IOV_MAX 16         /* send() arguments written in one sendmsg() */
+
+/* Strings at least this long are queued by reference, not copied. */
+#define QUEUE_BY_REFERENCE 4096
+
+typedef struct queued_string {
+  evtcp_loop *loop;
+  int ref;           /* registry reference keeping the Lua string alive */
+} queued_string;
+
+/* evbuffer's cleanup: the bytes were written (or dropped); let the string
+ * go. Runs from libevent, or from bufferevent_free in __gc; no Lua code. */
+static void queued_string_release(const void *data, size_t len, void *extra) {
+  queued_string *q = (queued_string *)extra;
+  (void)data; (void)len;
+  luaL_unref(q->loop->L, LUA_REGISTRYINDEX, q->ref);
+  free(q);
+}
+
+/* Queues len bytes at s, part of the Lua string at stack index i: a long
+ * one by reference (the string is kept alive until written), a short one
+ * by copy. Returns 0, or -1 without memory. */
+static int conn_queue(lua_State *L, evtcp_conn *c, struct evbuffer *out, int i,
+                      const char *s, size_t len) {
+  queued_string *q;
+  if (len < QUEUE_BY_REFERENCE || (q = (queued_string *)malloc(sizeof *q)) == NULL)
+    return evbuffer_add(out, s, len);
+  q->loop = c->obj.loop;
+  lua_pushvalue(L, i);
+  q->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (evbuffer_add_reference(out, s, len, queued_string_release, q) != 0) {
+    queued_string_release(s, len, q);
+    return -1;
+  }
+  return 0;
+}
+
+/* The output queue, making the bufferevent on first need. NULL: no memory. */
+static struct evbuffer *conn_output(evtcp_conn *c) {
+  if (c->bev == NULL) {
+    c->bev = bufferevent_socket_new(c->obj.loop->base, c->fd, 0); /* we own fd */
+    if (c->bev == NULL) return NULL;
+    bufferevent_setcb(c->bev, NULL, conn_on_written, conn_on_bev_event, c);
+    conn_bev_timeouts(c);
+  }
+  return bufferevent_get_output(c->bev);
+}
+
+static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
+  struct evbuffer *out = c->bev ? bufferevent_get_output(c->bev) : NULL;
+  struct iovec iov[SEND_IOV_MAX];
+  int slot[SEND_IOV_MAX];          /* the stack index of each iov's string */
+  size_t total = 0, len, written;
+  int i, k = 0;
+  if (!c->tls && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX) {
+    struct msghdr msg;
+    ssize_t n;
+    for (i = first; i < first + count; i++) {
+      const char *s = lua_tolstring(L, i, &len);
+      if (len == 0) continue;
+      iov[k].iov_base = (void *)s;
+      iov[k].iov_len = len;
+      slot[k] = i;
+      total += len;
+      k++;
+    }
+    if (k == 0) return;
+    c->bytes_sent += total;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)k;
+    n = sendmsg(c->fd, &msg, EVTCP_MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      int err = EVUTIL_SOCKET_ERROR();
+      if (!io_would_block(err)) {
+        c->bytes_sent -= total; /* never written */
+        conn_fail(c, err, "evtcp");
+        return;
+      }
+      n = 0;
+    }
+    if ((size_t)n == total) {
+      if (conn_handler_has(L, "onDrain")) { c->drain_due = 1; object_defer(&c->obj); }
+      return;
+    }
+    /* the kernel took n bytes: queue the rest, in order */
+    if ((out = conn_output(c)) == NULL) { conn_fail(c, ENOMEM, "evtcp"); return; }
+    written = (size_t)n;
+    for (i = 0; i < k; i++) {
+      if (written >= iov[i].iov_len) { written -= iov[i].iov_len; continue; }
+      if (conn_queue(L, c, out, slot[i], (char *)iov[i].iov_base + written,
+                     iov[i].iov_len - written) != 0) {
+        conn_fail(c, ENOMEM, "evtcp");
+        return;
+      }
+      written = 0;
+    }
+  } else {
+    if ((out = conn_output(c)) == NULL) luaL_error(L, "evtcp: out of memory");
+    for (i = first; i < first + count; i++) {
+      const char *s = lua_tolstring(L, i, &len);
+      if (len > 0 && conn_queue(L, c, out, i, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      c->bytes_sent += len;
+    }
+  }
+  c->drain_wanted = 1;
+  object_anchor(&c->obj, ANCHOR_OUTPUT);
+}
+
+static int conn_send_finish(lua_State *L, int status, lua_KContext ctx) {
+  (void)status; (void)ctx;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:send(data, ...) -> true | nil, "closed"
+ * Over highWaterMark in a coroutine, the Lua layer's hook may wait (yield)
+ * until the queue drains; lua_callk lets it yield across this C frame. */
+int conn_send(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  int top = lua_gettop(L), i;
+  for (i = 2; i <= top; i++) {
+    int t = lua_type(L, i);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER) luaL_typeerror(L, i, "string");
+  }
+  if (!conn_is_live(c) || c->close_wanted || c->write_shut_wanted || (c->peer_eof && !c->allow_half_open && !c->in_on_end)) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  if (c->state == CONN_OPEN) {
+    conn_write(L, c, 2, top - 1);
+  } else {
+    /* not connected yet: kept in order, sent once connected */
+    for (i = 2; i <= top; i++) {
+      size_t len;
+      const char *s = lua_tolstring(L, i, &len);
+      if (len == 0) continue;
+      if (c->early == NULL && (c->early = evbuffer_new()) == NULL) luaL_error(L, "evtcp: out of memory");
+      if (evbuffer_add(c->early, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      c->bytes_sent += len;
+      c->drain_wanted = 1;
+      object_anchor(&c->obj, ANCHOR_OUTPUT);
+    }
+  }
+  if (conn_buffered(c) > c->high_water && c->obj.loop->send_hook_ref != LUA_NOREF &&
+      lua_isyieldable(L)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->obj.loop->send_hook_ref);
+    lua_pushvalue(L, 1);
+    lua_callk(L, 1, 0, 0, conn_send_finish);
+  }
+  return conn_send_finish(L, LUA_OK, 0);
 }
 
