@@ -143,8 +143,7 @@ int conn_push(evtcp_conn *c) {
 /* Delivers a plain notice (no payload) to the handler. */
 void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
   evtcp_notice n;
-  memset(&n, 0, sizeof n);
-  n.type = type;
+  notice_init(&n, type);
   n.peer = &c->peer.sa;
   n.path = c->unix_path;
   if (conn_push(c)) event_deliver(c->obj.loop, &n, 1, 0);
@@ -161,8 +160,7 @@ int conn_deliver_kept(evtcp_conn *c) {
     evtcp_notice notice;
     if (len == 0) break;
     if (!conn_push(c)) return 0;
-    memset(&notice, 0, sizeof notice);
-    notice.type = EVT_DATA;
+    notice_init(&notice, EVT_DATA);
     notice.data = (const char *)evbuffer_pullup(c->input, (ev_ssize_t)n);
     notice.len = n;
     notice.peer = &c->peer.sa;
@@ -196,8 +194,7 @@ static void conn_finish(evtcp_conn *c) {
   if (c->failure != NULL) {
     if (conn_push(c)) {
       evtcp_notice n;
-      memset(&n, 0, sizeof n);
-      n.type = EVT_ERROR;
+      notice_init(&n, EVT_ERROR);
       n.peer = &c->peer.sa;
       n.path = c->unix_path;
       error_push(L, c->failure);
@@ -305,7 +302,7 @@ static double check_seconds(lua_State *L, int arg, const char *what) {
   if (lua_isnoneornil(L, arg)) return -1;
   if (!lua_isnumber(L, arg)) luaL_typeerror(L, arg, "number");
   s = lua_tonumber(L, arg);
-  if (!(s >= 0 && s < 1e9)) luaL_argerror(L, arg, lua_pushfstring(L, "%s must be >= 0", what));
+  if (!seconds_ok(s)) luaL_argerror(L, arg, lua_pushfstring(L, "%s must be >= 0", what));
   return s;
 }
 

@@ -134,7 +134,6 @@ void conn_on_written(struct bufferevent *bev, void *arg);
 void conn_on_bev_event(struct bufferevent *bev, short what, void *arg);
 void conn_free_bev(struct bufferevent **bev, SSL **ssl, evutil_socket_t *fd);
 void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst);
-struct timeval seconds_tv(double s);
 evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop);
 void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index, int arg, int client);
 void conn_start_reading(evtcp_conn *c);

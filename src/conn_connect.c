@@ -148,8 +148,7 @@ static void conn_on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
 /* Starts resolving or connecting to host:port. Runs no Lua callback. */
 static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) {
   struct evutil_addrinfo hints, *literal = NULL;
-  char portstr[8], bare[64];
-  size_t n = strlen(host);
+  char portstr[8];
   snprintf(portstr, sizeof portstr, "%d", port);
   if (c->connect_timeout >= 0) {
     struct timeval tv = seconds_tv(c->connect_timeout);
@@ -164,12 +163,6 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
     sockaddr_unix_parse(host, &sun, &len, &why); /* checked by conn_connect */
     if (conn_connect_to(c, (struct sockaddr *)&sun, (int)len) != 0) conn_connect_failed(c);
     return;
-  }
-  /* "[::1]" is accepted for an IPv6 literal, as in URLs */
-  if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n - 2 < sizeof bare) {
-    memcpy(bare, host + 1, n - 2);
-    bare[n - 2] = '\0';
-    host = bare;
   }
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
@@ -187,16 +180,15 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
 
 /* Starts the connection, or reports a TLS context that could not be made. */
 void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
+  char bare[256];
   if (c->tls && c->tls_ctx == NULL) { /* the failure is recorded */
     c->state = CONN_RESOLVING;
     conn_end(c, NULL, 0);
     return;
   }
+  host = sockaddr_unbracket(host, bare, sizeof bare); /* "[::1]" as in URLs */
   if (c->tls && c->tls_host == NULL && c->unix_path == NULL) {
-    size_t n = strlen(host);
-    int bracketed = n >= 2 && host[0] == '[' && host[n - 1] == ']';
-    c->tls_host = bracketed ? strndup(host + 1, n - 2) : strdup(host);
-    if (c->tls_host == NULL) luaL_error(L, "evtcp: out of memory");
+    if ((c->tls_host = strdup(host)) == NULL) luaL_error(L, "evtcp: out of memory");
   }
   if (c->tls && c->tls_session_key != NULL) {
     /* sessions are per host, port, name verified and settings: a resumed

@@ -18,12 +18,6 @@
 
 /* ---- reading ---- */
 
-struct timeval seconds_tv(double s) {
-  struct timeval tv;
-  tv.tv_sec = (long)s;
-  tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
-  return tv;
-}
 
 static int conn_wants_reading(const evtcp_conn *c) {
   return c->state == CONN_OPEN && (c->read_ev || c->tls) && !c->paused && !c->input_full &&

@@ -12,20 +12,26 @@
 #include <netinet/tcp.h>
 #include "conn.h"
 
-static const char *const callback_keys[] = {
-  "onConnection", "onData", "onShutdown", "onError", "onTerminate", "onDrain", "onEnd", NULL
-};
 
-static const char *const property_keys[] = {
+/* The properties: one list, which makes the name -> property table that
+ * __index and __newindex look keys up in, core.connectionProperties, and
+ * the switch of conn_push_property (the compiler flags a missing case). */
+typedef enum {
+  PROP_CLOSED, PROP_ERRORS, PROP_NO_DELAY, PROP_KEEP_ALIVE, PROP_REMOTE_ADDRESS, PROP_REMOTE_PORT,
+  PROP_LOCAL_ADDRESS, PROP_LOCAL_PORT, PROP_BUFFERED_AMOUNT, PROP_HANDLER, PROP_TLS, PROP_BYTES_READ,
+  PROP_BYTES_WRITTEN, PROP_COUNT
+} conn_property;
+
+static const char *const property_names[PROP_COUNT] = {
   "closed", "errors", "noDelay", "keepAlive", "remoteAddress", "remotePort", "localAddress",
-  "localPort", "bufferedAmount", "handler", "tls", "bytesRead", "bytesWritten", NULL
+  "localPort", "bufferedAmount", "handler", "tls", "bytesRead", "bytesWritten"
 };
 
 int conn_handler_has_callbacks(lua_State *L, int handler_index) {
   int i;
   handler_index = lua_absindex(L, handler_index);
-  for (i = 0; callback_keys[i] != NULL; i++) {
-    int t = lua_getfield(L, handler_index, callback_keys[i]);
+  for (i = 0; i < EVT_COUNT; i++) {
+    int t = lua_getfield(L, handler_index, event_callback_names[i]);
     lua_pop(L, 1);
     if (t != LUA_TNIL) return 1;
   }
@@ -48,7 +54,7 @@ static double option_seconds(lua_State *L, int h, int arg, const char *name) {
   if (t != LUA_TNIL) {
     if (t != LUA_TNUMBER) option_error(L, arg, name, "must be a number of seconds");
     s = lua_tonumber(L, -1);
-    if (!(s >= 0 && s < 1e9)) option_error(L, arg, name, "must be >= 0");
+    if (!seconds_ok(s)) option_error(L, arg, name, "must be >= 0");
   }
   lua_pop(L, 1);
   return s;
@@ -210,82 +216,64 @@ static int conn_push_errors(lua_State *L) {
   return 1;
 }
 
-/* Pushes property `key`; returns 0 if key is not a property. */
-static int conn_push_property(lua_State *L, evtcp_conn *c, const char *key) {
-  switch (key[0]) {
-  case 'b':
-    if (strcmp(key, "bufferedAmount") == 0) { lua_pushinteger(L, (lua_Integer)conn_buffered(c)); return 1; }
-    if (strcmp(key, "bytesRead") == 0) { lua_pushinteger(L, (lua_Integer)c->bytes_read); return 1; }
-    if (strcmp(key, "bytesWritten") == 0) { /* left our queue: to the kernel, or to OpenSSL */
-      lua_pushinteger(L, (lua_Integer)(c->bytes_sent - conn_buffered(c)));
-      return 1;
-    }
+/* Pushes property p of the connection at index 1. */
+static void conn_push_property(lua_State *L, evtcp_conn *c, conn_property p) {
+  switch (p) {
+  case PROP_BUFFERED_AMOUNT: lua_pushinteger(L, (lua_Integer)conn_buffered(c)); break;
+  case PROP_BYTES_READ: lua_pushinteger(L, (lua_Integer)c->bytes_read); break;
+  case PROP_BYTES_WRITTEN: /* left our queue: to the kernel, or to OpenSSL */
+    lua_pushinteger(L, (lua_Integer)(c->bytes_sent - conn_buffered(c)));
     break;
-  case 'c':
-    if (strcmp(key, "closed") == 0) { lua_pushboolean(L, c->closed); return 1; }
+  case PROP_CLOSED: lua_pushboolean(L, c->closed); break;
+  case PROP_ERRORS: conn_push_errors(L); break;
+  case PROP_HANDLER: lua_getiuservalue(L, 1, UV_HANDLER); break;
+  case PROP_LOCAL_ADDRESS: if (!push_local_addr(L, c, 0)) lua_pushnil(L); break;
+  case PROP_LOCAL_PORT: if (!push_local_addr(L, c, 1)) lua_pushnil(L); break;
+  case PROP_NO_DELAY: lua_pushboolean(L, c->no_delay); break;
+  case PROP_KEEP_ALIVE:
+    if (c->keep_alive > 0) lua_pushinteger(L, c->keep_alive);
+    else lua_pushboolean(L, c->keep_alive != 0);
     break;
-  case 'e':
-    if (strcmp(key, "errors") == 0) return conn_push_errors(L);
+  case PROP_REMOTE_ADDRESS:
+    if (c->unix_path != NULL) lua_pushstring(L, c->unix_path);
+    else if (!push_addr(L, &c->peer, 0)) lua_pushnil(L);
     break;
-  case 'h':
-    if (strcmp(key, "handler") == 0) { lua_getiuservalue(L, 1, UV_HANDLER); return 1; }
+  case PROP_REMOTE_PORT: if (!push_addr(L, &c->peer, 1)) lua_pushnil(L); break;
+  case PROP_TLS:
+    if (c->tls && c->state == CONN_OPEN) tls_push_info(L, c->bev);
+    else lua_pushnil(L);
     break;
-  case 'l':
-    if (strcmp(key, "localAddress") == 0) return push_local_addr(L, c, 0) || (lua_pushnil(L), 1);
-    if (strcmp(key, "localPort") == 0) return push_local_addr(L, c, 1) || (lua_pushnil(L), 1);
-    break;
-  case 'n':
-    if (strcmp(key, "noDelay") == 0) { lua_pushboolean(L, c->no_delay); return 1; }
-    break;
-  case 'k':
-    if (strcmp(key, "keepAlive") == 0) {
-      if (c->keep_alive > 0) lua_pushinteger(L, c->keep_alive);
-      else lua_pushboolean(L, c->keep_alive != 0);
-      return 1;
-    }
-    break;
-  case 'r':
-    if (strcmp(key, "remoteAddress") == 0) {
-      if (c->unix_path != NULL) { lua_pushstring(L, c->unix_path); return 1; }
-      return push_addr(L, &c->peer, 0) || (lua_pushnil(L), 1);
-    }
-    if (strcmp(key, "remotePort") == 0) return push_addr(L, &c->peer, 1) || (lua_pushnil(L), 1);
-    break;
-  case 't':
-    if (strcmp(key, "tls") == 0) {
-      if (c->tls && c->state == CONN_OPEN) tls_push_info(L, c->bev);
-      else lua_pushnil(L);
-      return 1;
-    }
-    break;
+  case PROP_COUNT: lua_pushnil(L); break;
   }
-  return 0;
 }
 
 static int conn__index(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
-  const char *key;
   lua_settop(L, 2);
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1; /* a method */
   lua_pop(L, 1);
-  /* lua_tostring would turn a number key into a string in place */
-  key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
-  if (key != NULL && conn_push_property(L, c, key)) return 1;
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(2)) == LUA_TNUMBER) { /* a property */
+    conn_push_property(L, c, (conn_property)lua_tointeger(L, -1));
+    return 1;
+  }
+  lua_pop(L, 1);
   if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) return 0;
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
   return 1;
 }
 
-static int is_reserved(lua_State *L, const char *key) {
-  int i;
-  for (i = 0; property_keys[i] != NULL; i++)
-    if (strcmp(key, property_keys[i]) == 0) return 1;
-  lua_pushstring(L, key);
-  i = lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL;
-  lua_pop(L, 1);
-  return i;
+/* A method or property name: not the program's to assign. */
+static int is_reserved(lua_State *L, int key_index) {
+  int reserved;
+  lua_pushvalue(L, key_index);
+  reserved = lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL;
+  lua_pushvalue(L, key_index);
+  reserved = lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL || reserved;
+  lua_pop(L, 2);
+  return reserved;
 }
 
 /* conn.handler = h replaces the callbacks; other known names are read-only;
@@ -318,7 +306,7 @@ static int conn__newindex(lua_State *L) {
     conn_set_keep_alive(c, keep_alive_value(L, 3, "keepAlive"));
     return 0;
   }
-  if (key != NULL && is_reserved(L, key))
+  if (key != NULL && is_reserved(L, 2))
     return luaL_error(L, "evtcp: TCPConnection.%s is read-only", key);
   if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) {
     lua_pop(L, 1);
@@ -349,12 +337,23 @@ void conn_props_open(lua_State *L, const luaL_Reg *methods) {
   luaL_setfuncs(L, methods, 0);            /* mt methods */
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &conn_methods_key); /* names for type errors */
-  lua_pushvalue(L, -1);
-  lua_pushcclosure(L, conn__index, 1);
-  lua_setfield(L, -3, "__index");
-  lua_pushvalue(L, -1);
-  lua_pushcclosure(L, conn__newindex, 1);
-  lua_setfield(L, -3, "__newindex");
+  { /* name -> property, for __index and __newindex */
+    int i;
+    lua_createtable(L, 0, PROP_COUNT);
+    for (i = 0; i < PROP_COUNT; i++) {
+      lua_pushinteger(L, i);
+      lua_setfield(L, -2, property_names[i]);
+    }
+  }                                        /* mt methods props */
+  lua_pushvalue(L, -2);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, conn__index, 2);
+  lua_setfield(L, -4, "__index");
+  lua_pushvalue(L, -2);
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, conn__newindex, 2);
+  lua_setfield(L, -4, "__newindex");
+  lua_pop(L, 1);                           /* mt methods */
   lua_pushcfunction(L, conn__tostring);
   lua_setfield(L, -3, "__tostring");
   lua_pushliteral(L, "TCPConnection");
@@ -363,8 +362,8 @@ void conn_props_open(lua_State *L, const luaL_Reg *methods) {
   { /* the property names, for the reference spec (docs/reference.md) */
     int i;
     lua_newtable(L);
-    for (i = 0; property_keys[i] != NULL; i++) {
-      lua_pushstring(L, property_keys[i]);
+    for (i = 0; i < PROP_COUNT; i++) {
+      lua_pushstring(L, property_names[i]);
       lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -3, "connectionProperties");

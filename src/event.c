@@ -31,7 +31,7 @@ static const char *const type_names[EVT_COUNT] = {
   "connection", "data", "error", "close", "terminate", "drain", "end"
 };
 
-static const char *const callback_names[EVT_COUNT] = {
+const char *const event_callback_names[EVT_COUNT] = {
   "onConnection", "onData", "onError", "onShutdown", "onTerminate", "onDrain", "onEnd"
 };
 
@@ -72,11 +72,11 @@ static int event_dispatch(lua_State *L) {
   lua_pop(L, 1);
   lua_getiuservalue(L, 1, UV_HANDLER);                    /* handler */
   if (lua_isnil(L, -1)) return 0;
-  if (lua_getfield(L, -1, callback_names[notice->type]) == LUA_TNIL) return 0;
+  if (lua_getfield(L, -1, event_callback_names[notice->type]) == LUA_TNIL) return 0;
   notice->handled = 1;
   if (!lua_isfunction(L, -1)) { /* a callable table will do */
     if (luaL_getmetafield(L, -1, "__call") == LUA_TNIL)
-      return luaL_error(L, "evtcp: handler.%s is a %s, not a function", callback_names[notice->type],
+      return luaL_error(L, "evtcp: handler.%s is a %s, not a function", event_callback_names[notice->type],
                         luaL_typename(L, -1));
     lua_pop(L, 1);
   }

@@ -31,6 +31,7 @@
 #define EVTCP_H
 
 #include <stddef.h>
+#include <string.h>
 #include <errno.h>
 #include <lua.h>
 #include <lauxlib.h>
@@ -101,6 +102,9 @@ evtcp_loop *loop_get_unchecked(lua_State *L);
 void loop_open(lua_State *L);
 int loop_pcall(evtcp_loop *loop, int nargs, int nresults);
 int loop_has_error(evtcp_loop *loop);
+#define EVTCP_MAX_SECONDS 1e9
+int seconds_ok(double s);
+struct timeval seconds_tv(double s);
 extern const char conn_methods_key, listener_methods_key;
 void loop_push_scheduler(lua_State *L, int i);
 int loop_is_spawned(lua_State *L);
@@ -124,7 +128,14 @@ typedef struct evtcp_notice {
   int handled;             /* set by event_dispatch if a callback ran */
 } evtcp_notice;
 
+/* A notice of type with nothing else set yet. */
+static inline void notice_init(evtcp_notice *n, evtcp_event_type type) {
+  memset(n, 0, sizeof *n);
+  n->type = type;
+}
+
 void event_open(lua_State *L);
+extern const char *const event_callback_names[EVT_COUNT]; /* "onConnection"... by type */
 int event_deliver(evtcp_loop *loop, evtcp_notice *notice, int nargs, int nresults);
 
 /* ---- error.c ---- */
@@ -161,6 +172,7 @@ void tls_cache_free_all(evtcp_loop *loop);
 void resolver_open(lua_State *L);
 
 /* ---- socket helpers (sockaddr.c) ---- */
+const char *sockaddr_unbracket(const char *host, char *buf, size_t size);
 int sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, int *len);
 void sockaddr_push_ip(lua_State *L, const struct sockaddr *sa);
 int sockaddr_port(const struct sockaddr *sa);

@@ -90,9 +90,7 @@ static void listener_run_pending(evtcp_object *obj) {
   }
   if (!l->terminate_due) return;
   l->terminate_due = 0;
-  l->terminated = 1;
-  memset(&n, 0, sizeof n);
-  n.type = EVT_TERMINATE;
+  notice_init(&n, EVT_TERMINATE);
   object_push(obj->loop->L, obj);
   event_deliver(obj->loop, &n, 1, 0);
   object_wake(obj, WAKE_ALL); /* wait() or accept() */
@@ -115,8 +113,7 @@ static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_ad
     return;
   }
   l->connections++;
-  memset(&n, 0, sizeof n);
-  n.type = EVT_CONNECTION;
+  notice_init(&n, EVT_CONNECTION);
   {
     evtcp_conn *c = (evtcp_conn *)lua_touserdata(L, -1);
     if (c->state != CONN_OPEN) { /* TLS: onConnection after the handshake */
@@ -138,8 +135,7 @@ void listener_report(evtcp_listener *l, const evtcp_failure *f) {
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
   error_push(L, f);
   error_append(L, -2, -1);
-  memset(&n, 0, sizeof n);
-  n.type = EVT_ERROR;
+  notice_init(&n, EVT_ERROR);
   event_deliver(l->obj.loop, &n, 2, 0);
 }
 
@@ -154,8 +150,7 @@ void listener_on_client(evtcp_listener *l, evutil_socket_t fd, const struct sock
   }
   object_push(L, &l->obj);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); evutil_closesocket(fd); return; }
-  memset(&n, 0, sizeof n);
-  n.type = EVT_CONNECTION;
+  notice_init(&n, EVT_CONNECTION);
   n.peer = sa;
   if (sa->sa_family == AF_UNIX) n.path = l->unix_path; /* else a client behind a balancer */
   if (event_deliver(l->obj.loop, &n, 1, 1) != LUA_OK) { evutil_closesocket(fd); return; }
@@ -288,7 +283,6 @@ int listener_listen(lua_State *L) {
   l->obj.run_pending = listener_run_pending;
   l->held_fd = -1;
   l->closed = 1; /* until the socket exists */
-  l->terminated = 1;
   luaL_setmetatable(L, EVTCP_LISTENER_MT);
   object_register(L, &l->obj, -1);
   lua_insert(L, 1); /* listener port options */
@@ -377,7 +371,7 @@ int listener_listen(lua_State *L) {
     socklen_t len = sizeof l->bound;
     getsockname(evconnlistener_get_fd(l->lev), &l->bound.sa, &len);
   }
-  l->closed = l->terminated = 0;
+  l->closed = 0;
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, 1, UV_HANDLER);
   lua_settop(L, 1);

@@ -43,7 +43,6 @@ typedef struct evtcp_listener {
   unsigned owns_file : 1;
   unsigned closed : 1;
   unsigned terminate_due : 1;
-  unsigned terminated : 1;      /* onTerminate delivered */
 } evtcp_listener;
 
 /* listener.c */

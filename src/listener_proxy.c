@@ -77,8 +77,7 @@ void listener_proxy_start(evtcp_listener *l, evutil_socket_t fd, const struct so
   w->next = l->proxy_waits;
   if (w->next) w->next->prev = w;
   l->proxy_waits = w;
-  tv.tv_sec = (long)l->proxy_timeout;
-  tv.tv_usec = (long)((l->proxy_timeout - (double)tv.tv_sec) * 1e6);
+  tv = seconds_tv(l->proxy_timeout);
   event_add(w->ev, &tv);
 }
 

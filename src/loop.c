@@ -213,9 +213,17 @@ static double check_timeout_arg(lua_State *L, int arg) {
   return t;
 }
 
-static struct timeval seconds_to_tv(double s) {
+/* A duration evtcp's timeouts and timers accept: 0 up to (not including)
+ * EVTCP_MAX_SECONDS; NaN is not one. */
+int seconds_ok(double s) {
+  return s >= 0 && s < EVTCP_MAX_SECONDS;
+}
+
+/* Seconds as a struct timeval, capped at EVTCP_MAX_SECONDS (libevent's
+ * timers take no more): every timeout and timer of evtcp goes through here. */
+struct timeval seconds_tv(double s) {
   struct timeval tv;
-  if (s > 1e9) s = 1e9;
+  if (s > EVTCP_MAX_SECONDS) s = EVTCP_MAX_SECONDS;
   tv.tv_sec = (long)s;
   tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
   return tv;
@@ -230,7 +238,7 @@ static int loop_drive(lua_State *L, evtcp_loop *loop, double timeout, int once) 
   loop_check_not_running(L, loop);
   loop_raise_pending(L, loop); /* one left from an earlier dispatch */
   if (timeout >= 0) {
-    struct timeval tv = seconds_to_tv(timeout);
+    struct timeval tv = seconds_tv(timeout);
     deadline = evtimer_new(loop->base, loop_deadline_cb, &hit);
     if (deadline == NULL) return luaL_error(L, "evtcp: out of memory");
     evtimer_add(deadline, &tv);

@@ -11,17 +11,22 @@
 #include <arpa/inet.h>
 #include "evtcp.h"
 
+/* host without the brackets of an IPv6 literal written as in URLs
+ * ("[::1]"), copied into buf; host itself otherwise. */
+const char *sockaddr_unbracket(const char *host, char *buf, size_t size) {
+  size_t n = strlen(host);
+  if (n < 2 || host[0] != '[' || host[n - 1] != ']' || n - 2 >= size) return host;
+  memcpy(buf, host + 1, n - 2);
+  buf[n - 2] = '\0';
+  return buf;
+}
+
 /* Fills ss from an IPv4 or IPv6 literal (IPv6 may be written in brackets).
  * Returns 0, or -1 if host is not a literal. */
 int sockaddr_parse(const char *host, int port, struct sockaddr_storage *ss, int *len) {
   char buf[64];
-  size_t n = strlen(host);
   memset(ss, 0, sizeof *ss);
-  if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n - 2 < sizeof buf) {
-    memcpy(buf, host + 1, n - 2);
-    buf[n - 2] = '\0';
-    host = buf;
-  }
+  host = sockaddr_unbracket(host, buf, sizeof buf);
   {
     struct sockaddr_in *sin = (struct sockaddr_in *)ss;
     if (evutil_inet_pton(AF_INET, host, &sin->sin_addr) == 1) {

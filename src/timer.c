@@ -33,7 +33,7 @@ int timer_after(lua_State *L) {
   double s = luaL_checknumber(L, 1);
   struct timeval tv;
   evtcp_timer *t;
-  luaL_argcheck(L, s >= 0 && s < 1e9, 1, "seconds must be >= 0");
+  luaL_argcheck(L, seconds_ok(s), 1, "seconds must be >= 0");
   luaL_checktype(L, 2, LUA_TFUNCTION);
   t = (evtcp_timer *)lua_newuserdatauv(L, sizeof *t, 1);
   memset(t, 0, sizeof *t);
@@ -45,8 +45,7 @@ int timer_after(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   t->ev = evtimer_new(loop->base, timer_on_fire, t);
   if (t->ev == NULL) return luaL_error(L, "evtcp: out of memory");
-  tv.tv_sec = (long)s;
-  tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
+  tv = seconds_tv(s);
   evtimer_add(t->ev, &tv);
   t->pending = 1;
   object_anchor(&t->obj, ANCHOR_CALLBACKS);
