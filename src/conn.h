@@ -1,24 +1,63 @@
 /*
- * conn.h - the TCPConnection struct, shared by conn.c, conn_props.c and
- * listener.c.
+ * conn.h - the TCPConnection struct, shared by the connection's files
+ * (conn.c, conn_io.c, conn_connect.c, conn_receive.c, conn_props.c) and the
+ * listener's.
  *
- * Lifetime, as a state machine (API.md section 7):
+ * Lifetime, as a state machine (API.md sections 4 and 7). `state` holds the
+ * five states; each flag below that changes behaviour is placed on the
+ * diagram, in the state where it can be set.
  *
- *   RESOLVING --lookup ok--> CONNECTING --connected--> OPEN
- *       |                        |  (next address on failure)  |
- *       +------- failure, close(), reset(), connect timeout ---+--> CLOSING
- *   OPEN --peer FIN, close() or shutdown()+peer FIN, once flushed--> CLOSING
- *   OPEN --error, reset()--> CLOSING
- *   CLOSING --(from the loop) onShutdown or onError, onTerminate--> TERMINATED
+ *   RESOLVING --lookup ok--> CONNECTING --connected (TLS: handshake done)--> OPEN
+ *       |                        |   failed: next address, back to CONNECTING  |
+ *       +--- failure, reset(), connect timeout, close() with nothing queued ---+--> CLOSING
+ *   CLOSING --(from the loop) onShutdown or onError, then onTerminate--> TERMINATED
+ *
+ *   RESOLVING   `lookup` in flight.                        anchored: CONNECTING
+ *   CONNECTING  `bev` connects to one of `addrs`; a failed address's bev
+ *               is retired (`retired_*`) and freed from the loop; `early`
+ *               holds what send() queued. close() with something queued
+ *               sets close_wanted and connecting goes on.
+ *                                                          anchored: CONNECTING,
+ *                                                          OUTPUT (early data)
+ *   OPEN        was_open is set (dial's answer). Two directions, each with
+ *               its own sub-states:
+ *
+ *     input:  READING (`reading`: read_ev added, or TLS: the bev reads)
+ *               --pause()--> paused --resume()--> READING
+ *               --highWaterMark kept, nobody reading--> input_full --drained--> READING
+ *               --the peer's FIN--> peer_eof: onEnd runs (in_on_end: a send()
+ *                 from onEnd still queues); then, unless allow_half_open,
+ *                 close as close() does
+ *             `receiving`: bytes go to `input` for receive(), not to onData.
+ *             `input_due`: bytes kept while there was no onData wait for a
+ *             new one (delivered from the loop). `tls_backlog`: OpenSSL
+ *             decrypted bytes while paused; resume() delivers them.
+ *     output: WRITABLE --send() queued--> drain_wanted --flushed--> drain_due
+ *                 (onDrain from the loop)
+ *               --shutdown()--> write_shut_wanted --flushed--> write_shut_done
+ *                 (FIN sent; TLS: close_notify first); reading goes on until
+ *                 the peer's FIN
+ *               --close()--> close_wanted --flushed--> CLOSING
+ *                                                          anchored: CALLBACKS
+ *                                                          (its handler has a
+ *                                                          callback), OUTPUT
+ *                                                          (queued output)
+ *   CLOSING     the socket and the bev are released; `failure` says why if
+ *               it failed; finish_due: the final callbacks wait for the
+ *               loop. reset() sets aborted (no close_notify, SO_LINGER 0).
+ *               `closed` (the Lua-visible property) is set just before
+ *               onShutdown/onError.                        anchored: PENDING
+ *   TERMINATED  nothing is owned but `input` (what receive() may still
+ *               read) and the address; __gc frees the rest. Not anchored.
+ *
+ * In every state, ANCHOR_PENDING while the connection sits in the loop's
+ * deferred queue, ANCHOR_WAITER while a coroutine waits on it.
  *
  * Callbacks: onConnection when OPEN is reached (client side) or when the
- * listener adopts the socket (server side); onData while OPEN; the rest on
- * the way out of CLOSING. Methods never run callbacks: they move the state
- * and queue the connection (object_defer) so the loop delivers them.
- *
- * Anchors: ANCHOR_CALLBACKS from creation to TERMINATED if the handler has a
- * callback; ANCHOR_OUTPUT while queued output waits to be flushed;
- * ANCHOR_PENDING while queued; ANCHOR_WAITER while a coroutine waits.
+ * listener adopts the socket (server side; over TLS when its handshake is
+ * done); onData and onEnd while OPEN; the rest on the way out of CLOSING.
+ * Methods never run callbacks: they move the state and queue the connection
+ * (object_defer) so the loop delivers them.
  *
  * Data path (plain TCP): the bufferevent connects, queues output and times
  * writes out, but reads go through our own event (read_ev) straight from

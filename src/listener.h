@@ -1,6 +1,29 @@
 /*
  * listener.h - the TCPListener struct, shared by listener.c (the listener
  * and its Lua API) and listener_proxy.c (clients behind a PROXY header).
+ *
+ * States (`closed` tells which):
+ *
+ *   LISTENING --terminate(), close(), __close, __gc--> TERMINATED
+ *
+ *   LISTENING   `lev` accepts. A client goes, in order:
+ *                 [proxy: in `proxy_waits` until its PROXY header is read;
+ *                  failed -> onError, closed; read while a client is held
+ *                  -> `ready`, offered by the loop (promote_due) once the
+ *                  held one is taken]
+ *                 -> onConnection decides: a handler adopts it, nil/false
+ *                    refuses it;
+ *                 or, without onConnection, it is held (`held_fd`) for
+ *                 accept() and accepting stops until it is taken.
+ *               An accept failure (EMFILE) goes to onError and accepting
+ *               pauses (backoff_ev). maxConnections refuses clients beyond.
+ *                                    anchored: CALLBACKS (an onConnection),
+ *                                    WAITER (coroutines in accept or wait)
+ *   TERMINATED  the socket is closed (a Unix socket's file removed when it
+ *               is ours: owns_file), held and waiting clients closed;
+ *               terminate_due: onTerminate waits for the loop (PENDING).
+ *               The TLS contexts stay until __gc: a client adopted inside
+ *               onConnection still gets its handshake.
  */
 #ifndef EVTCP_LISTENER_H
 #define EVTCP_LISTENER_H
