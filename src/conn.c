@@ -444,14 +444,9 @@ static const luaL_Reg conn_methods[] = {
   {NULL, NULL}
 };
 
+/* The metatable is made in one place, conn_props.c: these are the
+ * functions of this file it takes. */
 void conn_open(lua_State *L) {
-  luaL_newmetatable(L, EVTCP_CONN_MT);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &conn_mt_key);
-  lua_pushcfunction(L, conn__gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, conn_close);
-  lua_setfield(L, -2, "__close");
-  lua_pop(L, 1);
-  conn_props_open(L, conn_methods);
+  static const luaL_Reg meta[] = {{"__gc", conn__gc}, {"__close", conn_close}, {NULL, NULL}};
+  conn_props_open(L, conn_methods, meta, &conn_mt_key);
 }

@@ -159,7 +159,7 @@ void conn_kept_input_due(evtcp_conn *c);
 void conn_set_no_delay(evtcp_conn *c, int on);
 void conn_set_keep_alive(evtcp_conn *c, int seconds);
 int conn_handler_has_callbacks(lua_State *L, int handler_index);
-void conn_props_open(lua_State *L, const luaL_Reg *methods);
+void conn_props_open(lua_State *L, const luaL_Reg *methods, const luaL_Reg *meta, const void *mt_key);
 void listener_local_address(struct evtcp_listener *l, evtcp_addr *out);
 SSL_CTX *listener_tls_context(struct evtcp_listener *l);
 const char *listener_unix_path(struct evtcp_listener *l);

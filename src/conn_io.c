@@ -500,3 +500,31 @@ int conn_send(lua_State *L) {
   return conn_send_finish(L, LUA_OK, 0);
 }
 
+/* ---- socket options ---- */
+
+/* TCP_NODELAY on the connection's own socket (c->fd: a bufferevent's fd
+ * is not there on an accepted connection), now if it is open. TCP options
+ * are kept but not applied on a Unix socket, which has none. */
+void conn_set_no_delay(evtcp_conn *c, int on) {
+  c->no_delay = on != 0;
+  if (c->fd >= 0 && c->state == CONN_OPEN && c->unix_path == NULL)
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+}
+
+/* Keepalive: seconds of idle before probes, -1 the system's, 0 off. */
+void conn_set_keep_alive(evtcp_conn *c, int seconds) {
+  int on = seconds != 0;
+  c->keep_alive = seconds;
+  if (c->fd < 0 || c->state != CONN_OPEN || c->unix_path != NULL) return;
+  setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+#ifdef EVTCP_TCP_KEEPIDLE
+  if (seconds > 0) setsockopt(c->fd, IPPROTO_TCP, EVTCP_TCP_KEEPIDLE, &seconds, sizeof seconds);
+#endif
+}
+
+/* The options as the socket opens: only what differs from a new socket's
+ * defaults costs a system call (listening sockets have SO_KEEPALIVE off). */
+void conn_apply_socket_options(evtcp_conn *c) {
+  if (c->no_delay) conn_set_no_delay(c, 1);
+  if (c->keep_alive != 0) conn_set_keep_alive(c, c->keep_alive);
+}

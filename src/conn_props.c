@@ -9,7 +9,6 @@
 #include "platform.h" /* first: feature macros */
 #include <stdlib.h>
 #include <string.h>
-#include <netinet/tcp.h>
 #include "conn.h"
 
 
@@ -154,32 +153,6 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg, int client) 
   lua_pop(L, 1);
 }
 
-/* TCP_NODELAY on the connection's own socket (c->fd: a bufferevent's fd
- * is not there on an accepted connection), now if it is open. TCP options
- * are kept but not applied on a Unix socket, which has none. */
-void conn_set_no_delay(evtcp_conn *c, int on) {
-  c->no_delay = on != 0;
-  if (c->fd >= 0 && c->state == CONN_OPEN && c->unix_path == NULL)
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-}
-
-/* Keepalive: seconds of idle before probes, -1 the system's, 0 off. */
-void conn_set_keep_alive(evtcp_conn *c, int seconds) {
-  int on = seconds != 0;
-  c->keep_alive = seconds;
-  if (c->fd < 0 || c->state != CONN_OPEN || c->unix_path != NULL) return;
-  setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
-#ifdef EVTCP_TCP_KEEPIDLE
-  if (seconds > 0) setsockopt(c->fd, IPPROTO_TCP, EVTCP_TCP_KEEPIDLE, &seconds, sizeof seconds);
-#endif
-}
-
-/* The options as the socket opens: only what differs from a new socket's
- * defaults costs a system call (listening sockets have SO_KEEPALIVE off). */
-void conn_apply_socket_options(evtcp_conn *c) {
-  if (c->no_delay) conn_set_no_delay(c, 1);
-  if (c->keep_alive != 0) conn_set_keep_alive(c, c->keep_alive);
-}
 
 /* ---- properties ---- */
 
@@ -331,8 +304,14 @@ static int conn__tostring(lua_State *L) {
  * which the Lua layer extends (wait, receive) through core.connectionMethods. */
 const char conn_methods_key = 'M';
 
-void conn_props_open(lua_State *L, const luaL_Reg *methods) {
-  luaL_getmetatable(L, EVTCP_CONN_MT);
+/* Makes the whole metatable: meta (__gc, __close), __index and __newindex
+ * over the methods and properties, __tostring, the type name; kept under
+ * mt_key for the type check (object_test). */
+void conn_props_open(lua_State *L, const luaL_Reg *methods, const luaL_Reg *meta, const void *mt_key) {
+  luaL_newmetatable(L, EVTCP_CONN_MT);
+  luaL_setfuncs(L, meta, 0);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, mt_key);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);            /* mt methods */
   lua_pushvalue(L, -1);
