@@ -125,9 +125,10 @@ stress: deps
 	@$(MAKE) --no-print-directory all
 	$(ENV) $(LUA) spec/attack/stress.lua
 
-# the benchmarks' peers too: Node.js for the TLS suite (Debian's nodejs)
+# the benchmarks' peers too: Node.js for the TLS suite, redis-benchmark
+# (redis-tools) and wrk for the real clients
 bench-deps:
-	@$(MAKE) --no-print-directory deps DEPS="$(DEPS) nodejs"
+	@$(MAKE) --no-print-directory deps DEPS="$(DEPS) nodejs redis-tools wrk"
 
 bench: bench-deps
 	$(MAKE) -C bench run

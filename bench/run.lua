@@ -16,8 +16,8 @@ local IDLE_CONNS = quick and 500 or 2000
 -- BENCH_MODES=bulk,pp50 runs only those modes (development)
 local only = os.getenv("BENCH_MODES")
 
--- BENCH_SUITES=tcp,tls (default both)
-local suites_wanted = os.getenv("BENCH_SUITES") or "tcp,tls"
+-- BENCH_SUITES=tcp,tls,real (default all)
+local suites_wanted = os.getenv("BENCH_SUITES") or "tcp,tls,real"
 
 local servers = {
   { name = "C, libevent bufferevents", cmd = "bin/c_bufferevent_echo" },
@@ -64,6 +64,30 @@ local tls_modes = {
     unit = "B/conn", gen = "bin/tls_loadgen" },
 }
 
+-- Real clients nobody here wrote, against mini servers written as a user
+-- would (bench/real/): a mini Redis driven by redis-benchmark, an HTTP/1.1
+-- keep-alive responder driven by wrk. luv is the reference (1.00);
+-- redis-server, the C original, runs the Redis modes only.
+local real_servers = {
+  { name = "luv", redis = "lua5.4 real/luv_redis.lua", http = "lua5.4 real/luv_http.lua" },
+  { name = "evtcp, callbacks", redis = "lua5.4 real/evtcp_redis.lua", http = "lua5.4 real/evtcp_http.lua" },
+  { name = "evtcp, coroutines", redis = "lua5.4 real/evtcp_co_redis.lua", http = "lua5.4 real/evtcp_co_http.lua" },
+  { name = "redis-server (C)", redis = "sh -c 'echo listening on 127.0.0.1:%PORT%; exec redis-server --port %PORT% " ..
+      "--bind 127.0.0.1 --save \"\" --appendonly no'" },
+}
+local REDIS_N = quick and 50000 or 200000
+local real_modes = {
+  { key = "redis", title = "redis-benchmark SET+GET, 50 conns", kind = "redis", unit = "us/req", scale = 1e6,
+    per = "ops", rate = "req/s", client = "redis-benchmark -p %d -t set,get -c 50 -q -n " .. REDIS_N, requests = 2 * REDIS_N },
+  { key = "redis16", title = "redis-benchmark SET+GET, 50 conns, pipelined 16", kind = "redis", unit = "us/req",
+    scale = 1e6, per = "ops", rate = "req/s", client = "redis-benchmark -p %d -t set,get -c 50 -q -P 16 -n " .. 5 * REDIS_N,
+    requests = 10 * REDIS_N },
+  { key = "wrk50", title = "wrk, 50 conns", kind = "http", unit = "us/req", scale = 1e6, per = "ops", rate = "req/s",
+    client = "wrk -t1 -c50 -d" .. SECONDS .. "s http://127.0.0.1:%d/" },
+  { key = "wrk500", title = "wrk, 500 conns", kind = "http", unit = "us/req", scale = 1e6, per = "ops", rate = "req/s",
+    client = "wrk -t1 -c500 -d" .. SECONDS .. "s http://127.0.0.1:%d/" },
+}
+
 local function keep_only(list)
   if not only then return list end
   local keep = {}
@@ -83,6 +107,13 @@ if suites_wanted:find("tls") then
     table.remove(tls_servers, 3)
   end
   suites[#suites + 1] = { title = "TLS echo", servers = tls_servers, modes = keep_only(tls_modes), tls = true }
+end
+if suites_wanted:find("real") then
+  if os.execute("command -v wrk >/dev/null 2>&1 && command -v redis-benchmark >/dev/null 2>&1") ~= true then
+    io.stderr:write("wrk or redis-benchmark is missing (make bench installs them): no real-client table\n")
+  else
+    suites[#suites + 1] = { title = "Real clients", servers = real_servers, modes = keep_only(real_modes) }
+  end
 end
 
 local function sh(cmd)
@@ -118,9 +149,20 @@ end
 local function sleep(s) os.execute("sleep " .. s) end
 
 --- Starts a server on CPU 0; returns its pid and port.
-local function start(server)
+local function free_port()
+  local evtcp = require("evtcp")
+  local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))
+  local port = l.port
+  l:terminate()
+  evtcp.run(0.1)
+  return port
+end
+
+local function start(server, cmd)
   local log = os.tmpname()
-  local pid = sh(("taskset -c 0 %s > %s 2>&1 & echo $!"):format(server.cmd, log)):match("%d+")
+  cmd = cmd or server.cmd
+  if cmd:find("%PORT%", 1, true) then cmd = cmd:gsub("%%PORT%%", tostring(free_port())) end
+  local pid = sh(("taskset -c 0 %s > %s 2>&1 & echo $!"):format(cmd, log)):match("%d+")
   local port
   for _ = 1, 100 do
     port = tonumber((read_file(log) or ""):match("listening on [%d.]+:(%d+)"))
@@ -144,9 +186,32 @@ local function parse(line)
 end
 
 --- One measurement: returns { cost = per unit, rate = per second } or nil.
+--- A real client's run: the requests it made and the seconds they took.
+local function real_client(mode, port)
+  local t0 = require("evtcp.core").now()
+  local out = sh(("taskset -c 1 " .. mode.client .. " 2>&1"):format(port))
+  local seconds = require("evtcp.core").now() - t0
+  if mode.kind == "redis" then
+    local n = 0
+    for _ in out:gmatch("requests per second") do n = n + 1 end
+    if n ~= 2 or out:find("ERR") then return nil end
+    return { ops = mode.requests, seconds = seconds, errors = 0 }
+  end
+  local requests, secs = out:match("(%d+) requests in ([%d.]+)s")
+  if not requests or out:find("Non%-2xx") then return nil end
+  return { ops = tonumber(requests), seconds = tonumber(secs), errors = 0 }
+end
+
 local function measure(server, mode)
-  local pid, port = start(server)
-  local cmd = ("taskset -c 1 " .. (mode.gen or "bin/loadgen") .. " " .. mode.args .. " 2>&1"):format(port)
+  local cmd = server.cmd
+  if mode.kind then
+    cmd = server[mode.kind]
+    if not cmd then return nil end -- this server does not speak this protocol
+  end
+  local pid, port = start(server, cmd)
+  if not mode.kind then
+    cmd = ("taskset -c 1 " .. (mode.gen or "bin/loadgen") .. " " .. mode.args .. " 2>&1"):format(port)
+  end
   local result
   if mode.key == "idle" or mode.key == "tidle" then
     local before = rss_bytes(pid)
@@ -156,6 +221,15 @@ local function measure(server, mode)
     local r = parse(p:read("a"))
     p:close()
     if during and r.errors == 0 then result = { cost = (during - before) / r.ops } end
+  elseif mode.kind then
+    local cpu0 = cpu_seconds(pid)
+    local r = real_client(mode, port)
+    local cpu = cpu_seconds(pid) - cpu0
+    if r then
+      result = { cost = cpu / r.ops * mode.scale, rate = r.ops / r.seconds }
+    else
+      io.stderr:write(("%s, %s: the client failed, not counted\n"):format(server.name, mode.key))
+    end
   else
     local cpu0 = cpu_seconds(pid)
     local r = parse(sh(cmd))
@@ -216,7 +290,8 @@ end
 
 print("### " .. suite.title)
 print()
-print("Server CPU per unit of work, median (ratio to the C bufferevent server of the same round; lower is better):")
+print(("Server CPU per unit of work, median (ratio to %s of the same round; lower is better):"):format(
+  servers[1].name:match("^C,") and "the C server" or servers[1].name))
 print()
 --- Prints a markdown table: a row per server, a column per mode that cell()
 -- has something for.
@@ -240,12 +315,14 @@ end
 table_of(function(m, s)
   local slot = results[m.key][s.name]
   local digits = m.unit == "B/conn" and 0 or (m.unit == "ms/MB" and 2 or 1)
+  if #slot.costs == 0 then return "-" end -- this server does not run this mode
   return ("%s %s (%s)"):format(fmt(median(slot.costs), digits), m.unit, fmt(median(slot.ratios)))
 end)
 print()
 print("Throughput, median:")
 print()
 table_of(function(m, s)
+  if m.rate and #results[m.key][s.name].rates == 0 then return "-" end
   return m.rate and ("%s %s"):format(fmt(median(results[m.key][s.name].rates), 0), m.rate)
 end)
 print()
