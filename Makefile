@@ -27,7 +27,7 @@ CORE = $(BUILD)/evtcp/core.so
 
 # Debian packages the build, the tests and the demo need.
 DEPS = lua5.4 liblua5.4-dev libevent-dev libssl-dev luarocks lua-busted lua-socket clang \
-       socat netcat-openbsd pkg-config redis-server python3 lua-luv haproxy
+       socat netcat-openbsd pkg-config redis-server python3 lua-luv haproxy strace
 
 .PHONY: all checkout warnings deps bench-deps test demo install sanitize fuzz stress bench bench-quick clean
 

@@ -24,6 +24,48 @@ describe("sockets", function()
     c:close() server:terminate()
   end)
 
+  it("a coroutine's sends before it next waits go out together, the first at once (strace)", function()
+    if not os.execute("strace -qq -e trace=none true >/dev/null 2>&1") then pending("needs strace (and ptrace)") return end
+    local script, trace = os.tmpname(), os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local evtcp = require("evtcp")
+      local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))
+      evtcp.spawn(function()
+        local s = l:accept()
+        s:receive(2)                                -- "go"
+        for i = 1, 16 do s:send(("reply %02d\n"):format(i)) end -- pipelined answers
+        s:close()
+        l:close()
+      end)
+      evtcp.spawn(function()
+        local c = assert(evtcp.dial("127.0.0.1", l.port))
+        c:send("go")
+        local all = c:receive("a")
+        local want = {}
+        for i = 1, 16 do want[i] = ("reply %02d\n"):format(i) end
+        print(all == table.concat(want) and "intact" or ("damaged: " .. all))
+      end)
+      evtcp.run(5)
+    ]])
+    f:close()
+    local p = io.popen(("strace -f -qq -e trace=sendmsg,writev,write,sendto -o %s lua5.4 %s 2>&1"):format(trace, script))
+    local out = p:read("a")
+    p:close()
+    local sendmsg, writes = 0, 0
+    for line in io.lines(trace) do
+      if line:find("sendmsg%(") then sendmsg = sendmsg + 1 end
+      if line:find("writev%(") then writes = writes + 1 end
+    end
+    os.remove(script)
+    os.remove(trace)
+    assert.matches("intact", out)
+    -- the client's "go" and the server's first reply are sent at once; the
+    -- other 15 replies leave in one writev (16 sendmsg calls before)
+    assert.is_true(sendmsg <= 2, ("%d sendmsg calls"):format(sendmsg))
+    assert.is_true(writes >= 1 and writes <= 2, ("%d writev calls"):format(writes))
+  end)
+
   it("bytesWritten does not count what reset() dropped", function()
     local l = assert(evtcp.listen(0, { address = "127.0.0.1" })) -- nobody reads
     local c = assert(evtcp.dial("127.0.0.1", l.port))

@@ -129,6 +129,7 @@ typedef struct evtcp_conn {
   struct bufferevent *retired_bev;/* a failed address's, freed from the loop */
   SSL *retired_ssl;
   evutil_socket_t retired_fd;
+  unsigned sent_run;              /* loop->lua_runs at the last send written at once */
   uint64_t bytes_read;            /* payload bytes received (after TLS) */
   uint64_t bytes_sent;            /* payload bytes send() accepted, less any dropped */
   size_t line_scanned;            /* receive("l"): input bytes known to hold no \n */

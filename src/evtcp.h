@@ -91,6 +91,7 @@ struct evtcp_loop {
   lua_Integer wait_seq;    /* orders waiters: oldest woken first */
   int send_hook_ref;       /* Lua layer: waits in a coroutine after a send over highWaterMark */
   struct tls_cached *tls_sessions; /* TLS client sessions for resumption: tls.c */
+  unsigned lua_runs;       /* counts entries into Lua from the loop (callbacks, resumes) */
 };
 
 /* A socket error that means "try again later", not a failure. */

@@ -75,6 +75,7 @@ int loop_pcall(evtcp_loop *loop, int nargs, int nresults) {
   int status;
   lua_pushcfunction(L, loop_traceback);
   lua_insert(L, base);
+  loop->lua_runs++;
   status = lua_pcall(L, nargs, nresults, base);
   lua_remove(L, base);
   if (status != LUA_OK) loop_store_error(loop, L);
@@ -145,6 +146,7 @@ void loop_resume_thread(evtcp_loop *loop, lua_State *L) {
   lua_State *co = lua_tothread(L, -1);
   int nres, status;
   if (lua_status(co) != LUA_YIELD) { lua_pop(L, 1); return; }
+  loop->lua_runs++;
   status = lua_resume(co, L, 0, &nres);
   if (status == LUA_OK || status == LUA_YIELD) {
     lua_pop(co, nres);
@@ -372,6 +374,7 @@ void loop_open(lua_State *L) {
   loop->pending_head = NULL;
   loop->lookups = NULL;
   loop->tls_sessions = NULL;
+  loop->lua_runs = 1; /* a connection's sent_run starts at 0: no run yet */
   loop->running = loop->stop_requested = loop->active = loop->closing = 0;
   loop->wait_seq = 0;
   loop->errors_head = 1;
