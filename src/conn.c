@@ -53,11 +53,13 @@ void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst) {
     c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
     if (c->failure) *c->failure = *failure;
   }
-  if (c->lookup) {
-    lookup_cancel(c->lookup);
-    c->lookup = NULL;
+  if (c->client != NULL) { /* connecting stops here */
+    if (c->client->lookup) {
+      lookup_cancel(c->client->lookup);
+      c->client->lookup = NULL;
+    }
+    if (c->client->connect_timer) event_del(c->client->connect_timer);
   }
-  if (c->connect_timer) event_del(c->connect_timer);
   conn_stop_reading(c);
   if (c->bev) bufferevent_disable(c->bev, EV_READ | EV_WRITE);
   if (rst) c->aborted = 1;
@@ -100,35 +102,42 @@ void conn_free_bev(struct bufferevent **bev, SSL **ssl, evutil_socket_t *fd) {
  * callback, where freeing it would close a socket libevent still watches.
  * The loop frees it next (conn_run_pending). */
 void conn_retire_bev(evtcp_conn *c) {
-  conn_free_bev(&c->retired_bev, &c->retired_ssl, &c->retired_fd);
+  conn_free_bev(&c->client->retired_bev, &c->client->retired_ssl, &c->client->retired_fd);
   bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
   bufferevent_disable(c->bev, EV_READ | EV_WRITE);
-  c->retired_bev = c->bev;
-  c->retired_ssl = c->ssl;
-  c->retired_fd = c->fd;
+  c->client->retired_bev = c->bev;
+  c->client->retired_ssl = c->ssl;
+  c->client->retired_fd = c->fd;
   c->bev = NULL;
   c->ssl = NULL;
   c->fd = -1;
   object_defer(&c->obj);
 }
 
+/* Frees what connecting used (the struct itself goes at __gc). No Lua. */
+static void conn_release_client(evtcp_conn *c) {
+  conn_client *k = c->client;
+  if (k == NULL) return;
+  if (k->lookup) { lookup_cancel(k->lookup); k->lookup = NULL; }
+  if (k->addrs) { evutil_freeaddrinfo(k->addrs); k->addrs = k->next_addr = NULL; }
+  if (k->connect_timer) { event_free(k->connect_timer); k->connect_timer = NULL; }
+  if (k->tls_ctx) { SSL_CTX_free(k->tls_ctx); k->tls_ctx = NULL; }
+  free(k->tls_host);
+  k->tls_host = NULL;
+  free(k->tls_session_key);
+  k->tls_session_key = NULL;
+}
+
 /* Frees every libevent object and the socket. No Lua. */
 static void conn_release(evtcp_conn *c) {
   c->bytes_sent -= conn_buffered(c); /* dropped (reset, failure): never written */
-  if (c->lookup) { lookup_cancel(c->lookup); c->lookup = NULL; }
-  if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
-  if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
+  conn_release_client(c);
   if (c->read_ev) { event_free(c->read_ev); c->read_ev = NULL; c->reading = 0; }
   if (c->ssl && c->state == CONN_CLOSING && !c->aborted && c->failure == NULL &&
       SSL_is_init_finished(c->ssl))
     SSL_shutdown(c->ssl); /* close_notify */
   conn_free_bev(&c->bev, &c->ssl, &c->fd);
-  conn_free_bev(&c->retired_bev, &c->retired_ssl, &c->retired_fd);
-  if (c->tls_ctx) { SSL_CTX_free(c->tls_ctx); c->tls_ctx = NULL; }
-  free(c->tls_host);
-  c->tls_host = NULL;
-  free(c->tls_session_key);
-  c->tls_session_key = NULL;
+  if (c->client) conn_free_bev(&c->client->retired_bev, &c->client->retired_ssl, &c->client->retired_fd);
   if (c->early) { evbuffer_free(c->early); c->early = NULL; }
 }
 
@@ -217,7 +226,7 @@ static void conn_finish(evtcp_conn *c) {
 
 static void conn_run_pending(evtcp_object *obj) {
   evtcp_conn *c = (evtcp_conn *)obj;
-  conn_free_bev(&c->retired_bev, &c->retired_ssl, &c->retired_fd);
+  if (c->client) conn_free_bev(&c->client->retired_bev, &c->client->retired_ssl, &c->client->retired_fd);
   if (c->input_due) {
     c->input_due = 0;
     if (c->state == CONN_OPEN) conn_deliver_kept(c);
@@ -335,12 +344,11 @@ evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
   evtcp_conn *c = (evtcp_conn *)lua_newuserdatauv(L, sizeof *c, UV_CONN_COUNT);
   memset(c, 0, sizeof *c);
   c->state = CONN_TERMINATED;
-  c->fd = c->retired_fd = -1;
-  c->bind_port = -1;
+  c->fd = -1;
   c->obj.loop = loop;
   c->obj.anchor_ref = LUA_NOREF;
   c->obj.run_pending = conn_run_pending;
-  c->read_timeout = c->write_timeout = c->connect_timeout = -1;
+  c->read_timeout = c->write_timeout = -1;
   c->high_water = 1024 * 1024;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &conn_mt_key);
   lua_setmetatable(L, -2);
@@ -418,6 +426,8 @@ static int conn__gc(lua_State *L) {
   if (c->input) { evbuffer_free(c->input); c->input = NULL; }
   free(c->unix_path);
   c->unix_path = NULL;
+  free(c->client);
+  c->client = NULL;
   if (c->listener) { listener_connection_gone(c->listener); c->listener = NULL; }
   object_unregister(L, &c->obj);
   c->state = CONN_TERMINATED;

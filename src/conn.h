@@ -12,9 +12,12 @@
  *       +--- failure, reset(), connect timeout, close() with nothing queued ---+--> CLOSING
  *   CLOSING --(from the loop) onShutdown or onError, then onTerminate--> TERMINATED
  *
- *   RESOLVING   `lookup` in flight.                        anchored: CONNECTING
- *   CONNECTING  `bev` connects to one of `addrs`; a failed address's bev
- *               is retired (`retired_*`) and freed from the loop; `early`
+ *   RESOLVING   `client->lookup` in flight (a client connection carries a
+ *               conn_client, made by connect()).       anchored: CONNECTING
+ *   CONNECTING  `bev` connects to one of `client->addrs`; a failed
+ *               address's bev is retired (`client->retired_*`) and freed
+ *               from the loop (an accepted TLS connection, whose CONNECTING
+ *               is its handshake, has no other address); `early`
  *               holds what send() queued. close() with something queued
  *               sets close_wanted and connecting goes on.
  *                                                          anchored: CONNECTING,
@@ -97,6 +100,23 @@ typedef union evtcp_addr {
   struct sockaddr_in6 in6;
 } evtcp_addr;
 
+/* What only a client connection needs, until it is open and after: made
+ * by connect(), so an accepted connection does not carry it. */
+typedef struct conn_client {
+  evtcp_lookup *lookup;
+  struct evutil_addrinfo *addrs, *next_addr;
+  struct event *connect_timer;    /* the `timeout` option, until OPEN */
+  double connect_timeout;         /* < 0: none */
+  struct bufferevent *retired_bev;/* a failed address's, freed from the loop */
+  SSL *retired_ssl;
+  evutil_socket_t retired_fd;
+  int bind_port;                  /* localPort, 0: the system's; -1: no local bind */
+  evtcp_addr bind_addr;           /* localAddress (family 0: none) */
+  SSL_CTX *tls_ctx;               /* for each address tried */
+  char *tls_host;                 /* SNI and the name checked */
+  char *tls_session_key;          /* "host:port|name|settings", its sessions' key */
+} conn_client;
+
 typedef struct evtcp_conn {
   evtcp_object obj;
   conn_state state;
@@ -126,31 +146,21 @@ typedef struct evtcp_conn {
                                    * closes it at once (libevent defers its own) */
   struct bufferevent *bev;        /* connecting, or output queued: see conn.c */
   SSL *ssl;                       /* over TLS: ours too, freed after the bev */
-  struct bufferevent *retired_bev;/* a failed address's, freed from the loop */
-  SSL *retired_ssl;
-  evutil_socket_t retired_fd;
   unsigned sent_run;              /* loop->lua_runs at the last send written at once */
   uint64_t bytes_read;            /* payload bytes received (after TLS) */
   uint64_t bytes_sent;            /* payload bytes send() accepted, less any dropped */
   size_t line_scanned;            /* receive("l"): input bytes known to hold no \n */
   struct event *read_ev;
-  struct event *connect_timer;    /* the `timeout` option, until OPEN */
   struct evbuffer *early;         /* sends before the socket exists */
   struct evbuffer *input;         /* bytes kept for receive() */
-  evtcp_lookup *lookup;
-  struct evutil_addrinfo *addrs, *next_addr;
   evtcp_failure *failure;         /* what onError will report */
-  SSL_CTX *tls_ctx;               /* client: for each address tried */
-  char *tls_host;                 /* client: SNI and the name checked */
-  char *tls_session_key;          /* client: "host:port|settings", its sessions' key */
   struct evtcp_listener *listener;/* the listener that accepted it */
-  double read_timeout, write_timeout, connect_timeout; /* < 0: none */
+  double read_timeout, write_timeout; /* < 0: none */
   int keep_alive;                 /* seconds, 0: off */
   size_t high_water;
   evtcp_addr peer, local;
-  evtcp_addr bind_addr;           /* localAddress (family 0: none) */
-  int bind_port;                  /* localPort, 0: the system's; -1: no local bind */
   char *unix_path;                /* a Unix socket: its path ("/p" or "@name"), else NULL */
+  conn_client *client;            /* client connections only, else NULL */
 } evtcp_conn;
 
 size_t conn_buffered(const evtcp_conn *c);

@@ -24,13 +24,13 @@ static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *e
   socklen_t len;
   evutil_socket_t fd;
   memset(&a, 0, sizeof a);
-  if (c->bind_addr.sa.sa_family != 0) {
-    if (c->bind_addr.sa.sa_family != family) { *err = EAFNOSUPPORT; return -1; }
-    a = c->bind_addr;
+  if (c->client->bind_addr.sa.sa_family != 0) {
+    if (c->client->bind_addr.sa.sa_family != family) { *err = EAFNOSUPPORT; return -1; }
+    a = c->client->bind_addr;
   }
   a.sa.sa_family = (sa_family_t)family;
-  if (family == AF_INET) { a.in.sin_port = htons((unsigned short)c->bind_port); len = sizeof a.in; }
-  else { a.in6.sin6_port = htons((unsigned short)c->bind_port); len = sizeof a.in6; }
+  if (family == AF_INET) { a.in.sin_port = htons((unsigned short)c->client->bind_port); len = sizeof a.in; }
+  else { a.in6.sin6_port = htons((unsigned short)c->client->bind_port); len = sizeof a.in6; }
   if ((fd = socket_new(family, err)) < 0) return -1;
   if (bind(fd, &a.sa, len) != 0) {
     *err = errno;
@@ -48,19 +48,19 @@ static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *e
  * the next connection to the same host, port and settings. */
 static int conn_on_tls_session(SSL *ssl, SSL_SESSION *session) {
   evtcp_conn *c = (evtcp_conn *)SSL_get_app_data(ssl);
-  if (c == NULL || c->tls_session_key == NULL || c->obj.loop == NULL) return 0;
-  tls_cache_put(c->obj.loop, c->tls_session_key, session);
+  if (c == NULL || c->client->tls_session_key == NULL || c->obj.loop == NULL) return 0;
+  tls_cache_put(c->obj.loop, c->client->tls_session_key, session);
   return 1; /* the cache owns it */
 }
 
 /* A client TLS session for the next address, resuming a cached session. */
 static SSL *conn_tls_session(evtcp_conn *c) {
-  SSL *ssl = tls_client_session(c->tls_ctx, c->tls_host, c->tls_verify);
+  SSL *ssl = tls_client_session(c->client->tls_ctx, c->client->tls_host, c->tls_verify);
   SSL_SESSION *cached;
   if (ssl == NULL) return NULL;
   SSL_set_app_data(ssl, c);
-  SSL_CTX_sess_set_new_cb(c->tls_ctx, conn_on_tls_session);
-  if (c->tls_session_key && (cached = tls_cache_get(c->obj.loop, c->tls_session_key)) != NULL)
+  SSL_CTX_sess_set_new_cb(c->client->tls_ctx, conn_on_tls_session);
+  if (c->client->tls_session_key && (cached = tls_cache_get(c->obj.loop, c->client->tls_session_key)) != NULL)
     SSL_set_session(ssl, cached);
   return ssl;
 }
@@ -83,7 +83,7 @@ static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
   if (sa->sa_family != AF_UNIX)
     memcpy(&c->peer, sa, (size_t)len < sizeof c->peer ? (size_t)len : sizeof c->peer);
   c->state = CONN_CONNECTING;
-  if (c->bind_port >= 0) { /* localAddress / localPort: our own socket, bound */
+  if (c->client->bind_port >= 0) { /* localAddress / localPort: our own socket, bound */
     int err = 0;
     evutil_socket_t fd = conn_bound_socket(c, sa->sa_family, &err);
     if (fd < 0 || bufferevent_setfd(c->bev, fd) != 0) {
@@ -114,9 +114,9 @@ static void conn_connect_failed(evtcp_conn *c) {
 }
 
 void conn_try_next_address(evtcp_conn *c) {
-  while (c->next_addr != NULL) {
-    struct evutil_addrinfo *ai = c->next_addr;
-    c->next_addr = ai->ai_next;
+  while (c->client->next_addr != NULL) {
+    struct evutil_addrinfo *ai = c->client->next_addr;
+    c->client->next_addr = ai->ai_next;
     if (conn_connect_to(c, ai->ai_addr, (int)ai->ai_addrlen) == 0) return;
   }
   conn_connect_failed(c);
@@ -124,7 +124,7 @@ void conn_try_next_address(evtcp_conn *c) {
 
 static void conn_on_resolved(void *owner, int gai_code, struct evutil_addrinfo *addrs) {
   evtcp_conn *c = (evtcp_conn *)owner;
-  c->lookup = NULL;
+  c->client->lookup = NULL;
   if (gai_code != 0 || addrs == NULL) {
     evtcp_failure f;
     if (addrs) evutil_freeaddrinfo(addrs);
@@ -132,7 +132,7 @@ static void conn_on_resolved(void *owner, int gai_code, struct evutil_addrinfo *
     conn_end(c, &f, 0);
     return;
   }
-  c->addrs = c->next_addr = addrs;
+  c->client->addrs = c->client->next_addr = addrs;
   conn_try_next_address(c);
 }
 
@@ -150,11 +150,11 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
   struct evutil_addrinfo hints, *literal = NULL;
   char portstr[8];
   snprintf(portstr, sizeof portstr, "%d", port);
-  if (c->connect_timeout >= 0) {
-    struct timeval tv = seconds_tv(c->connect_timeout);
-    c->connect_timer = evtimer_new(c->obj.loop->base, conn_on_connect_timeout, c);
-    if (c->connect_timer == NULL) luaL_error(L, "evtcp: out of memory");
-    evtimer_add(c->connect_timer, &tv);
+  if (c->client->connect_timeout >= 0) {
+    struct timeval tv = seconds_tv(c->client->connect_timeout);
+    c->client->connect_timer = evtimer_new(c->obj.loop->base, conn_on_connect_timeout, c);
+    if (c->client->connect_timer == NULL) luaL_error(L, "evtcp: out of memory");
+    evtimer_add(c->client->connect_timer, &tv);
   }
   if (c->unix_path != NULL) { /* no lookup, one address */
     struct sockaddr_un sun;
@@ -170,36 +170,36 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
   hints.ai_protocol = IPPROTO_TCP;
   hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
   if (evutil_getaddrinfo(host, portstr, &hints, &literal) == 0 && literal != NULL) {
-    c->addrs = c->next_addr = literal;  /* an IP literal: no lookup */
+    c->client->addrs = c->client->next_addr = literal;  /* an IP literal: no lookup */
     conn_try_next_address(c);
     return;
   }
   c->state = CONN_RESOLVING;
-  c->lookup = lookup_start(c->obj.loop, host, portstr, conn_on_resolved, c);
+  c->client->lookup = lookup_start(c->obj.loop, host, portstr, conn_on_resolved, c);
 }
 
 /* Starts the connection, or reports a TLS context that could not be made. */
 void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
   char bare[256];
-  if (c->tls && c->tls_ctx == NULL) { /* the failure is recorded */
+  if (c->tls && c->client->tls_ctx == NULL) { /* the failure is recorded */
     c->state = CONN_RESOLVING;
     conn_end(c, NULL, 0);
     return;
   }
   host = sockaddr_unbracket(host, bare, sizeof bare); /* "[::1]" as in URLs */
-  if (c->tls && c->tls_host == NULL && c->unix_path == NULL) {
-    if ((c->tls_host = strdup(host)) == NULL) luaL_error(L, "evtcp: out of memory");
+  if (c->tls && c->client->tls_host == NULL && c->unix_path == NULL) {
+    if ((c->client->tls_host = strdup(host)) == NULL) luaL_error(L, "evtcp: out of memory");
   }
-  if (c->tls && c->tls_session_key != NULL) {
+  if (c->tls && c->client->tls_session_key != NULL) {
     /* sessions are per host, port, name verified and settings: a resumed
      * session skips verification, so it must have passed the same one */
-    const char *name = c->tls_host ? c->tls_host : "";
-    size_t size = strlen(host) + strlen(name) + strlen(c->tls_session_key) + 16;
+    const char *name = c->client->tls_host ? c->client->tls_host : "";
+    size_t size = strlen(host) + strlen(name) + strlen(c->client->tls_session_key) + 16;
     char *key = (char *)malloc(size);
     if (key == NULL) luaL_error(L, "evtcp: out of memory");
-    snprintf(key, size, "%s:%d|%s%s", host, port, name, c->tls_session_key);
-    free(c->tls_session_key);
-    c->tls_session_key = key;
+    snprintf(key, size, "%s:%d|%s%s", host, port, name, c->client->tls_session_key);
+    free(c->client->tls_session_key);
+    c->client->tls_session_key = key;
   }
   conn_start(L, c, host, port);
 }
@@ -238,11 +238,15 @@ int conn_connect(lua_State *L) {
   luaL_argexpected(L, lua_istable(L, 3) || lua_isuserdata(L, 3), 3, "table");
   lua_settop(L, 3);
   c = conn_alloc(L, loop);
+  if ((c->client = (conn_client *)calloc(1, sizeof *c->client)) == NULL) return luaL_error(L, "evtcp: out of memory");
+  c->client->retired_fd = -1;
+  c->client->bind_port = -1;
+  c->client->connect_timeout = -1;
   conn_adopt_handler(L, c, 3, 3, 1);
   if (is_unix) {
     const char *misuse = NULL;
-    if (c->bind_port >= 0) misuse = "localAddress and localPort do not apply to a Unix socket";
-    else if (c->tls && c->tls_verify && c->tls_host == NULL)
+    if (c->client->bind_port >= 0) misuse = "localAddress and localPort do not apply to a Unix socket";
+    else if (c->tls && c->tls_verify && c->client->tls_host == NULL)
       misuse = "TLS over a Unix socket needs tls.serverName (the name the certificate is checked "
                "against), or tls.verify = false";
     if (misuse) { /* the connection never starts: it must not stay anchored */

@@ -234,8 +234,10 @@ int conn_become_open(evtcp_conn *c) {
   c->state = CONN_OPEN;
   c->was_open = 1;
   object_unanchor(&c->obj, ANCHOR_CONNECTING);
-  if (c->connect_timer) { event_free(c->connect_timer); c->connect_timer = NULL; }
-  if (c->addrs) { evutil_freeaddrinfo(c->addrs); c->addrs = c->next_addr = NULL; }
+  if (c->client) { /* what connecting used is done with */
+    if (c->client->connect_timer) { event_free(c->client->connect_timer); c->client->connect_timer = NULL; }
+    if (c->client->addrs) { evutil_freeaddrinfo(c->client->addrs); c->client->addrs = c->client->next_addr = NULL; }
+  }
   /* the peer's address is known (dialled or accepted); the local one is
    * asked for when the program reads it: no syscalls here */
   conn_apply_socket_options(c);
@@ -314,6 +316,7 @@ void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
     }
     /* this address failed: remember why, try the next one */
     conn_note_failure(c, err ? err : ECONNREFUSED, "libevent");
+    if (c->client == NULL) { conn_end(c, NULL, 0); return; } /* accepted: no other address */
     conn_retire_bev(c);
     conn_try_next_address(c);
     return;

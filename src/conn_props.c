@@ -83,15 +83,15 @@ static void conn_read_local_bind(lua_State *L, evtcp_conn *c, int h, int arg) {
     if (t != LUA_TSTRING) option_error(L, arg, "localAddress", "must be a string");
     if (sockaddr_parse(lua_tostring(L, -1), 0, &ss, &len) != 0)
       option_error(L, arg, "localAddress", "must be an IP address of this machine");
-    memcpy(&c->bind_addr, &ss, (size_t)len < sizeof c->bind_addr ? (size_t)len : sizeof c->bind_addr);
-    if (c->bind_port < 0) c->bind_port = 0;
+    memcpy(&c->client->bind_addr, &ss, (size_t)len < sizeof c->client->bind_addr ? (size_t)len : sizeof c->client->bind_addr);
+    if (c->client->bind_port < 0) c->client->bind_port = 0;
   }
   lua_pop(L, 1);
   t = lua_getfield(L, h, "localPort");
   if (t != LUA_TNIL) {
     if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 65535)
       option_error(L, arg, "localPort", "must be an integer in 0..65535");
-    c->bind_port = (int)lua_tointeger(L, -1);
+    c->client->bind_port = (int)lua_tointeger(L, -1);
   }
   lua_pop(L, 1);
 }
@@ -114,7 +114,8 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg, int client) 
   lua_pop(L, 1);
   /* only what the handler sets: an accepted connection reads its
    * listener's options first, then its own handler's */
-  if ((s = option_seconds(L, h, arg, "timeout")) >= 0) c->connect_timeout = s;
+  /* checked for every connection; only a client has a connect to time */
+  if ((s = option_seconds(L, h, arg, "timeout")) >= 0 && c->client) c->client->connect_timeout = s;
   if ((s = option_seconds(L, h, arg, "readTimeout")) >= 0) c->read_timeout = s;
   if ((s = option_seconds(L, h, arg, "writeTimeout")) >= 0) c->write_timeout = s;
   if (lua_getfield(L, h, "keepAlive") != LUA_TNIL) c->keep_alive = keep_alive_value(L, arg, "keepAlive");
@@ -134,16 +135,16 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg, int client) 
     tls_read_options(L, -1, arg, &opts, 0);
     c->tls = 1;
     c->tls_verify = opts.verify;
-    if (opts.server_name && (c->tls_host = strdup(opts.server_name)) == NULL)
+    if (opts.server_name && (c->client->tls_host = strdup(opts.server_name)) == NULL)
       luaL_error(L, "evtcp: out of memory");
     { /* completed with host and port by conn_begin */
       char settings[32];
       snprintf(settings, sizeof settings, "|%d|%08x", opts.verify, opts.config_hash);
-      free(c->tls_session_key);
-      if ((c->tls_session_key = strdup(settings)) == NULL) luaL_error(L, "evtcp: out of memory");
+      free(c->client->tls_session_key);
+      if ((c->client->tls_session_key = strdup(settings)) == NULL) luaL_error(L, "evtcp: out of memory");
     }
-    c->tls_ctx = tls_context_new(&opts, 0, &f);
-    if (c->tls_ctx == NULL) {
+    c->client->tls_ctx = tls_context_new(&opts, 0, &f);
+    if (c->client->tls_ctx == NULL) {
       /* a file that cannot be read is an error event, once started */
       c->failure = (evtcp_failure *)malloc(sizeof *c->failure);
       if (c->failure == NULL) luaL_error(L, "evtcp: out of memory");
