@@ -404,11 +404,20 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
   size_t total = 0, len, written;
   int i, k = 0;
   /* A coroutine that sends again before it waits (answering pipelined
-   * requests, say) has its later sends queued, and the bufferevent writes
-   * them together: one sendmsg per reply cost a pipelining server 5x
+   * requests, say) has its later small sends queued, and the bufferevent
+   * writes them together: one sendmsg per reply cost a pipelining server 5x
    * (bench/, real clients). The first send of each run still goes at once,
-   * so a request-reply exchange pays no extra wake-up. */
+   * so a request-reply exchange pays no extra wake-up, and so does a send
+   * of 4 KiB or more (a proxy's chunks), which one syscall serves well. */
   int coalesce = lua_isyieldable(L) && c->sent_run == c->obj.loop->lua_runs;
+  if (coalesce) { /* only small writes gain by waiting: a large one goes at once */
+    size_t sum = 0;
+    for (i = first; i < first + count && sum < QUEUE_BY_REFERENCE; i++) {
+      lua_tolstring(L, i, &len);
+      sum += len;
+    }
+    coalesce = sum < QUEUE_BY_REFERENCE;
+  }
   if (!c->tls && !coalesce && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX) {
     struct msghdr msg;
     ssize_t n;
