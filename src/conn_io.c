@@ -176,13 +176,15 @@ void conn_on_tls_readable(struct bufferevent *bev, void *arg) {
       if (evbuffer_add_buffer(c->input, in) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
       conn_input_grew(c);
     } else {
-      /* copied out, not pulled up: a pullup of several records' chains
-       * allocates a new chain and copies once more (bench/: TLS bulk) */
-      char buf[READ_CHUNK];
-      ev_ssize_t n = evbuffer_copyout(in, buf, len < sizeof buf ? len : sizeof buf);
-      if (n <= 0) break;
-      conn_deliver_data(c, buf, (size_t)n);
-      evbuffer_drain(in, (size_t)n);
+      /* one chain (a TLS record or so) at a time, straight from the
+       * buffer into the Lua string: pulling several chains up allocated a
+       * new one and copied once more (bench/: TLS bulk) */
+      struct evbuffer_iovec v;
+      size_t n;
+      if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) break;
+      n = v.iov_len < READ_CHUNK ? v.iov_len : READ_CHUNK;
+      conn_deliver_data(c, (const char *)v.iov_base, n);
+      evbuffer_drain(in, n);
     }
   }
 }
@@ -409,18 +411,8 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
    * (bench/, real clients). The first send of each run still goes at once,
    * so a request-reply exchange pays no extra wake-up, and so does a send
    * of 4 KiB or more (a proxy's chunks), which one syscall serves well. */
-  int coalesce = lua_isyieldable(L) && c->sent_run == c->obj.loop->lua_runs;
-  if (coalesce) { /* only small writes gain by waiting: a large one goes at once */
-    size_t sum = 0;
-    for (i = first; i < first + count && sum < QUEUE_BY_REFERENCE; i++) {
-      lua_tolstring(L, i, &len);
-      sum += len;
-    }
-    coalesce = sum < QUEUE_BY_REFERENCE;
-  }
-  if (!c->tls && !coalesce && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX) {
-    struct msghdr msg;
-    ssize_t n;
+  int direct = !c->tls && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX;
+  if (direct) {
     for (i = first; i < first + count; i++) {
       const char *s = lua_tolstring(L, i, &len);
       if (len == 0) continue;
@@ -431,6 +423,12 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
       k++;
     }
     if (k == 0) return;
+    if (total < QUEUE_BY_REFERENCE && c->sent_run == c->obj.loop->lua_runs && lua_isyieldable(L))
+      direct = 0; /* coalesce */
+  }
+  if (direct) {
+    struct msghdr msg;
+    ssize_t n;
     c->sent_run = c->obj.loop->lua_runs;
     c->bytes_sent += total;
     memset(&msg, 0, sizeof msg);
