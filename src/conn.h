@@ -114,7 +114,8 @@ typedef struct conn_client {
   evtcp_addr bind_addr;           /* localAddress (family 0: none) */
   SSL_CTX *tls_ctx;               /* for each address tried */
   char *tls_host;                 /* SNI and the name checked */
-  char *tls_session_key;          /* "host:port|name|settings", its sessions' key */
+  char *tls_session_key;          /* "host:port|name|verify|settings", its sessions' key */
+  unsigned tls_config_hash;       /* ca, cert, key, alpn: sessions are per settings */
 } conn_client;
 
 typedef struct evtcp_conn {

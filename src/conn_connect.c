@@ -59,7 +59,6 @@ static SSL *conn_tls_session(evtcp_conn *c) {
   SSL_SESSION *cached;
   if (ssl == NULL) return NULL;
   SSL_set_app_data(ssl, c);
-  SSL_CTX_sess_set_new_cb(c->client->tls_ctx, conn_on_tls_session);
   if (c->client->tls_session_key && (cached = tls_cache_get(c->obj.loop, c->client->tls_session_key)) != NULL)
     SSL_set_session(ssl, cached);
   return ssl;
@@ -190,16 +189,16 @@ void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
   if (c->tls && c->client->tls_host == NULL && c->unix_path == NULL) {
     if ((c->client->tls_host = strdup(host)) == NULL) luaL_error(L, "evtcp: out of memory");
   }
-  if (c->tls && c->client->tls_session_key != NULL) {
+  if (c->tls) {
     /* sessions are per host, port, name verified and settings: a resumed
      * session skips verification, so it must have passed the same one */
     const char *name = c->client->tls_host ? c->client->tls_host : "";
-    size_t size = strlen(host) + strlen(name) + strlen(c->client->tls_session_key) + 16;
+    size_t size = strlen(host) + strlen(name) + 32;
     char *key = (char *)malloc(size);
     if (key == NULL) luaL_error(L, "evtcp: out of memory");
-    snprintf(key, size, "%s:%d|%s%s", host, port, name, c->client->tls_session_key);
-    free(c->client->tls_session_key);
+    snprintf(key, size, "%s:%d|%s|%d|%08x", host, port, name, c->tls_verify, c->client->tls_config_hash);
     c->client->tls_session_key = key;
+    SSL_CTX_sess_set_new_cb(c->client->tls_ctx, conn_on_tls_session); /* sessions to the cache */
   }
   conn_start(L, c, host, port);
 }

@@ -137,12 +137,7 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg, int client) 
     c->tls_verify = opts.verify;
     if (opts.server_name && (c->client->tls_host = strdup(opts.server_name)) == NULL)
       luaL_error(L, "evtcp: out of memory");
-    { /* completed with host and port by conn_begin */
-      char settings[32];
-      snprintf(settings, sizeof settings, "|%d|%08x", opts.verify, opts.config_hash);
-      free(c->client->tls_session_key);
-      if ((c->client->tls_session_key = strdup(settings)) == NULL) luaL_error(L, "evtcp: out of memory");
-    }
+    c->client->tls_config_hash = opts.config_hash; /* for the session key: conn_begin */
     c->client->tls_ctx = tls_context_new(&opts, 0, &f);
     if (c->client->tls_ctx == NULL) {
       /* a file that cannot be read is an error event, once started */

@@ -425,30 +425,30 @@ struct tls_cached {
   char key[1];              /* "host:port|settings", allocated to length */
 };
 
-/* Keeps session (ours now) for key, replacing the one it had. */
+/* Keeps session (ours now) for key, replacing the one it had; the newest
+ * first, and past TLS_CACHE_MAX the oldest (the last) goes. */
 void tls_cache_put(evtcp_loop *loop, const char *key, SSL_SESSION *session) {
-  struct tls_cached **p = &loop->tls_sessions, *e;
+  struct tls_cached **p, *e;
   size_t n = 0;
-  for (; *p != NULL; p = &(*p)->next, n++) {
-    if (strcmp((*p)->key, key) == 0) {
-      SSL_SESSION_free((*p)->session);
-      (*p)->session = session;
+  for (e = loop->tls_sessions; e != NULL; e = e->next)
+    if (strcmp(e->key, key) == 0) {
+      SSL_SESSION_free(e->session);
+      e->session = session;
       return;
     }
-    if (n + 1 >= TLS_CACHE_MAX && (*p)->next != NULL) { /* drop the oldest (the tail) */
-      e = (*p)->next;
-      (*p)->next = NULL;
-      SSL_SESSION_free(e->session);
-      free(e);
-      break;
-    }
-  }
   e = (struct tls_cached *)malloc(sizeof *e + strlen(key));
   if (e == NULL) { SSL_SESSION_free(session); return; }
   strcpy(e->key, key);
   e->session = session;
   e->next = loop->tls_sessions;
   loop->tls_sessions = e;
+  for (p = &loop->tls_sessions; *p != NULL && ++n < TLS_CACHE_MAX; p = &(*p)->next) {}
+  if (*p != NULL && (*p)->next != NULL) { /* one too many: drop the tail */
+    e = (*p)->next;
+    (*p)->next = NULL;
+    SSL_SESSION_free(e->session);
+    free(e);
+  }
 }
 
 SSL_SESSION *tls_cache_get(evtcp_loop *loop, const char *key) {
