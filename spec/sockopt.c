@@ -15,6 +15,8 @@
  *   sockopt.stale_unix(path)            -> true: leaves a socket file at
  *       path that nobody listens on, as a process that died leaves it
  *   sockopt.close(fd)
+ *   sockopt.find_unix(path)             -> fd of a connected (not listening)
+ *       socket of this process whose own address is path | nil
  */
 #include <malloc.h>
 #include <dirent.h>
@@ -135,6 +137,26 @@ static int sockopt_stale_unix(lua_State *L) {
   return 1;
 }
 
+static int sockopt_find_unix(lua_State *L) {
+  size_t n;
+  const char *path = luaL_checklstring(L, 1, &n);
+  int fd;
+  for (fd = 0; fd < 65536; fd++) {
+    struct sockaddr_un a;
+    socklen_t la = sizeof a;
+    int listening = 0;
+    socklen_t ll = sizeof listening;
+    memset(&a, 0, sizeof a);
+    if (getsockname(fd, (struct sockaddr *)&a, &la) != 0 || a.sun_family != AF_UNIX) continue;
+    if (strncmp(a.sun_path, path, sizeof a.sun_path) != 0) continue;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) == 0 && !listening) {
+      lua_pushinteger(L, fd);
+      return 1;
+    }
+  }
+  return 0;
+}
+
 static int sockopt_close(lua_State *L) {
   lua_pushboolean(L, close((int)luaL_checkinteger(L, 1)) == 0);
   return 1;
@@ -144,7 +166,8 @@ int luaopen_sockopt(lua_State *L);
 int luaopen_sockopt(lua_State *L) {
   static const luaL_Reg f[] = {
     {"find", sockopt_find}, {"get", sockopt_get}, {"fds", sockopt_fds}, {"listening", sockopt_listening}, {"heap", sockopt_heap},
-    {"tcp", sockopt_tcp}, {"stale_unix", sockopt_stale_unix}, {"close", sockopt_close}, {NULL, NULL}
+    {"tcp", sockopt_tcp}, {"stale_unix", sockopt_stale_unix}, {"close", sockopt_close},
+    {"find_unix", sockopt_find_unix}, {NULL, NULL}
   };
   luaL_newlib(L, f);
   return 1;

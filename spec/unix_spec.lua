@@ -213,10 +213,13 @@ describe("Unix domain sockets", function()
     local path = dir .. "/opts.sock"
     local l = assert(evtcp.listen("unix:" .. path, { noDelay = true, keepAlive = 30 }))
     local ok
+    local keepalive
     H.go(function()
       evtcp.spawn(function()
         local s = l:accept(5)
         s.noDelay = true
+        -- the listener's keepAlive default is not applied to the socket
+        keepalive = sockopt.get(assert(sockopt.find_unix(path)), "keepalive")
         s:send(s:receive())
         s:close()
       end)
@@ -226,6 +229,7 @@ describe("Unix domain sockets", function()
       ok = c:receive("a") == "x"
     end)
     assert.is_true(ok)
+    assert.equal(0, keepalive)
     l:terminate()
   end)
 
