@@ -78,12 +78,6 @@ void conn_fail(evtcp_conn *c, int err, const char *component) {
   conn_end(c, &f, 0);
 }
 
-/* Frees a bufferevent, then its SSL and its socket. The bufferevents are
- * made without BEV_OPT_CLOSE_ON_FREE: libevent would close the socket only
- * when the loop next runs, and a connection collected by the GC must close
- * it right there. Never called inside the bufferevent's own callbacks
- * (see conn_retire_bev), so bufferevent_free has taken its events out of
- * the backend before the descriptor is closed. */
 /* Records why an address failed (the last one's reason is reported).
  * Returns -1. */
 int conn_note_failure(evtcp_conn *c, int err, const char *component) {
@@ -92,6 +86,12 @@ int conn_note_failure(evtcp_conn *c, int err, const char *component) {
   return -1;
 }
 
+/* Frees a bufferevent, then its SSL and its socket. The bufferevents are
+ * made without BEV_OPT_CLOSE_ON_FREE: libevent would close the socket only
+ * when the loop next runs, and a connection collected by the GC must close
+ * it right there. Never called inside the bufferevent's own callbacks
+ * (see conn_retire_bev), so bufferevent_free has taken its events out of
+ * the backend before the descriptor is closed. */
 void conn_free_bev(struct bufferevent **bev, SSL **ssl, evutil_socket_t *fd) {
   if (*bev) { bufferevent_free(*bev); *bev = NULL; }
   if (*ssl) { SSL_free(*ssl); *ssl = NULL; }
@@ -132,10 +132,8 @@ static void conn_release_client(evtcp_conn *c) {
 static void conn_release(evtcp_conn *c) {
   c->bytes_sent -= conn_buffered(c); /* dropped (reset, failure): never written */
   conn_release_client(c);
-  if (c->read_ev) { event_free(c->read_ev); c->read_ev = NULL; c->reading = 0; }
-  if (c->ssl && c->state == CONN_CLOSING && !c->aborted && c->failure == NULL &&
-      SSL_is_init_finished(c->ssl))
-    SSL_shutdown(c->ssl); /* close_notify */
+  c->reading = 0;
+  conn_transport_of(c)->release(c); /* TLS: close_notify */
   conn_free_bev(&c->bev, &c->ssl, &c->fd);
   if (c->client) conn_free_bev(&c->client->retired_bev, &c->client->retired_ssl, &c->client->retired_fd);
   if (c->early) { evbuffer_free(c->early); c->early = NULL; }
@@ -231,9 +229,9 @@ static void conn_run_pending(evtcp_object *obj) {
     c->input_due = 0;
     if (c->state == CONN_OPEN) conn_deliver_kept(c);
   }
-  if (c->tls_backlog) {
-    c->tls_backlog = 0;
-    if (c->reading && c->bev) conn_on_tls_readable(c->bev, c);
+  if (c->backlog_due) {
+    c->backlog_due = 0;
+    conn_transport_of(c)->deliver_backlog(c);
   }
   if (c->drain_due) {
     c->drain_due = 0;
@@ -255,8 +253,6 @@ int conn_handler_has(lua_State *L, const char *name) {
   return has;
 }
 
-/* Writes strings first..first+count-1 on an open connection: straight to
- * the socket when nothing is queued, into the bufferevent otherwise. */
 /* conn:shutdown(): half-close once what is queued is flushed. */
 static int conn_shutdown(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
@@ -393,25 +389,10 @@ int conn_adopt_accepted(lua_State *L) {
       listener_unix_path((struct evtcp_listener *)lua_touserdata(L, 1)) != NULL &&
       (c->unix_path = strdup(listener_unix_path((struct evtcp_listener *)lua_touserdata(L, 1)))) == NULL)
     return luaL_error(L, "evtcp: out of memory");
+  /* plain: OPEN now; TLS: OPEN, and onConnection, once the handshake is done */
   ctx = listener_tls_context((struct evtcp_listener *)lua_touserdata(L, 1));
-  if (ctx != NULL) {
-    /* OPEN, and onConnection, once the handshake is done */
-    SSL *ssl = SSL_new(ctx);
-    c->tls = 1;
-    c->bev = ssl ? bufferevent_openssl_socket_new(loop->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, 0)
-                 : NULL;
-    if (c->bev == NULL) { SSL_free(ssl); return luaL_error(L, "evtcp: out of memory"); }
-    c->ssl = ssl;
-    object_anchor(&c->obj, ANCHOR_CONNECTING); /* the handshake is work in flight */
-    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-    bufferevent_setcb(c->bev, conn_on_tls_readable, conn_on_written, conn_on_bev_event, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    conn_bev_timeouts(c);
-    c->state = CONN_CONNECTING;
-    c->listener = (struct evtcp_listener *)lua_touserdata(L, 1);
-    return 1;
-  }
-  if (conn_become_open(c) != 0) return luaL_error(L, "evtcp: out of memory");
+  c->tls = ctx != NULL;
+  if (conn_transport_of(c)->accept(c, ctx) != 0) return luaL_error(L, "evtcp: out of memory");
   c->listener = (struct evtcp_listener *)lua_touserdata(L, 1);
   return 1;
 }

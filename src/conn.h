@@ -33,8 +33,9 @@
  *                 close as close() does
  *             `receiving`: bytes go to `input` for receive(), not to onData.
  *             `input_due`: bytes kept while there was no onData wait for a
- *             new one (delivered from the loop). `tls_backlog`: OpenSSL
- *             decrypted bytes while paused; resume() delivers them.
+ *             new one (delivered from the loop). `backlog_due`: the
+ *             transport held input while paused (TLS: decrypted bytes);
+ *             resume() has the loop deliver them.
  *     output: WRITABLE --send() queued--> drain_wanted --flushed--> drain_due
  *                 (onDrain from the loop)
  *               --shutdown()--> write_shut_wanted --flushed--> write_shut_done
@@ -62,21 +63,12 @@
  * Methods never run callbacks: they move the state and queue the connection
  * (object_defer) so the loop delivers them.
  *
- * Data path (plain TCP): the bufferevent connects, queues output and times
- * writes out, but reads go through our own event (read_ev) straight from
- * the socket into a 64 KiB stack buffer and from there into the Lua string:
- * one copy, many KiB per wake-up (a bufferevent reads 4 KiB at a time). A
- * send() with nothing queued is written at once with sendmsg(); only what
- * the kernel does not take is copied into the bufferevent's output.
- *
- * An accepted connection gets its bufferevent only when output first has
- * to be queued: an idle or ping-pong connection never needs one, and it is
- * most of what a connection costs in memory (the benchmark's idle mode).
- *
- * Over TLS an OpenSSL bufferevent does all the I/O (it must: records are
- * encrypted): it reads into its input, which conn_on_tls_readable hands on
- * as the plain path does; CONNECTING lasts until the handshake is done,
- * on the server side too, so onConnection means "handshake complete".
+ * Data path: what depends on how the bytes travel (a plain socket, TLS)
+ * is the transport's (transport.h), picked by the `tls` bit; the rest of
+ * the data path is conn_io.c, and knows no transport. Input goes to the
+ * Lua string in one copy; output is written at once when nothing is
+ * queued (plain sockets), and only what the kernel does not take is copied
+ * into the bufferevent's output (long strings are queued by reference).
  */
 #ifndef EVTCP_CONN_H
 #define EVTCP_CONN_H
@@ -86,6 +78,7 @@
 #include <netinet/in.h>
 #include "evtcp.h"
 #include "tls.h"
+#include "transport.h"
 
 #define READ_CHUNK (64 * 1024)  /* bytes read per recv(), and handed to one onData */
 #define READ_ROUNDS 8           /* recv() calls per wake-up at most */
@@ -138,9 +131,9 @@ typedef struct evtcp_conn {
   unsigned input_due : 1;         /* kept input to hand to a new onData */
   unsigned allow_half_open : 1;   /* after the peer's FIN, the program closes */
   unsigned in_on_end : 1;         /* onEnd runs: send() still queues */
-  unsigned tls : 1;               /* over TLS: the bufferevent reads too */
+  unsigned tls : 1;               /* the transport: TLS, or a plain stream */
   unsigned tls_verify : 1;
-  unsigned tls_backlog : 1;       /* decrypted input left when reading paused */
+  unsigned backlog_due : 1;       /* input the transport held while paused */
   unsigned aborted : 1;           /* reset(): no close_notify */
   evutil_socket_t fd;             /* the socket, once connected or accepted; -1.
                                    * Always ours: closed by conn_release, so __gc
@@ -151,7 +144,7 @@ typedef struct evtcp_conn {
   uint64_t bytes_read;            /* payload bytes received (after TLS) */
   uint64_t bytes_sent;            /* payload bytes send() accepted, less any dropped */
   size_t line_scanned;            /* receive("l"): input bytes known to hold no \n */
-  struct event *read_ev;
+  struct event *read_ev;          /* a plain stream's reads (transport_tcp.c) */
   struct evbuffer *early;         /* sends before the socket exists */
   struct evbuffer *input;         /* bytes kept for receive() */
   evtcp_failure *failure;         /* what onError will report */
@@ -176,11 +169,14 @@ void listener_local_address(struct evtcp_listener *l, evtcp_addr *out);
 SSL_CTX *listener_tls_context(struct evtcp_listener *l);
 const char *listener_unix_path(struct evtcp_listener *l);
 
-/* Shared by the connection's files: conn.c (state machine, data path,
- * methods, collection), conn_connect.c (connecting), conn_receive.c
- * (blocking-style reads). */
+/* Shared by the connection's files: conn.c (state machine, methods,
+ * collection), conn_io.c (data path), conn_connect.c (connecting),
+ * conn_receive.c (blocking-style reads) and the transports. */
 int conn_note_failure(evtcp_conn *c, int err, const char *component);
-void conn_on_tls_readable(struct bufferevent *bev, void *arg);
+void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n);
+void conn_deliver_buffer(evtcp_conn *c, struct evbuffer *in);
+void conn_on_peer_eof(evtcp_conn *c);
+int tls_client_begin(evtcp_conn *c, const char *host, int port);
 void conn_on_written(struct bufferevent *bev, void *arg);
 void conn_on_bev_event(struct bufferevent *bev, short what, void *arg);
 void conn_free_bev(struct bufferevent **bev, SSL **ssl, evutil_socket_t *fd);
@@ -210,5 +206,10 @@ int conn_push(evtcp_conn *c);
 void conn_retire_bev(evtcp_conn *c);
 void conn_stop_reading(evtcp_conn *c);
 void conn_update_read_timeout(evtcp_conn *c);
+
+/* The connection's transport: the bit costs no memory a pointer would. */
+static inline const conn_transport *conn_transport_of(const evtcp_conn *c) {
+  return c->tls ? &transport_tls : &transport_tcp;
+}
 
 #endif

@@ -15,8 +15,6 @@
 
 /* ---- connecting ---- */
 
-/* Starts connecting to the next address; ends the connection with the last
- * failure when none is left. Runs no Lua (may run inside a method). */
 /* A non-blocking socket of family bound to localAddress/localPort, or -1
  * with *err (an address of the other family fails this address only). */
 static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *err) {
@@ -43,42 +41,8 @@ static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *e
 /* Starts connecting to one address: a new bufferevent (TLS or plain) and,
  * with localAddress/localPort, our own bound socket. Returns 0 once the
  * attempt is under way, or -1 with the reason in c->failure. */
-/* OpenSSL's new-session callback of a client context: the session (a TLS
- * 1.3 ticket comes after the handshake) goes to the Lua state's cache, for
- * the next connection to the same host, port and settings. */
-static int conn_on_tls_session(SSL *ssl, SSL_SESSION *session) {
-  evtcp_conn *c = (evtcp_conn *)SSL_get_app_data(ssl);
-  if (c == NULL || c->client->tls_session_key == NULL || c->obj.loop == NULL) return 0;
-  tls_cache_put(c->obj.loop, c->client->tls_session_key, session);
-  return 1; /* the cache owns it */
-}
-
-/* A client TLS session for the next address, resuming a cached session. */
-static SSL *conn_tls_session(evtcp_conn *c) {
-  SSL *ssl = tls_client_session(c->client->tls_ctx, c->client->tls_host, c->tls_verify);
-  SSL_SESSION *cached;
-  if (ssl == NULL) return NULL;
-  SSL_set_app_data(ssl, c);
-  if (c->client->tls_session_key && (cached = tls_cache_get(c->obj.loop, c->client->tls_session_key)) != NULL)
-    SSL_set_session(ssl, cached);
-  return ssl;
-}
-
 static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
-  if (c->tls) {
-    SSL *ssl = conn_tls_session(c);
-    c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl,
-                                                  BUFFEREVENT_SSL_CONNECTING, 0)
-                 : NULL;
-    if (c->bev == NULL) { SSL_free(ssl); return conn_note_failure(c, ENOMEM, "evtcp"); }
-    c->ssl = ssl;
-    /* a peer that closes without close_notify is an end, not an error */
-    bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
-  } else {
-    c->bev = bufferevent_socket_new(c->obj.loop->base, -1, 0);
-    if (c->bev == NULL) return conn_note_failure(c, ENOMEM, "evtcp");
-  }
-  bufferevent_setcb(c->bev, c->tls ? conn_on_tls_readable : NULL, conn_on_written, conn_on_bev_event, c);
+  if (conn_transport_of(c)->connect(c) != 0) return -1;
   if (sa->sa_family != AF_UNIX)
     memcpy(&c->peer, sa, (size_t)len < sizeof c->peer ? (size_t)len : sizeof c->peer);
   c->state = CONN_CONNECTING;
@@ -189,17 +153,7 @@ void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
   if (c->tls && c->client->tls_host == NULL && c->unix_path == NULL) {
     if ((c->client->tls_host = strdup(host)) == NULL) luaL_error(L, "evtcp: out of memory");
   }
-  if (c->tls) {
-    /* sessions are per host, port, name verified and settings: a resumed
-     * session skips verification, so it must have passed the same one */
-    const char *name = c->client->tls_host ? c->client->tls_host : "";
-    size_t size = strlen(host) + strlen(name) + 32;
-    char *key = (char *)malloc(size);
-    if (key == NULL) luaL_error(L, "evtcp: out of memory");
-    snprintf(key, size, "%s:%d|%s|%d|%08x", host, port, name, c->tls_verify, c->client->tls_config_hash);
-    c->client->tls_session_key = key;
-    SSL_CTX_sess_set_new_cb(c->client->tls_ctx, conn_on_tls_session); /* sessions to the cache */
-  }
+  if (c->tls && tls_client_begin(c, host, port) != 0) luaL_error(L, "evtcp: out of memory");
   conn_start(L, c, host, port);
 }
 

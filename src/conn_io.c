@@ -1,11 +1,11 @@
 /*
- * conn_io.c - the connection's data path and libevent's callbacks: reading
- * plain TCP with our own event straight into the Lua string, TLS through
- * the OpenSSL bufferevent, the read timeout and backpressure, the output
- * queue emptying (shutdown and close once flushed), the peer's FIN, the
- * bufferevent's events while connecting and open, and send(): written at
- * once with sendmsg() when nothing is queued, long strings queued by
- * reference (conn.h).
+ * conn_io.c - the connection's data path, whatever its transport
+ * (transport.h): reading started and stopped, backpressure, input handed
+ * to onData or kept for receive(), the peer's FIN, the output queue
+ * emptying (shutdown and close once flushed), the bufferevent's events
+ * while connecting and open, send() (written at once when the transport
+ * can and nothing is queued, long strings queued by reference), and the
+ * socket options.
  */
 #include "platform.h" /* first: feature macros */
 #include <errno.h>
@@ -20,15 +20,14 @@
 
 
 static int conn_wants_reading(const evtcp_conn *c) {
-  return c->state == CONN_OPEN && (c->read_ev || c->tls) && !c->paused && !c->input_full &&
-         !c->peer_eof && !c->close_wanted;
+  return c->state == CONN_OPEN && !c->paused && !c->input_full && !c->peer_eof && !c->close_wanted;
 }
 
-/* The bufferevent's timeouts: write always, read only over TLS (where the
- * bufferevent reads) and only while reading. */
+/* The bufferevent's timeouts: write always, read only where the
+ * bufferevent reads (transport.h) and only while reading. */
 void conn_bev_timeouts(evtcp_conn *c) {
   struct timeval r, w;
-  int use_r = c->tls && c->reading && c->read_timeout >= 0;
+  int use_r = conn_transport_of(c)->bev_reads && c->reading && c->read_timeout >= 0;
   if (c->bev == NULL) return;
   if (use_r) r = seconds_tv(c->read_timeout);
   if (c->write_timeout >= 0) w = seconds_tv(c->write_timeout);
@@ -37,37 +36,17 @@ void conn_bev_timeouts(evtcp_conn *c) {
 
 void conn_start_reading(evtcp_conn *c) {
   if (c->reading || !conn_wants_reading(c)) return;
-  if (c->tls) {
-    c->reading = 1;
-    conn_bev_timeouts(c);
-    bufferevent_enable(c->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
-      c->tls_backlog = 1; /* decrypted while paused: no new read will report it */
-      object_defer(&c->obj);
-    }
-    return;
-  }
-  if (c->read_timeout >= 0) {
-    struct timeval tv = seconds_tv(c->read_timeout);
-    event_add(c->read_ev, &tv);
-  } else {
-    event_add(c->read_ev, NULL);
-  }
   c->reading = 1;
+  conn_transport_of(c)->start_reading(c);
 }
 
 void conn_stop_reading(evtcp_conn *c) {
   if (!c->reading) return;
   c->reading = 0;
-  if (c->tls) {
-    bufferevent_disable(c->bev, EV_READ);
-    conn_bev_timeouts(c);
-  } else {
-    event_del(c->read_ev);
-  }
+  conn_transport_of(c)->stop_reading(c);
 }
 
-/* Re-arms read_ev so a changed read timeout takes effect. */
+/* Re-arms reading so a changed read timeout takes effect. */
 void conn_update_read_timeout(evtcp_conn *c) {
   conn_stop_reading(c);
   conn_start_reading(c);
@@ -78,10 +57,7 @@ void conn_update_read_timeout(evtcp_conn *c) {
 static void conn_shut_write(evtcp_conn *c) {
   evutil_socket_t fd = c->fd;
   if (c->write_shut_done || fd < 0) return;
-  if (c->tls) { /* close_notify first: TLS's own end of the stream */
-    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-    if (ssl) SSL_shutdown(ssl);
-  }
+  conn_transport_of(c)->end_stream(c); /* TLS: close_notify */
   shutdown(fd, SHUT_WR);
   c->write_shut_done = 1;
 }
@@ -123,7 +99,7 @@ static void conn_input_grew(evtcp_conn *c) {
  * for receive(). Input is appended by copy, sized to what came: reserving
  * a 64 KiB read area in the buffer instead kept 128 KiB per idle
  * connection (libevent rounds the reservation up). */
-static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
+void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
   c->bytes_read += n;
   if (!c->receiving && c->input && evbuffer_get_length(c->input) > 0) {
     /* bytes kept while there was no onData go first */
@@ -153,7 +129,7 @@ static void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
 
 /* The peer's FIN: what came before it has been delivered; then onEnd, then
  * (without allowHalfOpen) our side closes once what is queued is flushed. */
-static void conn_on_peer_eof(evtcp_conn *c) {
+void conn_on_peer_eof(evtcp_conn *c) {
   c->peer_eof = 1;
   conn_stop_reading(c);
   object_wake(&c->obj, WAKE_INPUT); /* a receive("a") is complete */
@@ -166,10 +142,9 @@ static void conn_on_peer_eof(evtcp_conn *c) {
   if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_flushed(c, 1);
 }
 
-/* TLS: the bufferevent decrypted input; hand it on like conn_on_readable. */
-void conn_on_tls_readable(struct bufferevent *bev, void *arg) {
-  evtcp_conn *c = (evtcp_conn *)arg;
-  struct evbuffer *in = bufferevent_get_input(bev);
+/* Input a transport has in a buffer (TLS: decrypted), handed on as
+ * conn_deliver_data does while the program reads. */
+void conn_deliver_buffer(evtcp_conn *c, struct evbuffer *in) {
   size_t len;
   while (c->reading && !loop_has_error(c->obj.loop) && (len = evbuffer_get_length(in)) > 0) {
     if (c->receiving) {
@@ -189,34 +164,6 @@ void conn_on_tls_readable(struct bufferevent *bev, void *arg) {
   }
 }
 
-/* read_ev: reads up to READ_ROUNDS chunks while the socket has data and the
- * program still wants it (a callback may close, pause or fail). */
-static void conn_on_readable(evutil_socket_t fd, short what, void *arg) {
-  evtcp_conn *c = (evtcp_conn *)arg;
-  char buf[READ_CHUNK];
-  int round;
-  if (what & EV_TIMEOUT) {
-    evtcp_failure f;
-    failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp", "read timeout");
-    conn_end(c, &f, 0);
-    return;
-  }
-  for (round = 0; round < READ_ROUNDS; round++) {
-    ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n > 0) {
-      conn_deliver_data(c, buf, (size_t)n);
-      if (!c->reading || loop_has_error(c->obj.loop) || (size_t)n < sizeof buf) return;
-    } else if (n == 0) {
-      conn_on_peer_eof(c);
-      return;
-    } else {
-      int err = EVUTIL_SOCKET_ERROR();
-      if (!io_would_block(err)) conn_fail(c, err, "evtcp");
-      return;
-    }
-  }
-}
-
 /* The bufferevent's write callback: output drained to its low mark (0). */
 void conn_on_written(struct bufferevent *bev, void *arg) {
   evtcp_conn *c = (evtcp_conn *)arg;
@@ -226,11 +173,10 @@ void conn_on_written(struct bufferevent *bev, void *arg) {
 
 /* OPEN: the socket is connected (client) or accepted (server). */
 int conn_become_open(evtcp_conn *c) {
-  evutil_socket_t fd = c->fd;
 #if !defined(MSG_NOSIGNAL) && defined(SO_NOSIGPIPE)
   {
     int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+    setsockopt(c->fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
   }
 #endif
   c->state = CONN_OPEN;
@@ -244,30 +190,12 @@ int conn_become_open(evtcp_conn *c) {
    * asked for when the program reads it: no syscalls here */
   conn_apply_socket_options(c);
   conn_bev_timeouts(c);
-  if (!c->tls) {
-    c->read_ev = event_new(c->obj.loop->base, fd, EV_READ | EV_PERSIST, conn_on_readable, c);
-    if (c->read_ev == NULL) return -1;
-  }
+  if (conn_transport_of(c)->open(c) != 0) return -1;
   if (c->early && evbuffer_get_length(c->early) > 0 && c->bev) {
     if (bufferevent_write_buffer(c->bev, c->early) != 0) return -1;
   }
   conn_start_reading(c);
   return 0;
-}
-
-/* Was the connection reset? A FIN leaves the socket in CLOSE_WAIT, a
- * reset in CLOSE. (Once our side has sent its FIN, the peer's FIN moves
- * the socket to CLOSE too: then it cannot be told apart, and is an end.) */
-static int conn_was_reset(const evtcp_conn *c) {
-#if defined(__linux__) && defined(TCP_INFO)
-  struct tcp_info info;
-  socklen_t len = sizeof info;
-  if (c->fd < 0 || c->write_shut_done || getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return 0;
-  return info.tcpi_state == TCP_CLOSE;
-#else
-  (void)c; /* elsewhere a reset OpenSSL swallowed reads as an end */
-  return 0;
-#endif
 }
 
 /* The socket's pending error (SO_ERROR), or err when it has none. */
@@ -282,6 +210,7 @@ static int conn_socket_error(evtcp_conn *c, int err) {
 void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
   evtcp_conn *c = (evtcp_conn *)arg;
   int err = EVUTIL_SOCKET_ERROR();
+  evtcp_failure f;
   (void)bev;
   if (c->state == CONN_CONNECTING) {
     if (what & BEV_EVENT_CONNECTED) {
@@ -301,20 +230,11 @@ void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
       object_wake(&c->obj, WAKE_STATE); /* dial() */
       return;
     }
-    if (c->tls) {
-      evtcp_failure f;
-      int said = tls_bev_failure(c->bev, &f);
-      /* an EOF or a reset here is the peer aborting the handshake: the TCP
-       * connection was up (a refusal would be ECONNREFUSED) */
-      if (said || (what & BEV_EVENT_EOF) || err == ECONNRESET || err == EPIPE) { /* final */
-        if (!said)
-          failure_set(&f, KIND_TLS, err ? err : ECONNRESET, "openssl",
-                      "the peer closed the connection during the TLS handshake");
-        free(c->failure);
-        c->failure = NULL;
-        conn_end(c, &f, 0);
-        return;
-      }
+    if (conn_transport_of(c)->explain(c, what, err, &f)) { /* final: a failed handshake */
+      free(c->failure);
+      c->failure = NULL;
+      conn_end(c, &f, 0);
+      return;
     }
     /* this address failed: remember why, try the next one */
     conn_note_failure(c, err ? err : ECONNREFUSED, "libevent");
@@ -325,27 +245,23 @@ void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
   }
   if (c->state != CONN_OPEN) return;
   if (what & BEV_EVENT_TIMEOUT) {
-    evtcp_failure f;
     failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp",
                 (what & BEV_EVENT_READING) ? "read timeout" : "write timeout");
     conn_end(c, &f, 0);
+    return;
+  }
+  if (what & BEV_EVENT_ERROR) err = conn_socket_error(c, err);
+  if (conn_transport_of(c)->explain(c, what, err, &f)) {
+    conn_end(c, &f, 0);
   } else if (what & BEV_EVENT_ERROR) {
-    evtcp_failure f;
-    int soerr = conn_socket_error(c, err);
-    /* a reset is a reset over TLS too, whatever OpenSSL queued about it */
-    if (c->tls && soerr != ECONNRESET && soerr != EPIPE && tls_bev_failure(c->bev, &f)) conn_end(c, &f, 0);
-    else conn_fail(c, soerr ? soerr : EPIPE, "libevent");
+    conn_fail(c, err ? err : EPIPE, "libevent");
   } else if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_WRITING)) {
     /* over TLS: the peer's close_notify came while we still had output,
      * which can no longer be delivered (libevent stops writing): as a
      * write to a closed socket is over plain TCP */
     conn_fail(c, EPIPE, "libevent");
-  } else if ((what & BEV_EVENT_EOF) && c->tls && conn_was_reset(c)) {
-    /* OpenSSL can report a reset as an end (a write inside SSL_read took the
-     * socket's error first): the kernel's state tells */
-    conn_fail(c, ECONNRESET, "libevent");
   } else if (what & BEV_EVENT_EOF) {
-    conn_on_peer_eof(c); /* over TLS the bufferevent reads */
+    conn_on_peer_eof(c); /* where the bufferevent reads (TLS) */
   }
 }
 
@@ -411,7 +327,8 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
    * (bench/, real clients). The first send of each run still goes at once,
    * so a request-reply exchange pays no extra wake-up, and so does a send
    * of 4 KiB or more (a proxy's chunks), which one syscall serves well. */
-  int direct = !c->tls && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX;
+  ssize_t (*write_now)(evtcp_conn *, const struct iovec *, int) = conn_transport_of(c)->write_now;
+  int direct = write_now != NULL && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX;
   if (direct) {
     for (i = first; i < first + count; i++) {
       const char *s = lua_tolstring(L, i, &len);
@@ -427,14 +344,10 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
       direct = 0; /* coalesce */
   }
   if (direct) {
-    struct msghdr msg;
     ssize_t n;
     c->sent_run = c->obj.loop->lua_runs;
     c->bytes_sent += total;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = iov;
-    msg.msg_iovlen = (size_t)k;
-    n = sendmsg(c->fd, &msg, EVTCP_MSG_NOSIGNAL | MSG_DONTWAIT);
+    n = write_now(c, iov, k);
     if (n < 0) {
       int err = EVUTIL_SOCKET_ERROR();
       if (!io_would_block(err)) {

@@ -6,10 +6,12 @@
  *                 trampoline, Ctrl-C
  *   object.c      what every object has: type check, registry, anchors,
  *                 the deferred-work queue, waiters (object.h)
- *   conn.c        TCPConnection: state machine and data path (conn.h)
- *   conn_io.c     the data path and libevent callbacks
- *   conn_connect.c  connecting: lookup, failover, connect timeout, TLS sessions
+ *   conn.c        TCPConnection: state machine, methods, collection (conn.h)
+ *   conn_io.c     the data path and libevent callbacks, whatever the transport
+ *   conn_connect.c  connecting: lookup, failover, connect timeout, local bind
  *   conn_receive.c  receive() by pattern and receiveUntil (blocking style)
+ *   transport_tcp.c the plain stream below a connection (transport.h)
+ *   transport_tls.c TLS below a connection; client sessions resumed
  *   listener_proxy.c  a proxyProtocol listener's clients until their header is read
  *   proxy.c       the PROXY protocol header reader (listeners)
  *   conn_props.c  TCPConnection as Lua sees it: properties, options
