@@ -385,15 +385,26 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
   object_anchor(&c->obj, ANCHOR_OUTPUT);
 }
 
-static int conn_send_finish(lua_State *L, int status, lua_KContext ctx) {
+/* After a send, in a coroutine started by evtcp.spawn: waits (yields from
+ * C, resumed by object_wake when the queue drains or the state changes)
+ * while more than highWaterMark bytes are queued on an open connection, so
+ * a fast writer has bounded memory. Then send's answer: true. */
+static int conn_send_wait(lua_State *L, int status, lua_KContext ctx) {
+  evtcp_conn *c = (evtcp_conn *)lua_touserdata(L, 1);
   (void)status; (void)ctx;
+  if (c->obj.loop != NULL && c->state == CONN_OPEN && conn_buffered(c) > c->high_water &&
+      loop_is_spawned(L)) {
+    lua_pushthread(L);
+    object_add_waiter(L, 1, -1, WAKE_OUTPUT | WAKE_STATE, WAIT_WRITER);
+    lua_pop(L, 1);
+    return lua_yieldk(L, 0, 0, conn_send_wait);
+  }
   lua_pushboolean(L, 1);
   return 1;
 }
 
 /* conn:send(data, ...) -> true | nil, "closed"
- * Over highWaterMark in a coroutine, the Lua layer's hook may wait (yield)
- * until the queue drains; lua_callk lets it yield across this C frame. */
+ * Over highWaterMark in a spawned coroutine, waits for room first. */
 int conn_send(lua_State *L) {
   evtcp_conn *c = check_conn(L, 1);
   int top = lua_gettop(L), i;
@@ -421,13 +432,7 @@ int conn_send(lua_State *L) {
       object_anchor(&c->obj, ANCHOR_OUTPUT);
     }
   }
-  if (conn_buffered(c) > c->high_water && c->obj.loop->send_hook_ref != LUA_NOREF &&
-      lua_isyieldable(L)) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->obj.loop->send_hook_ref);
-    lua_pushvalue(L, 1);
-    lua_callk(L, 1, 0, 0, conn_send_finish);
-  }
-  return conn_send_finish(L, LUA_OK, 0);
+  return conn_send_wait(L, LUA_OK, 0);
 }
 
 /* ---- socket options ---- */

@@ -91,7 +91,6 @@ struct evtcp_loop {
   struct event *signal_ev[EVTCP_NSIG]; /* evtcp.signal: one event per signal */
   int weak_ref;            /* weak table: lightuserdata -> userdata */
   lua_Integer wait_seq;    /* orders waiters: oldest woken first */
-  int send_hook_ref;       /* Lua layer: waits in a coroutine after a send over highWaterMark */
   struct tls_cached *tls_sessions; /* TLS client sessions for resumption: tls.c */
   unsigned lua_runs;       /* counts entries into Lua from the loop (callbacks, resumes) */
 };

@@ -300,17 +300,6 @@ static int loop_stop(lua_State *L) {
   return 0;
 }
 
-/* core.setSendHook(fn): fn(conn) is called, in a yieldable coroutine, by a
- * send() that left more than highWaterMark bytes queued. */
-static int loop_set_send_hook(lua_State *L) {
-  evtcp_loop *loop = loop_get(L);
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_settop(L, 1);
-  if (loop->send_hook_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, loop->send_hook_ref);
-  loop->send_hook_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  return 0;
-}
-
 static int loop_active_count(lua_State *L) {
   lua_pushinteger(L, loop_get(L)->active);
   return 1;
@@ -348,7 +337,6 @@ static const luaL_Reg loop_functions[] = {
   {"step", loop_step},
   {"stop", loop_stop},
   {"now", loop_now},
-  {"setSendHook", loop_set_send_hook},
   {"setScheduler", loop_set_scheduler},
   {"activeCount", loop_active_count},
   {NULL, NULL}
@@ -379,7 +367,6 @@ void loop_open(lua_State *L) {
   loop->wait_seq = 0;
   loop->errors_head = 1;
   loop->errors_tail = 0;
-  loop->send_hook_ref = LUA_NOREF;
   luaL_newmetatable(L, EVTCP_LOOP_MT);
   lua_pushcfunction(L, loop__gc);
   lua_setfield(L, -2, "__gc");

@@ -49,8 +49,8 @@ local read, add_waiter, remove_waiter = connection._read, connection._addWaiter,
 
 -- what a waiter waits for (the core's WAKE_* bits) and the roles one
 -- coroutine at a time may hold on a connection
-local INPUT, OUTPUT, STATE = 1, 2, 4
-local READER, WRITER = 1, 2
+local INPUT, STATE = 1, 4 -- the core's WAKE_* bits
+local READER = 1 -- the core's WAIT_READER role
 local yield, resume, running, status = coroutine.yield, coroutine.resume, coroutine.running, coroutine.status
 local traceback = debug.traceback
 
@@ -269,18 +269,6 @@ local function receive(conn, pattern, timeout, delimiter)
 end
 
 core.setScheduler(spawned, receive)
-
---- conn:send(...) waits, in a spawned coroutine, while more than
--- highWaterMark bytes are queued, so a fast writer has bounded memory. The
--- C send calls this only then, and only when it may yield.
-core.setSendHook(function(conn)
-  if not current() then return end
-  local state, high = conn:_state()
-  while state == "open" and conn.bufferedAmount > high do
-    block(conn, nil, OUTPUT | STATE, WRITER)
-    state = conn:_state()
-  end
-end)
 
 --- evtcp.resolve(name [, timeout]) -> { ip, ... } | nil, errorObject
 -- The addresses of a host name (IPv4 and IPv6, in the resolver's order,
