@@ -337,13 +337,9 @@ void conn_kept_input_due(evtcp_conn *c) {
 /* Pushes a new connection userdata in its terminated state (safe to
  * collect whatever fails next). */
 evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop) {
-  evtcp_conn *c = (evtcp_conn *)lua_newuserdatauv(L, sizeof *c, UV_CONN_COUNT);
-  memset(c, 0, sizeof *c);
+  evtcp_conn *c = (evtcp_conn *)object_new(L, loop, sizeof *c, UV_CONN_COUNT, conn_run_pending);
   c->state = CONN_TERMINATED;
   c->fd = -1;
-  c->obj.loop = loop;
-  c->obj.anchor_ref = LUA_NOREF;
-  c->obj.run_pending = conn_run_pending;
   c->read_timeout = c->write_timeout = -1;
   c->high_water = 1024 * 1024;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &conn_mt_key);

@@ -176,12 +176,7 @@ static int push_local_addr(lua_State *L, evtcp_conn *c, int want_port) {
 }
 
 static int conn_push_errors(lua_State *L) {
-  if (lua_getiuservalue(L, 1, UV_ERRORS) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, 1, UV_ERRORS);
-  }
+  object_uv_table(L, 1, UV_ERRORS);
   return 1;
 }
 
@@ -277,12 +272,7 @@ static int conn__newindex(lua_State *L) {
   }
   if (key != NULL && is_reserved(L, 2))
     return luaL_error(L, "evtcp: TCPConnection.%s is read-only", key);
-  if (lua_getiuservalue(L, 1, UV_FIELDS) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, 1, UV_FIELDS);
-  }
+  object_uv_table(L, 1, UV_FIELDS);
   lua_pushvalue(L, 2);
   lua_pushvalue(L, 3);
   lua_rawset(L, -3);

@@ -68,12 +68,7 @@ void error_push(lua_State *L, const evtcp_failure *f) {
 void error_append(lua_State *L, int obj_index, int err_index) {
   obj_index = lua_absindex(L, obj_index);
   err_index = lua_absindex(L, err_index);
-  if (lua_getiuservalue(L, obj_index, UV_ERRORS) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, obj_index, UV_ERRORS);
-  }
+  object_uv_table(L, obj_index, UV_ERRORS);
   lua_pushvalue(L, err_index);
   lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
   lua_pop(L, 1);

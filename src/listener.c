@@ -276,11 +276,7 @@ int listener_listen(lua_State *L) {
   lua_settop(L, 2);
   /* the userdata first, closed: whatever raises below (an option's
    * __index, memory), its __gc frees what was made so far */
-  l = (evtcp_listener *)lua_newuserdatauv(L, sizeof *l, UV_LISTENER_COUNT);
-  memset(l, 0, sizeof *l);
-  l->obj.loop = loop;
-  l->obj.anchor_ref = LUA_NOREF;
-  l->obj.run_pending = listener_run_pending;
+  l = (evtcp_listener *)object_new(L, loop, sizeof *l, UV_LISTENER_COUNT, listener_run_pending);
   l->held_fd = -1;
   l->closed = 1; /* until the socket exists */
   luaL_setmetatable(L, EVTCP_LISTENER_MT);
@@ -433,14 +429,8 @@ static int listener__index(lua_State *L) {
   }
   else if (strcmp(key, "closed") == 0) lua_pushboolean(L, l->closed);
   else if (strcmp(key, "connections") == 0) lua_pushinteger(L, l->connections);
-  else if (strcmp(key, "errors") == 0) {
-    if (lua_getiuservalue(L, 1, UV_ERRORS) != LUA_TTABLE) {
-      lua_pop(L, 1);
-      lua_newtable(L);
-      lua_pushvalue(L, -1);
-      lua_setiuservalue(L, 1, UV_ERRORS);
-    }
-  } else if (strcmp(key, "handler") == 0) lua_getiuservalue(L, 1, UV_HANDLER);
+  else if (strcmp(key, "errors") == 0) object_uv_table(L, 1, UV_ERRORS);
+  else if (strcmp(key, "handler") == 0) lua_getiuservalue(L, 1, UV_HANDLER);
   else return 0;
   return 1;
 }

@@ -57,6 +57,31 @@ int object_self_error(lua_State *L, int arg, const char *tname, const void *meth
 
 /* ---- object registry and anchoring ---- */
 
+/* Pushes a new userdata of size bytes, an evtcp_object first, with
+ * uv_count uservalues: all zero (the caller's closed state), not anchored,
+ * not yet registered (the metatable comes first, so __gc is set before
+ * anything else can fail). [-0, +1] */
+void *object_new(lua_State *L, evtcp_loop *loop, size_t size, int uv_count,
+                 void (*run_pending)(evtcp_object *obj)) {
+  evtcp_object *obj = (evtcp_object *)lua_newuserdatauv(L, size, uv_count);
+  memset(obj, 0, size);
+  obj->loop = loop;
+  obj->anchor_ref = LUA_NOREF;
+  obj->run_pending = run_pending;
+  return obj;
+}
+
+/* Pushes the table in uservalue uv of the object at index, made on first
+ * use (user fields, errors, waiters). [-0, +1] */
+void object_uv_table(lua_State *L, int index, int uv) {
+  index = lua_absindex(L, index);
+  if (lua_getiuservalue(L, index, uv) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, index, uv);
+}
+
 /* Records the userdata at ud_index as the Lua side of obj. */
 void object_register(lua_State *L, evtcp_object *obj, int ud_index) {
   ud_index = lua_absindex(L, ud_index);
@@ -183,14 +208,6 @@ static unsigned tag_mask(lua_Integer tag) { return (unsigned)(tag & 7); }
 static unsigned tag_role(lua_Integer tag) { return (unsigned)((tag >> TAG_MASK_BITS) & 3); }
 static lua_Integer tag_seq(lua_Integer tag) { return tag >> TAG_SEQ_SHIFT; }
 
-/* Pushes obj's waiter table, made on first use. [-0, +1] */
-static void waiters_push(lua_State *L, int obj_index) {
-  if (lua_getiuservalue(L, obj_index, UV_WAITER) == LUA_TTABLE) return;
-  lua_pop(L, 1);
-  lua_createtable(L, 0, 2);
-  lua_pushvalue(L, -1);
-  lua_setiuservalue(L, obj_index, UV_WAITER);
-}
 
 static const char *const role_conflicts[] = {
   NULL,
@@ -205,7 +222,7 @@ void object_add_waiter(lua_State *L, int obj_index, int waiter_index, unsigned m
   evtcp_object *obj = (evtcp_object *)lua_touserdata(L, obj_index);
   obj_index = lua_absindex(L, obj_index);
   waiter_index = lua_absindex(L, waiter_index);
-  waiters_push(L, obj_index);                                   /* t */
+  object_uv_table(L, obj_index, UV_WAITER);                                   /* t */
   if (role != 0 && obj->waiters > 0) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {

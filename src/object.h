@@ -4,9 +4,11 @@
  *
  * A new type is a checklist:
  *   1. its struct starts with an evtcp_object;
- *   2. its constructor makes the userdata first, in a closed state that its
- *      __gc can free whatever fails next (lua_newuserdatauv, memset, the
- *      metatable), then object_register();
+ *   2. its constructor makes the userdata first with object_new() (zeroed:
+ *      the closed state, that its __gc can free whatever fails next), sets
+ *      what its closed state needs beyond zeros and the metatable, then
+ *      object_register(); its tables in uservalues are made on first use
+ *      (object_uv_table), so an object that never needs one pays nothing;
  *   3. its type check is object_test() against a light-userdata key under
  *      which the metatable is kept (no string hashing per call); methods
  *      report misuse with object_self_error();
@@ -53,7 +55,10 @@ enum {
 enum { WAIT_READER = 1, WAIT_WRITER = 2 };
 
 /* ---- object.c ---- */
+void *object_new(lua_State *L, evtcp_loop *loop, size_t size, int uv_count,
+                 void (*run_pending)(evtcp_object *obj));
 void object_register(lua_State *L, evtcp_object *obj, int ud_index);
+void object_uv_table(lua_State *L, int index, int uv);
 void object_unregister(lua_State *L, evtcp_object *obj);
 void object_push(lua_State *L, evtcp_object *obj);
 void object_anchor(evtcp_object *obj, unsigned why);

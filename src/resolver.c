@@ -90,11 +90,7 @@ static int request_start(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   evtcp_request *r;
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  r = (evtcp_request *)lua_newuserdatauv(L, sizeof *r, 1);
-  memset(r, 0, sizeof *r);
-  r->obj.loop = loop;
-  r->obj.anchor_ref = LUA_NOREF;
-  r->obj.run_pending = request_run_pending;
+  r = (evtcp_request *)object_new(L, loop, sizeof *r, 1, request_run_pending);
   luaL_setmetatable(L, EVTCP_LOOKUP_MT);
   object_register(L, &r->obj, -1);
   lua_pushvalue(L, 2);

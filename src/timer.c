@@ -35,10 +35,7 @@ int timer_after(lua_State *L) {
   evtcp_timer *t;
   luaL_argcheck(L, seconds_ok(s), 1, "seconds must be >= 0");
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  t = (evtcp_timer *)lua_newuserdatauv(L, sizeof *t, 1);
-  memset(t, 0, sizeof *t);
-  t->obj.loop = loop;
-  t->obj.anchor_ref = LUA_NOREF;
+  t = (evtcp_timer *)object_new(L, loop, sizeof *t, 1, NULL);
   luaL_setmetatable(L, EVTCP_TIMER_MT);
   object_register(L, &t->obj, -1);
   lua_pushvalue(L, 2);
