@@ -55,7 +55,10 @@
  *               read) and the address; __gc frees the rest. Not anchored.
  *
  * In every state, ANCHOR_PENDING while the connection sits in the loop's
- * deferred queue, ANCHOR_WAITER while a coroutine waits on it.
+ * deferred queue, ANCHOR_WAITER while a coroutine waits on it. The other
+ * fields (no_delay, tls_verify, keep_alive, the timeouts, high_water) are
+ * settings, read where they apply, never states; `tls` picks the transport
+ * (transport.h) once, before CONNECTING.
  *
  * Callbacks: onConnection when OPEN is reached (client side) or when the
  * listener adopts the socket (server side; over TLS when its handshake is
