@@ -45,6 +45,8 @@
 ---@field keepAlive number|boolean?
 ---@field highWaterMark integer?
 ---@field allowHalfOpen boolean?
+---@field framing "line"|integer|{ delimiter: string }?
+---@field framing "line"|integer|{ delimiter: string }?
 ---@field localAddress string?
 ---@field localPort integer?
 ---@field tls boolean|evtcp.TLSOptions?
@@ -67,6 +69,7 @@
 ---@field writeTimeout number?
 ---@field highWaterMark integer?
 ---@field allowHalfOpen boolean?
+---@field framing "line"|integer|{ delimiter: string }?
 
 ---@class evtcp.TCPConnection
 ---@field closed boolean
@@ -82,6 +85,7 @@
 ---@field bytesWritten integer
 ---@field handler evtcp.Handler
 ---@field tls evtcp.TLSInfo?
+---@field framing "line"|integer|{ delimiter: string }|nil
 local TCPConnection = {}
 
 ---@param ... string|number

@@ -158,14 +158,24 @@ void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
 
 
 /* Input kept while the handler had no onData (and nobody reads it with
- * receive) goes to onData as soon as the handler has one again: at the
- * next arrival, when conn.handler is assigned, on resume(), and before the
- * final callbacks. Returns 1 if nothing is left kept. */
+ * receive), or cut into frames (conn_frame.c), goes to onData: at the next
+ * arrival, when conn.handler or conn.framing is assigned, on resume(), and
+ * before the final callbacks. Once no more input can come, the rest of an
+ * unfinished frame comes as a last onData: nothing is lost. Returns 1 if
+ * nothing is left kept. */
 int conn_deliver_kept(evtcp_conn *c) {
   while (c->input && !c->receiving && !c->paused && !loop_has_error(c->obj.loop)) {
-    size_t len = evbuffer_get_length(c->input), n = len < READ_CHUNK ? len : READ_CHUNK;
+    size_t have = evbuffer_get_length(c->input), n, skip;
+    int frame;
     evtcp_notice notice;
-    if (len == 0) break;
+    if (have == 0) break;
+    frame = conn_next_frame(c, &n, &skip);
+    if (frame == FRAME_TOO_LONG && conn_is_live(c)) { conn_frame_too_long(c); return 1; }
+    if (frame != FRAME_WHOLE) {
+      if (c->state == CONN_OPEN && !c->peer_eof) break; /* wait for the rest */
+      n = have; /* the end came first */
+      skip = 0;
+    }
     if (!conn_push(c)) return 0;
     notice_init(&notice, EVT_DATA);
     notice.data = (const char *)evbuffer_pullup(c->input, (ev_ssize_t)n);
@@ -173,11 +183,11 @@ int conn_deliver_kept(evtcp_conn *c) {
     notice.peer = &c->peer.sa;
     notice.path = c->unix_path;
     if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK) {
-      if (notice.handled) evbuffer_drain(c->input, n); /* it ran, and raised */
+      if (notice.handled) evbuffer_drain(c->input, n + skip); /* it ran, and raised */
       return 0;
     }
     if (!notice.handled) return 0;
-    evbuffer_drain(c->input, n);
+    evbuffer_drain(c->input, n + skip);
     conn_input_drained(c);
   }
   return c->input == NULL || evbuffer_get_length(c->input) == 0;
@@ -405,6 +415,8 @@ static int conn__gc(lua_State *L) {
   c->unix_path = NULL;
   free(c->client);
   c->client = NULL;
+  free(c->framing);
+  c->framing = NULL;
   if (c->listener) { listener_connection_gone(c->listener); c->listener = NULL; }
   object_unregister(L, &c->obj);
   c->state = CONN_TERMINATED;

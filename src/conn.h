@@ -96,6 +96,16 @@ typedef union evtcp_addr {
   struct sockaddr_in6 in6;
 } evtcp_addr;
 
+/* The callback style's framing (conn_frame.c): onData gets n bytes
+ * (size > 0), what comes before a delimiter, or else a line. */
+typedef struct conn_framing {
+  size_t size;
+  size_t delim_len;
+  char delim[];
+} conn_framing;
+
+enum { FRAME_PARTIAL, FRAME_WHOLE, FRAME_TOO_LONG };
+
 /* What only a client connection needs, until it is open and after: made
  * by connect(), so an accepted connection does not carry it. */
 typedef struct conn_client {
@@ -146,7 +156,7 @@ typedef struct evtcp_conn {
   unsigned sent_run;              /* loop->lua_runs at the last send written at once */
   uint64_t bytes_read;            /* payload bytes received (after TLS) */
   uint64_t bytes_sent;            /* payload bytes send() accepted, less any dropped */
-  size_t line_scanned;            /* receive("l"): input bytes known to hold no \n */
+  size_t line_scanned;            /* input bytes known to hold no line end or delimiter */
   struct event *read_ev;          /* a plain stream's reads (transport_tcp.c) */
   struct evbuffer *early;         /* sends before the socket exists */
   struct evbuffer *input;         /* bytes kept for receive() */
@@ -158,6 +168,7 @@ typedef struct evtcp_conn {
   evtcp_addr peer, local;
   char *unix_path;                /* a Unix socket: its path ("/p" or "@name"), else NULL */
   conn_client *client;            /* client connections only, else NULL */
+  conn_framing *framing;          /* onData's frames; NULL: chunks as they come */
 } evtcp_conn;
 
 size_t conn_buffered(const evtcp_conn *c);
@@ -190,6 +201,14 @@ void conn_start_reading(evtcp_conn *c);
 int conn_handler_has(lua_State *L, const char *name);
 void conn_try_next_address(evtcp_conn *c);
 void conn_input_drained(evtcp_conn *c);
+ev_ssize_t conn_find_delimiter(evtcp_conn *c, size_t have, const char *delim, size_t dlen);
+int conn_find_line(evtcp_conn *c, size_t have, size_t *line, size_t *eol);
+int conn_next_frame(evtcp_conn *c, size_t *len, size_t *skip);
+size_t conn_input_limit(const evtcp_conn *c);
+void conn_frame_too_long(evtcp_conn *c);
+int conn_framing_parse(lua_State *L, int index, conn_framing **out, const char **why);
+void conn_push_framing(lua_State *L, const evtcp_conn *c);
+void conn_set_framing(evtcp_conn *c, conn_framing *f);
 int conn_read(lua_State *L);
 int conn_receive(lua_State *L);
 int conn_receive_until(lua_State *L);

@@ -88,7 +88,7 @@ void conn_flushed(evtcp_conn *c, int from_loop) {
 
 /* Input was added for receive(): pause at highWaterMark, wake the reader. */
 static void conn_input_grew(evtcp_conn *c) {
-  if (evbuffer_get_length(c->input) >= c->high_water) {
+  if (evbuffer_get_length(c->input) >= conn_input_limit(c)) {
     c->input_full = 1;
     conn_stop_reading(c);
   }
@@ -101,8 +101,10 @@ static void conn_input_grew(evtcp_conn *c) {
  * connection (libevent rounds the reservation up). */
 void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
   c->bytes_read += n;
-  if (!c->receiving && c->input && evbuffer_get_length(c->input) > 0) {
-    /* bytes kept while there was no onData go first */
+  if (!c->receiving && ((c->input && evbuffer_get_length(c->input) > 0) || c->framing)) {
+    /* bytes kept while there was no onData go first; frames are cut
+     * from the buffer */
+    if (c->input == NULL && (c->input = evbuffer_new()) == NULL) { conn_fail(c, ENOMEM, "evtcp"); return; }
     if (evbuffer_add(c->input, buf, n) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
     if (conn_deliver_kept(c)) return;
     conn_input_grew(c);

@@ -18,12 +18,12 @@
 typedef enum {
   PROP_CLOSED, PROP_ERRORS, PROP_NO_DELAY, PROP_KEEP_ALIVE, PROP_REMOTE_ADDRESS, PROP_REMOTE_PORT,
   PROP_LOCAL_ADDRESS, PROP_LOCAL_PORT, PROP_BUFFERED_AMOUNT, PROP_HANDLER, PROP_TLS, PROP_BYTES_READ,
-  PROP_BYTES_WRITTEN, PROP_COUNT
+  PROP_BYTES_WRITTEN, PROP_FRAMING, PROP_COUNT
 } conn_property;
 
 static const char *const property_names[PROP_COUNT] = {
   "closed", "errors", "noDelay", "keepAlive", "remoteAddress", "remotePort", "localAddress",
-  "localPort", "bufferedAmount", "handler", "tls", "bytesRead", "bytesWritten"
+  "localPort", "bufferedAmount", "handler", "tls", "bytesRead", "bytesWritten", "framing"
 };
 
 int conn_handler_has_callbacks(lua_State *L, int handler_index) {
@@ -127,6 +127,14 @@ void conn_read_options(lua_State *L, evtcp_conn *c, int h, int arg, int client) 
     c->high_water = (size_t)n;
   }
   lua_pop(L, 1);
+  if (lua_getfield(L, h, "framing") != LUA_TNIL) {
+    conn_framing *f;
+    const char *why;
+    if (conn_framing_parse(L, -1, &f, &why) != 0) option_error(L, arg, "framing", why);
+    free(c->framing);
+    c->framing = f;
+  }
+  lua_pop(L, 1);
   if (client) conn_read_local_bind(L, c, h, arg);
   t = client ? lua_getfield(L, h, "tls") : (lua_pushnil(L), LUA_TNIL);
   if (t != LUA_TNIL && !(t == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
@@ -189,6 +197,7 @@ static void conn_push_property(lua_State *L, evtcp_conn *c, conn_property p) {
     lua_pushinteger(L, (lua_Integer)(c->bytes_sent - conn_buffered(c)));
     break;
   case PROP_CLOSED: lua_pushboolean(L, c->closed); break;
+  case PROP_FRAMING: conn_push_framing(L, c); break;
   case PROP_ERRORS: conn_push_errors(L); break;
   case PROP_HANDLER: lua_getiuservalue(L, 1, UV_HANDLER); break;
   case PROP_LOCAL_ADDRESS: if (!push_local_addr(L, c, 0)) lua_pushnil(L); break;
@@ -261,6 +270,13 @@ static int conn__newindex(lua_State *L) {
     if (lua_type(L, 3) != LUA_TBOOLEAN)
       return luaL_error(L, "evtcp: TCPConnection.noDelay must be a boolean (got %s)", luaL_typename(L, 3));
     conn_set_no_delay(c, lua_toboolean(L, 3));
+    return 0;
+  }
+  if (key != NULL && strcmp(key, "framing") == 0) {
+    conn_framing *f;
+    const char *why;
+    if (conn_framing_parse(L, 3, &f, &why) != 0) return luaL_error(L, "evtcp: TCPConnection.framing %s", why);
+    conn_set_framing(c, f);
     return 0;
   }
   if (key != NULL && strcmp(key, "keepAlive") == 0) {

@@ -32,42 +32,10 @@ static void conn_push_input(lua_State *L, evtcp_conn *c, size_t n) {
 /* Input was consumed: reading may go on below highWaterMark. */
 void conn_input_drained(evtcp_conn *c) {
   c->line_scanned = 0;
-  if (c->input_full && evbuffer_get_length(c->input) < c->high_water) {
+  if (c->input_full && evbuffer_get_length(c->input) < conn_input_limit(c)) {
     c->input_full = 0;
     conn_start_reading(c);
   }
-}
-
-/* Finds the next occurrence of delim in input, scanning only what an
- * earlier call has not (a long line or head arriving in many pieces costs
- * O(n), not O(n^2)): its offset, or -1. */
-static ev_ssize_t conn_find(evtcp_conn *c, size_t have, const char *delim, size_t dlen) {
-  struct evbuffer_ptr from, at;
-  if (c->line_scanned > have) c->line_scanned = 0;
-  if (evbuffer_ptr_set(c->input, &from, c->line_scanned, EVBUFFER_PTR_SET) != 0) return -1;
-  at = evbuffer_search(c->input, delim, dlen, &from);
-  if (at.pos < 0) /* a match may still start in the last dlen-1 bytes */
-    c->line_scanned = have >= dlen ? have - (dlen - 1) : 0;
-  return at.pos;
-}
-
-/* Finds the next line end: the line's length and its end's (1 for \n, 2
- * for \r\n); 0 if there is none yet. */
-static int conn_find_line(evtcp_conn *c, size_t have, size_t *line, size_t *eol) {
-  ev_ssize_t pos = conn_find(c, have, "\n", 1);
-  if (pos < 0) return 0;
-  *line = (size_t)pos;
-  *eol = 1;
-  if (*line > 0) {
-    struct evbuffer_ptr before;
-    char prev = 0;
-    evbuffer_ptr_set(c->input, &before, *line - 1, EVBUFFER_PTR_SET);
-    if (evbuffer_copyout_from(c->input, &before, &prev, 1) == 1 && prev == '\r') {
-      (*line)--;
-      *eol = 2;
-    }
-  }
-  return 1;
 }
 
 /* A line or a delimited frame is over highWaterMark with no end in sight:
@@ -111,7 +79,7 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
   if (lua_type(L, 4) == LUA_TSTRING) {
     size_t dlen;
     const char *delim = lua_tolstring(L, 4, &dlen);
-    ev_ssize_t at = conn_find(c, have, delim, dlen);
+    ev_ssize_t at = conn_find_delimiter(c, have, delim, dlen);
     if (at >= 0) {
       conn_push_input(L, c, (size_t)at);
       evbuffer_drain(c->input, dlen);

@@ -10,6 +10,8 @@
  *   conn_io.c     the data path and libevent callbacks, whatever the transport
  *   conn_connect.c  connecting: lookup, failover, connect timeout, local bind
  *   conn_receive.c  receive() by pattern and receiveUntil (blocking style)
+ *   conn_frame.c  frames cut from input in C: line ends, delimiters, and
+ *                 the callback style's `framing`
  *   transport_tcp.c the plain stream below a connection (transport.h)
  *   transport_tls.c TLS below a connection; client sessions resumed
  *   listener_proxy.c  a proxyProtocol listener's clients until their header is read

@@ -319,7 +319,8 @@ int listener_listen(lua_State *L) {
     evtcp_conn probe;
     memset(&probe, 0, sizeof probe);
     probe.read_timeout = -1;
-    conn_read_options(L, &probe, 3, 2, 0);
+    conn_read_options(L, &probe, 3, 2, 0); /* framing is read last: nothing raises after it */
+    free(probe.framing);
     /* the PROXY header must come within readTimeout too */
     l->proxy_timeout = probe.read_timeout > 0 ? probe.read_timeout : PROXY_HEADER_TIMEOUT;
   }
