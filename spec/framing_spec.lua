@@ -188,6 +188,68 @@ describe("framing", function()
     c:close()
   end)
 
+  it("replies to pipelined frames arrive whole and in order, and a close() among them waits for them", function()
+    local l = H.server(function()
+      return {
+        framing = "line",
+        onData = function(_, conn, ev)
+          if ev.data == "QUIT" then conn:send("BYE\n") conn:close() return end
+          conn:send(ev.data:upper(), "\n")
+        end,
+      }
+    end)
+    local got
+    H.go(function()
+      local c = assert(evtcp.dial("127.0.0.1", l.port))
+      local lines = {}
+      for i = 1, 100 do lines[i] = "line " .. i end
+      c:send(table.concat(lines, "\n") .. "\nQUIT\nnever answered\n")
+      got = c:receive("a")
+    end)
+    local want = {}
+    for i = 1, 100 do want[i] = "LINE " .. i .. "\n" end
+    assert.equal(table.concat(want) .. "BYE\n", got)
+  end)
+
+  it("the replies to one arrival's frames leave in one write after the first (strace)", function()
+    if os.getenv("EVTCP_SANITIZE") then pending("strace does not run with the sanitizer preloaded") return end
+    if not os.execute("strace -qq -e trace=none true >/dev/null 2>&1") then pending("needs strace (and ptrace)") return end
+    local script, trace = os.tmpname(), os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local evtcp = require("evtcp")
+      local l = assert(evtcp.listen(0, { address = "127.0.0.1", framing = "line",
+        onConnection = function()
+          return { onData = function(_, conn, ev) conn:send("+", ev.data, "\n") end }
+        end }))
+      evtcp.spawn(function()
+        local c = assert(evtcp.dial("127.0.0.1", l.port))
+        local req, want = {}, {}
+        for i = 1, 16 do req[i] = "req " .. i .. "\n"; want[i] = "+req " .. i .. "\n" end
+        c:send(table.concat(req))                -- 16 pipelined requests, one write
+        local got = c:receive(#table.concat(want))
+        print(got == table.concat(want) and "intact" or ("damaged: " .. tostring(got)))
+        c:close()
+        l:close()
+      end)
+      evtcp.run(5)
+    ]])
+    f:close()
+    local p = io.popen(("strace -f -qq -e trace=sendmsg,writev,write,sendto -o %s lua5.4 %s 2>&1"):format(trace, script))
+    local out = p:read("a")
+    p:close()
+    local writes = 0
+    for line in io.lines(trace) do
+      if line:find("sendmsg%(") or line:find("writev%(") or line:find("sendto%(") then writes = writes + 1 end
+    end
+    os.remove(script)
+    os.remove(trace)
+    assert.matches("intact", out)
+    -- the client's requests, the first reply at once, the other 15 together
+    -- (17 writes without the cork)
+    assert.is_true(writes <= 4, ("%d writes"):format(writes))
+  end)
+
   it("lines from a real peer (socat) arrive whole", function()
     local l, frames = framing_server({ framing = "line" })
     local lines = {}

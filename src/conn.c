@@ -34,6 +34,7 @@ evtcp_conn *check_conn(lua_State *L, int index) {
 
 size_t conn_buffered(const evtcp_conn *c) {
   size_t n = c->early ? evbuffer_get_length(c->early) : 0;
+  if (c->corked) n += evbuffer_get_length(c->obj.loop->cork);
   if (c->bev) n += evbuffer_get_length(bufferevent_get_output(c->bev));
   return n;
 }
@@ -163,7 +164,16 @@ void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
  * before the final callbacks. Once no more input can come, the rest of an
  * unfinished frame comes as a last onData: nothing is lost. Returns 1 if
  * nothing is left kept. */
+static int conn_deliver_frames(evtcp_conn *c);
+
 int conn_deliver_kept(evtcp_conn *c) {
+  int all = conn_deliver_frames(c);
+  conn_uncork(c);
+  return all;
+}
+
+static int conn_deliver_frames(evtcp_conn *c) {
+  int delivered = 0;
   while (c->input && !c->receiving && !c->paused && !loop_has_error(c->obj.loop)) {
     size_t have = evbuffer_get_length(c->input), n, skip;
     int frame;
@@ -177,6 +187,9 @@ int conn_deliver_kept(evtcp_conn *c) {
       skip = 0;
     }
     if (!conn_push(c)) return 0;
+    /* the replies to the second and later frames of one arrival (a
+     * pipelining client) are written together when they are delivered */
+    if (delivered++ == 1 && c->framing) conn_cork(c);
     notice_init(&notice, EVT_DATA);
     notice.data = (const char *)evbuffer_pullup(c->input, (ev_ssize_t)n);
     notice.len = n;

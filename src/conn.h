@@ -148,6 +148,7 @@ typedef struct evtcp_conn {
   unsigned tls_verify : 1;
   unsigned backlog_due : 1;       /* input the transport held while paused */
   unsigned aborted : 1;           /* reset(): no close_notify */
+  unsigned corked : 1;            /* sends go to loop->cork until the frames are delivered */
   evutil_socket_t fd;             /* the socket, once connected or accepted; -1.
                                    * Always ours: closed by conn_release, so __gc
                                    * closes it at once (libevent defers its own) */
@@ -224,6 +225,8 @@ void conn_deliver(evtcp_conn *c, evtcp_event_type type);
 int conn_deliver_kept(evtcp_conn *c);
 void conn_fail(evtcp_conn *c, int err, const char *component);
 void conn_flushed(evtcp_conn *c, int from_loop);
+void conn_cork(evtcp_conn *c);
+void conn_uncork(evtcp_conn *c);
 int conn_push(evtcp_conn *c);
 void conn_retire_bev(evtcp_conn *c);
 void conn_stop_reading(evtcp_conn *c);

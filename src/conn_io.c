@@ -317,6 +317,71 @@ static struct evbuffer *conn_output(evtcp_conn *c) {
   return bufferevent_get_output(c->bev);
 }
 
+/* ---- corking: the replies to a batch of frames, written together ---- */
+
+/* From now on this connection's sends gather in the loop's cork buffer
+ * (one connection at a time: frames are delivered one connection at a
+ * time, and methods never deliver). Only where the transport writes at
+ * once: over TLS every send is queued anyway. */
+void conn_cork(evtcp_conn *c) {
+  evtcp_loop *loop = c->obj.loop;
+  if (c->corked || c->state != CONN_OPEN || conn_transport_of(c)->write_now == NULL) return;
+  if (loop->cork == NULL && (loop->cork = evbuffer_new()) == NULL) return; /* uncorked: still correct */
+  c->corked = 1;
+}
+
+/* Writes what the cork gathered: at once if nothing else is queued, the
+ * rest (or all, behind queued output) into the output queue; dropped if the
+ * connection was reset or failed meanwhile. Then what waited for the
+ * queue to empty (onDrain, a close) happens. */
+void conn_uncork(evtcp_conn *c) {
+  struct evbuffer *cork = c->obj.loop->cork, *out;
+  size_t len;
+  if (!c->corked) return;
+  c->corked = 0;
+  len = evbuffer_get_length(cork);
+  if (len == 0) return;
+  if (c->state != CONN_OPEN) { /* the bytes were counted as sent: they never were */
+    c->bytes_sent -= len;
+    evbuffer_drain(cork, len);
+    return;
+  }
+  out = c->bev ? bufferevent_get_output(c->bev) : NULL;
+  if (out == NULL || evbuffer_get_length(out) == 0) {
+    struct iovec iov[16];
+    int k = evbuffer_peek(cork, -1, NULL, (struct evbuffer_iovec *)iov, 16);
+    ssize_t n = conn_transport_of(c)->write_now(c, iov, k < 16 ? k : 16);
+    if (n < 0 && !io_would_block(EVUTIL_SOCKET_ERROR())) {
+      c->bytes_sent -= len;
+      evbuffer_drain(cork, len);
+      conn_fail(c, EVUTIL_SOCKET_ERROR(), "evtcp");
+      return;
+    }
+    if (n > 0) evbuffer_drain(cork, (size_t)n);
+  }
+  if (evbuffer_get_length(cork) > 0) {
+    if ((out = conn_output(c)) == NULL || evbuffer_add_buffer(out, cork) != 0) {
+      c->bytes_sent -= evbuffer_get_length(cork);
+      evbuffer_drain(cork, evbuffer_get_length(cork));
+      conn_fail(c, ENOMEM, "evtcp");
+    }
+    return;
+  }
+  /* all written, as a send written at once: a close or shutdown that
+   * waited for it goes on; onDrain comes from the loop */
+  if (conn_buffered(c) > 0) return;
+  if (c->close_wanted || c->write_shut_wanted) {
+    conn_flushed(c, 0);
+  } else {
+    object_unanchor(&c->obj, ANCHOR_OUTPUT);
+    if (c->drain_wanted) {
+      c->drain_wanted = 0;
+      c->drain_due = 1;
+      object_defer(&c->obj);
+    }
+  }
+}
+
 static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
   struct evbuffer *out = c->bev ? bufferevent_get_output(c->bev) : NULL;
   struct iovec iov[SEND_IOV_MAX];
@@ -331,6 +396,16 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
    * of 4 KiB or more (a proxy's chunks), which one syscall serves well. */
   ssize_t (*write_now)(evtcp_conn *, const struct iovec *, int) = conn_transport_of(c)->write_now;
   int direct = write_now != NULL && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX;
+  if (c->corked) { /* gathered, written by conn_uncork */
+    for (i = first; i < first + count; i++) {
+      const char *s = lua_tolstring(L, i, &len);
+      if (len > 0 && conn_queue(L, c, c->obj.loop->cork, i, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      c->bytes_sent += len;
+    }
+    c->drain_wanted = 1;
+    object_anchor(&c->obj, ANCHOR_OUTPUT);
+    return;
+  }
   if (direct) {
     for (i = first; i < first + count; i++) {
       const char *s = lua_tolstring(L, i, &len);

@@ -95,6 +95,7 @@ struct evtcp_loop {
   lua_Integer wait_seq;    /* orders waiters: oldest woken first */
   struct tls_cached *tls_sessions; /* TLS client sessions for resumption: tls.c */
   unsigned lua_runs;       /* counts entries into Lua from the loop (callbacks, resumes) */
+  struct evbuffer *cork;   /* the replies to a batch of frames, written at once: conn_io.c */
 };
 
 /* A socket error that means "try again later", not a failure. */

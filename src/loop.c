@@ -324,6 +324,7 @@ static int loop__gc(lua_State *L) {
   }
   lookup_free_all(loop);
   tls_cache_free_all(loop);
+  if (loop->cork) evbuffer_free(loop->cork);
   if (loop->pending_ev) event_free(loop->pending_ev);
   if (loop->sigint_ev) event_free(loop->sigint_ev);
   signal_free_all(loop);
@@ -362,6 +363,7 @@ void loop_open(lua_State *L) {
   loop->pending_head = NULL;
   loop->lookups = NULL;
   loop->tls_sessions = NULL;
+  loop->cork = NULL;
   loop->lua_runs = 1; /* a connection's sent_run starts at 0: no run yet */
   loop->running = loop->stop_requested = loop->active = loop->closing = 0;
   loop->wait_seq = 0;
