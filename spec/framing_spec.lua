@@ -124,6 +124,42 @@ describe("framing", function()
     assert.same({ "aaa", "bbb", "ccc", "<end>" }, frames)
   end)
 
+  it("a pause() at every frame holds the rest, and onEnd, until resume(): onData never follows onEnd", function()
+    local l, frames = framing_server({ framing = 3 }, {
+      onData = function(_, conn)
+        conn:pause()
+        evtcp.after(0.03, function() conn:resume() end)
+      end,
+    })
+    for _ = 1, 3 do -- the FIN comes with the data, or while a frame is held
+      local c = assert(evtcp.connect("127.0.0.1", l.port, {}))
+      c:send("aaabbbcccdd")
+      c:shutdown()
+      local n = #frames
+      H.run_until(function() return #frames > n and frames[#frames] == "<end>" end, "the end")
+      assert.same({ "aaa", "bbb", "ccc", "dd", "<end>" }, { table.unpack(frames, n + 1) })
+      evtcp.sleep(0.1)
+      assert.equal("<end>", frames[#frames])
+    end
+  end)
+
+  it("an error raised by onData at the end holds onEnd back until the frames before it are delivered", function()
+    local l, frames = framing_server({ framing = 3 }, {
+      onData = function(_, _, ev) if ev.data ~= "ccc" then error("deliberate: " .. ev.data) end end,
+    })
+    local c = assert(evtcp.connect("127.0.0.1", l.port, {}))
+    c:send("aaabbbccc")
+    c:shutdown()
+    local raised = {}
+    for _ = 1, 20 do -- the program catches what run() raises and runs again
+      local ok, err = pcall(evtcp.run, 0.2)
+      if not ok then raised[#raised + 1] = tostring(err):match("deliberate: %a+") end
+      if frames[#frames] == "<end>" then break end
+    end
+    assert.same({ "deliberate: aaa", "deliberate: bbb" }, raised)
+    assert.same({ "aaa", "bbb", "ccc", "<end>" }, frames)
+  end)
+
   it("conn.framing reads back as given, nil returns to chunks, and input already kept is framed", function()
     local conn
     local l, frames = framing_server({}, { onConnection = function(_, c) conn = c end })

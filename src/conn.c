@@ -252,6 +252,7 @@ static void conn_run_pending(evtcp_object *obj) {
     c->input_due = 0;
     if (c->state == CONN_OPEN) conn_deliver_kept(c);
   }
+  if (c->end_due && !c->paused && c->state == CONN_OPEN) conn_finish_input(c);
   if (c->backlog_due) {
     c->backlog_due = 0;
     conn_transport_of(c)->deliver_backlog(c);
@@ -322,6 +323,7 @@ static int conn_resume(lua_State *L) {
   c->paused = 0;
   conn_start_reading(c);
   conn_kept_input_due(c);
+  if (c->end_due) object_defer(&c->obj); /* the FIN came while paused: onEnd */
   return 0;
 }
 

@@ -28,9 +28,10 @@
  *     input:  READING (`reading`: read_ev added, or TLS: the bev reads)
  *               --pause()--> paused --resume()--> READING
  *               --highWaterMark kept, nobody reading--> input_full --drained--> READING
- *               --the peer's FIN--> peer_eof: onEnd runs (in_on_end: a send()
- *                 from onEnd still queues); then, unless allow_half_open,
- *                 close as close() does
+ *               --the peer's FIN--> peer_eof, end_due: the kept input goes
+ *                 to onData, then onEnd runs (a pause() between holds both
+ *                 back until resume(); in_on_end: a send() from them still
+ *                 queues); then, unless allow_half_open, close as close() does
  *             `receiving`: bytes go to `input` for receive(), not to onData.
  *             `input_due`: bytes kept while there was no onData wait for a
  *             new one (delivered from the loop). `backlog_due`: the
@@ -143,7 +144,8 @@ typedef struct evtcp_conn {
   unsigned was_open : 1;          /* OPEN was reached (dial's answer) */
   unsigned input_due : 1;         /* kept input to hand to a new onData */
   unsigned allow_half_open : 1;   /* after the peer's FIN, the program closes */
-  unsigned in_on_end : 1;         /* onEnd runs: send() still queues */
+  unsigned in_on_end : 1;         /* onEnd (or the data before it) runs: send() still queues */
+  unsigned end_due : 1;           /* the FIN was read; onEnd waits for the kept input */
   unsigned tls : 1;               /* the transport: TLS, or a plain stream */
   unsigned tls_verify : 1;
   unsigned backlog_due : 1;       /* input the transport held while paused */
@@ -191,6 +193,7 @@ int conn_note_failure(evtcp_conn *c, int err, const char *component);
 void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n);
 void conn_deliver_buffer(evtcp_conn *c, struct evbuffer *in);
 void conn_on_peer_eof(evtcp_conn *c);
+void conn_finish_input(evtcp_conn *c);
 int tls_client_begin(evtcp_conn *c, const char *host, int port);
 void conn_on_written(struct bufferevent *bev, void *arg);
 void conn_on_bev_event(struct bufferevent *bev, short what, void *arg);

@@ -67,7 +67,7 @@ void conn_flushed(evtcp_conn *c, int from_loop) {
   object_unanchor(&c->obj, ANCHOR_OUTPUT);
   /* after the peer's FIN, our side closes once flushed, unless the program
    * keeps it open (allowHalfOpen) until it calls shutdown() or close() */
-  if (c->close_wanted || (c->peer_eof && (!c->allow_half_open || c->write_shut_wanted))) {
+  if (c->close_wanted || (c->peer_eof && !c->end_due && (!c->allow_half_open || c->write_shut_wanted))) {
     conn_end(c, NULL, 0); /* closing the socket sends our FIN */
     return;
   }
@@ -135,9 +135,25 @@ void conn_on_peer_eof(evtcp_conn *c) {
   c->peer_eof = 1;
   conn_stop_reading(c);
   object_wake(&c->obj, WAKE_INPUT); /* a receive("a") is complete */
-  if (!c->receiving) conn_deliver_kept(c);
+  c->end_due = 1;
+  conn_finish_input(c);
+}
+
+/* After the peer's FIN: what was kept before it goes to onData, then
+ * onEnd. A pause() in between holds the rest back until resume(): onData
+ * never follows onEnd. Replies sent meanwhile are flushed before the close. */
+void conn_finish_input(evtcp_conn *c) {
+  if (!c->end_due) return;
+  if (!c->receiving) {
+    c->in_on_end = 1;
+    conn_deliver_kept(c);
+    c->in_on_end = 0;
+    if (c->paused) return; /* resume() goes on */
+    if (loop_has_error(c->obj.loop)) { object_defer(&c->obj); return; } /* the next run does */
+  }
+  c->end_due = 0;
   if (c->state == CONN_OPEN) {
-    c->in_on_end = 1; /* a reply sent from onEnd is flushed before the close */
+    c->in_on_end = 1;
     conn_deliver(c, EVT_END);
     c->in_on_end = 0;
   }

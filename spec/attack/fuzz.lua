@@ -169,6 +169,9 @@ local function random_options(h)
   if chance(0.1) then h.highWaterMark = pick({ 1, 100, 65536, 0, 1.5 }) end
   if chance(0.02) then h.tls = pick({ true, { verify = false }, 5 }) end
   if chance(0.1) then h.allowHalfOpen = pick({ true, false, "x" }) end
+  -- byte-count frames keep every byte (the rest comes at the end): streams
+  -- stay checkable; the other framings are tried on live connections
+  if chance(0.1) then h.framing = pick({ 7, 4096, 100000, 0, "lines", { delimiter = "" } }) end
   return h
 end
 
@@ -313,7 +316,7 @@ local function op_method()
   local c = pick(conns)
   if not c then return end
   local m = pick({ "close", "close", "shutdown", "reset", "pause", "resume", "setTimeouts",
-                   "handler", "noDelay", "keepAlive", "field", "props", "wrongself", "tostring" })
+                   "handler", "noDelay", "keepAlive", "framing", "field", "props", "wrongself", "tostring" })
   if m == "setTimeouts" then
     guarded(c.setTimeouts, c, pick({ nil, 0.05, 1, -1 }), pick({ nil, 1, "x" }))
   elseif m == "handler" then
@@ -328,13 +331,19 @@ local function op_method()
     end
   elseif m == "noDelay" then
     guarded(function() c.noDelay = pick({ true, false, 3 }) end)
+  elseif m == "framing" then
+    local v = pick({ "line", { delimiter = "\r\n" }, { delimiter = "ab" }, 64, 65536, false, 0, "x", {} })
+    local ok = guarded(function() c.framing = v end)
+    local r = record_of[c]
+    if ok and r and type(v) ~= "number" and v then r.swapped = true end -- delimiters are consumed
+    local _ = c.framing
   elseif m == "keepAlive" then
     guarded(function() c.keepAlive = pick({ true, false, 5, -5 }) end)
   elseif m == "field" then
     guarded(function() c[pick({ "mine", "closed", 1, "send" })] = rand(10) end)
   elseif m == "props" then
     for _, k in ipairs({ "closed", "errors", "noDelay", "keepAlive", "remoteAddress", "remotePort",
-                         "localAddress", "localPort", "bufferedAmount", "handler", "tls" }) do
+                         "localAddress", "localPort", "bufferedAmount", "handler", "tls", "framing" }) do
       local _ = c[k]
     end
   elseif m == "wrongself" then
