@@ -1,24 +1,22 @@
 -- usage: lua5.4 examples/line_server.lua [PORT]
 -- A line-protocol server in callback style, one object per client: the
 -- Session class is the handler, so each connection's state lives in its own
--- instance. Commands: ECHO <text>, COUNT (lines this client sent), QUIT.
+-- instance; `framing = "line"` makes evtcp hand onData one whole line at a
+-- time, however the bytes arrive. Commands: ECHO <text>, COUNT (lines this
+-- client sent), QUIT.
 local evtcp = require("evtcp")
 
 local Session = {}
 Session.__index = Session
 
-function Session.new() return setmetatable({ pending = "", lines = 0 }, Session) end
+function Session.new() return setmetatable({ lines = 0 }, Session) end
+
+Session.framing = "line" -- one line per onData, without its "\n" or "\r\n"
 
 function Session:onConnection(conn) conn:send("hello\n") end
 
---- Input comes in pieces of any size: keep what follows the last newline.
 function Session:onData(conn, event)
-  self.pending = self.pending .. event.data
-  for line in self.pending:gmatch("([^\n]*)\n") do self:command(conn, (line:gsub("\r$", ""))) end
-  self.pending = self.pending:match("[^\n]*$")
-end
-
-function Session:command(conn, line)
+  local line = event.data
   self.lines = self.lines + 1
   local verb, rest = line:match("^(%u+)%s*(.*)$")
   if verb == "ECHO" then conn:send(rest, "\n")
