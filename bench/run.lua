@@ -335,7 +335,6 @@ print(("Machine: %s, %d CPUs; Linux %s; %d round(s) of %d s per mode; %s."):form
 print()
 for _, suite in ipairs(suites) do
   if suite.tls then
-    os.execute("mkdir -p " .. certdir)
     os.remove(certdir) -- os.tmpname made a file there
     os.execute("mkdir -p " .. certdir)
     assert(os.execute(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes " ..

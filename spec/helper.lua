@@ -162,6 +162,27 @@ function H.lua_child(code)
   return ok, out, how, code_
 end
 
+--- Runs a Lua 5.4 child under strace, tracing the system calls `calls`
+-- ("sendmsg,writev"); returns its output and the calls it made (one line
+-- each). Returns nil and why when strace cannot run here (under the
+-- sanitizer, or without ptrace): the caller marks its spec pending.
+function H.strace_lua(code, calls)
+  if os.getenv("EVTCP_SANITIZE") then return nil, "strace does not run with the sanitizer preloaded" end
+  if not os.execute("strace -qq -e trace=none true >/dev/null 2>&1") then return nil, "needs strace (and ptrace)" end
+  local script, trace = os.tmpname(), os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(code)
+  f:close()
+  local p = io.popen(("timeout 60 strace -f -qq -e trace=%s -o %s lua5.4 %s 2>&1"):format(calls, trace, script))
+  local out = p:read("a")
+  p:close()
+  local lines = {}
+  for line in io.lines(trace) do lines[#lines + 1] = line end
+  os.remove(script)
+  os.remove(trace)
+  return out, lines
+end
+
 --- Runs a proxy example (its first line names its port) in front of a
 -- target here, and pushes `mib` MiB through it each way: the client sends,
 -- then half-closes; the target replies once it saw the end; both streams

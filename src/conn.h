@@ -189,7 +189,8 @@ SSL_CTX *listener_tls_context(struct evtcp_listener *l);
 const char *listener_unix_path(struct evtcp_listener *l);
 
 /* Shared by the connection's files: conn.c (state machine, methods,
- * collection), conn_io.c (data path), conn_connect.c (connecting),
+ * collection), conn_io.c (read path), conn_send.c (write path),
+ * conn_connect.c (connecting),
  * conn_receive.c (blocking-style reads) and the transports. */
 int conn_note_failure(evtcp_conn *c, int err, const char *component);
 void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n);

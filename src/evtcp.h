@@ -7,7 +7,8 @@
  *   object.c      what every object has: type check, registry, anchors,
  *                 the deferred-work queue, waiters (object.h)
  *   conn.c        TCPConnection: state machine, methods, collection (conn.h)
- *   conn_io.c     the data path and libevent callbacks, whatever the transport
+ *   conn_io.c     the read path and libevent callbacks, whatever the transport
+ *   conn_send.c   the write path: send(), corking, onDrain, close once flushed
  *   conn_connect.c  connecting: lookup, failover, connect timeout, local bind
  *   conn_receive.c  receive() by pattern and receiveUntil (blocking style)
  *   conn_frame.c  frames cut from input in C: line ends, delimiters, and

@@ -1,0 +1,299 @@
+/*
+ * conn_send.c - the connection's write path, whatever its transport
+ * (transport.h): send() (written at once when the transport can and
+ * nothing is queued, long strings queued by reference), the replies to a
+ * batch of frames gathered and written together (corking), a coroutine
+ * waiting for room, and what happens once the output queue is empty
+ * (onDrain, shutdown and close once flushed).
+ */
+#include "platform.h" /* first: feature macros */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include "conn.h"
+
+/* ---- when the output queue empties ---- */
+
+static void conn_shut_write(evtcp_conn *c) {
+  evutil_socket_t fd = c->fd;
+  if (c->write_shut_done || fd < 0) return;
+  conn_transport_of(c)->end_stream(c); /* TLS: close_notify */
+  shutdown(fd, SHUT_WR);
+  c->write_shut_done = 1;
+}
+
+/* Everything queued has reached the kernel: do what waited for it. */
+void conn_flushed(evtcp_conn *c, int from_loop) {
+  object_unanchor(&c->obj, ANCHOR_OUTPUT);
+  /* after the peer's FIN, our side closes once flushed, unless the program
+   * keeps it open (allowHalfOpen) until it calls shutdown() or close() */
+  if (c->close_wanted || (c->peer_eof && !c->end_due && (!c->allow_half_open || c->write_shut_wanted))) {
+    conn_end(c, NULL, 0); /* closing the socket sends our FIN */
+    return;
+  }
+  if (c->write_shut_wanted) conn_shut_write(c);
+  if (from_loop) object_wake(&c->obj, WAKE_OUTPUT); /* a send() waiting for room */
+  if (c->drain_wanted) {
+    c->drain_wanted = 0;
+    if (from_loop) {
+      conn_deliver(c, EVT_DRAIN);
+    } else {
+      c->drain_due = 1;
+      object_defer(&c->obj);
+    }
+  }
+}
+
+/* The bufferevent's write callback: output drained to its low mark (0). */
+void conn_on_written(struct bufferevent *bev, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  (void)bev;
+  if (c->state == CONN_OPEN && conn_buffered(c) == 0) conn_flushed(c, 1);
+}
+
+/* ---- writing: send() ---- */
+
+#define SEND_IOV_MAX 16         /* send() arguments written in one sendmsg() */
+
+/* Strings at least this long are queued by reference, not copied. */
+#define QUEUE_BY_REFERENCE 4096
+
+typedef struct queued_string {
+  evtcp_loop *loop;
+  int ref;           /* registry reference keeping the Lua string alive */
+} queued_string;
+
+/* evbuffer's cleanup: the bytes were written (or dropped); let the string
+ * go. Runs from libevent, or from bufferevent_free in __gc; no Lua code. */
+static void queued_string_release(const void *data, size_t len, void *extra) {
+  queued_string *q = (queued_string *)extra;
+  (void)data; (void)len;
+  luaL_unref(q->loop->L, LUA_REGISTRYINDEX, q->ref);
+  free(q);
+}
+
+/* Queues len bytes at s, part of the Lua string at stack index i: a long
+ * one by reference (the string is kept alive until written), a short one
+ * by copy. Returns 0, or -1 without memory. */
+static int conn_queue(lua_State *L, evtcp_conn *c, struct evbuffer *out, int i,
+                      const char *s, size_t len) {
+  queued_string *q;
+  if (len < QUEUE_BY_REFERENCE || (q = (queued_string *)malloc(sizeof *q)) == NULL)
+    return evbuffer_add(out, s, len);
+  q->loop = c->obj.loop;
+  lua_pushvalue(L, i);
+  q->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (evbuffer_add_reference(out, s, len, queued_string_release, q) != 0) {
+    queued_string_release(s, len, q);
+    return -1;
+  }
+  return 0;
+}
+
+/* The output queue, making the bufferevent on first need. NULL: no memory. */
+static struct evbuffer *conn_output(evtcp_conn *c) {
+  if (c->bev == NULL) {
+    c->bev = bufferevent_socket_new(c->obj.loop->base, c->fd, 0); /* we own fd */
+    if (c->bev == NULL) return NULL;
+    bufferevent_setcb(c->bev, NULL, conn_on_written, conn_on_bev_event, c);
+    conn_bev_timeouts(c);
+  }
+  return bufferevent_get_output(c->bev);
+}
+
+/* ---- corking: the replies to a batch of frames, written together ---- */
+
+/* From now on this connection's sends gather in the loop's cork buffer
+ * (one connection at a time: frames are delivered one connection at a
+ * time, and methods never deliver). Only where the transport writes at
+ * once: over TLS every send is queued anyway. */
+void conn_cork(evtcp_conn *c) {
+  evtcp_loop *loop = c->obj.loop;
+  if (c->corked || c->state != CONN_OPEN || conn_transport_of(c)->write_now == NULL) return;
+  if (loop->cork == NULL && (loop->cork = evbuffer_new()) == NULL) return; /* uncorked: still correct */
+  c->corked = 1;
+}
+
+/* Writes what the cork gathered: at once if nothing else is queued, the
+ * rest (or all, behind queued output) into the output queue; dropped if the
+ * connection was reset or failed meanwhile. Then what waited for the
+ * queue to empty (onDrain, a close) happens. */
+void conn_uncork(evtcp_conn *c) {
+  struct evbuffer *cork = c->obj.loop->cork, *out;
+  size_t len;
+  if (!c->corked) return;
+  c->corked = 0;
+  len = evbuffer_get_length(cork);
+  if (len == 0) return;
+  if (c->state != CONN_OPEN) { /* the bytes were counted as sent: they never were */
+    c->bytes_sent -= len;
+    evbuffer_drain(cork, len);
+    return;
+  }
+  out = c->bev ? bufferevent_get_output(c->bev) : NULL;
+  if (out == NULL || evbuffer_get_length(out) == 0) {
+    struct iovec iov[16];
+    int k = evbuffer_peek(cork, -1, NULL, (struct evbuffer_iovec *)iov, 16);
+    ssize_t n = conn_transport_of(c)->write_now(c, iov, k < 16 ? k : 16);
+    if (n < 0 && !io_would_block(EVUTIL_SOCKET_ERROR())) {
+      c->bytes_sent -= len;
+      evbuffer_drain(cork, len);
+      conn_fail(c, EVUTIL_SOCKET_ERROR(), "evtcp");
+      return;
+    }
+    if (n > 0) evbuffer_drain(cork, (size_t)n);
+  }
+  if (evbuffer_get_length(cork) > 0) {
+    if ((out = conn_output(c)) == NULL || evbuffer_add_buffer(out, cork) != 0) {
+      c->bytes_sent -= evbuffer_get_length(cork);
+      evbuffer_drain(cork, evbuffer_get_length(cork));
+      conn_fail(c, ENOMEM, "evtcp");
+    }
+    return;
+  }
+  /* all written, as a send written at once: a close or shutdown that
+   * waited for it goes on; onDrain comes from the loop */
+  if (conn_buffered(c) > 0) return;
+  if (c->close_wanted || c->write_shut_wanted) {
+    conn_flushed(c, 0);
+  } else {
+    object_unanchor(&c->obj, ANCHOR_OUTPUT);
+    if (c->drain_wanted) {
+      c->drain_wanted = 0;
+      c->drain_due = 1;
+      object_defer(&c->obj);
+    }
+  }
+}
+
+static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
+  struct evbuffer *out = c->bev ? bufferevent_get_output(c->bev) : NULL;
+  struct iovec iov[SEND_IOV_MAX];
+  int slot[SEND_IOV_MAX];          /* the stack index of each iov's string */
+  size_t total = 0, len, written;
+  int i, k = 0;
+  /* A coroutine that sends again before it waits (answering pipelined
+   * requests, say) has its later small sends queued, and the bufferevent
+   * writes them together: one sendmsg per reply cost a pipelining server 5x
+   * (bench/, real clients). The first send of each run still goes at once,
+   * so a request-reply exchange pays no extra wake-up, and so does a send
+   * of 4 KiB or more (a proxy's chunks), which one syscall serves well. */
+  ssize_t (*write_now)(evtcp_conn *, const struct iovec *, int) = conn_transport_of(c)->write_now;
+  int direct = write_now != NULL && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX;
+  if (c->corked) { /* gathered, written by conn_uncork */
+    for (i = first; i < first + count; i++) {
+      const char *s = lua_tolstring(L, i, &len);
+      if (len > 0 && conn_queue(L, c, c->obj.loop->cork, i, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      c->bytes_sent += len;
+    }
+    c->drain_wanted = 1;
+    object_anchor(&c->obj, ANCHOR_OUTPUT);
+    return;
+  }
+  if (direct) {
+    for (i = first; i < first + count; i++) {
+      const char *s = lua_tolstring(L, i, &len);
+      if (len == 0) continue;
+      iov[k].iov_base = (void *)s;
+      iov[k].iov_len = len;
+      slot[k] = i;
+      total += len;
+      k++;
+    }
+    if (k == 0) return;
+    if (total < QUEUE_BY_REFERENCE && c->sent_run == c->obj.loop->lua_runs && lua_isyieldable(L))
+      direct = 0; /* coalesce */
+  }
+  if (direct) {
+    ssize_t n;
+    c->sent_run = c->obj.loop->lua_runs;
+    c->bytes_sent += total;
+    n = write_now(c, iov, k);
+    if (n < 0) {
+      int err = EVUTIL_SOCKET_ERROR();
+      if (!io_would_block(err)) {
+        c->bytes_sent -= total; /* never written */
+        conn_fail(c, err, "evtcp");
+        return;
+      }
+      n = 0;
+    }
+    if ((size_t)n == total) {
+      if (conn_handler_has(L, "onDrain")) { c->drain_due = 1; object_defer(&c->obj); }
+      return;
+    }
+    /* the kernel took n bytes: queue the rest, in order */
+    if ((out = conn_output(c)) == NULL) { conn_fail(c, ENOMEM, "evtcp"); return; }
+    written = (size_t)n;
+    for (i = 0; i < k; i++) {
+      if (written >= iov[i].iov_len) { written -= iov[i].iov_len; continue; }
+      if (conn_queue(L, c, out, slot[i], (char *)iov[i].iov_base + written,
+                     iov[i].iov_len - written) != 0) {
+        conn_fail(c, ENOMEM, "evtcp");
+        return;
+      }
+      written = 0;
+    }
+  } else {
+    if ((out = conn_output(c)) == NULL) luaL_error(L, "evtcp: out of memory");
+    for (i = first; i < first + count; i++) {
+      const char *s = lua_tolstring(L, i, &len);
+      if (len > 0 && conn_queue(L, c, out, i, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      c->bytes_sent += len;
+    }
+  }
+  c->drain_wanted = 1;
+  object_anchor(&c->obj, ANCHOR_OUTPUT);
+}
+
+/* After a send, in a coroutine started by evtcp.spawn: waits (yields from
+ * C, resumed by object_wake when the queue drains or the state changes)
+ * while more than highWaterMark bytes are queued on an open connection, so
+ * a fast writer has bounded memory. Then send's answer: true. */
+static int conn_send_wait(lua_State *L, int status, lua_KContext ctx) {
+  evtcp_conn *c = (evtcp_conn *)lua_touserdata(L, 1);
+  (void)status; (void)ctx;
+  if (c->obj.loop != NULL && c->state == CONN_OPEN && conn_buffered(c) > c->high_water &&
+      loop_is_spawned(L)) {
+    lua_pushthread(L);
+    object_add_waiter(L, 1, -1, WAKE_OUTPUT | WAKE_STATE, WAIT_WRITER);
+    lua_pop(L, 1);
+    return lua_yieldk(L, 0, 0, conn_send_wait);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* conn:send(data, ...) -> true | nil, "closed"
+ * Over highWaterMark in a spawned coroutine, waits for room first. */
+int conn_send(lua_State *L) {
+  evtcp_conn *c = check_conn(L, 1);
+  int top = lua_gettop(L), i;
+  for (i = 2; i <= top; i++) {
+    int t = lua_type(L, i);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER) luaL_typeerror(L, i, "string");
+  }
+  if (!conn_is_live(c) || c->close_wanted || c->write_shut_wanted || (c->peer_eof && !c->allow_half_open && !c->in_on_end)) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
+  if (c->state == CONN_OPEN) {
+    conn_write(L, c, 2, top - 1);
+  } else {
+    /* not connected yet: kept in order, sent once connected */
+    for (i = 2; i <= top; i++) {
+      size_t len;
+      const char *s = lua_tolstring(L, i, &len);
+      if (len == 0) continue;
+      if (c->early == NULL && (c->early = evbuffer_new()) == NULL) luaL_error(L, "evtcp: out of memory");
+      if (evbuffer_add(c->early, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+      c->bytes_sent += len;
+      c->drain_wanted = 1;
+      object_anchor(&c->obj, ANCHOR_OUTPUT);
+    }
+  }
+  return conn_send_wait(L, LUA_OK, 0);
+}
