@@ -112,8 +112,10 @@ static struct evbuffer *conn_output(evtcp_conn *c) {
 void conn_cork(evtcp_conn *c) {
   evtcp_loop *loop = c->obj.loop;
   if (c->corked || c->state != CONN_OPEN || conn_transport_of(c)->write_now == NULL) return;
-  if (loop->cork == NULL && (loop->cork = evbuffer_new()) == NULL) return; /* uncorked: still correct */
+  if (loop->cork_owner != NULL) return; /* never two at once; uncorked is still correct */
+  if (loop->cork == NULL && (loop->cork = evbuffer_new()) == NULL) return;
   c->corked = 1;
+  loop->cork_owner = c;
 }
 
 /* Writes what the cork gathered: at once if nothing else is queued, the
@@ -125,6 +127,7 @@ void conn_uncork(evtcp_conn *c) {
   size_t len;
   if (!c->corked) return;
   c->corked = 0;
+  c->obj.loop->cork_owner = NULL;
   len = evbuffer_get_length(cork);
   if (len == 0) return;
   if (c->state != CONN_OPEN) { /* the bytes were counted as sent: they never were */

@@ -96,7 +96,8 @@ struct evtcp_loop {
   lua_Integer wait_seq;    /* orders waiters: oldest woken first */
   struct tls_cached *tls_sessions; /* TLS client sessions for resumption: tls.c */
   unsigned lua_runs;       /* counts entries into Lua from the loop (callbacks, resumes) */
-  struct evbuffer *cork;   /* the replies to a batch of frames, written at once: conn_io.c */
+  struct evbuffer *cork;   /* the replies to a batch of frames, written at once: conn_send.c */
+  void *cork_owner;        /* the connection corked, if any */
 };
 
 /* A socket error that means "try again later", not a failure. */

@@ -364,6 +364,7 @@ void loop_open(lua_State *L) {
   loop->lookups = NULL;
   loop->tls_sessions = NULL;
   loop->cork = NULL;
+  loop->cork_owner = NULL;
   loop->lua_runs = 1; /* a connection's sent_run starts at 0: no run yet */
   loop->running = loop->stop_requested = loop->active = loop->closing = 0;
   loop->wait_seq = 0;
