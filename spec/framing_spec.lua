@@ -4,11 +4,19 @@
 local evtcp = require("evtcp")
 local H = require("helper")
 
+-- The listeners a spec made, ended after it so the loop can finish at once.
+local made = {}
+local function server(make, options)
+  local l = H.server(make, options)
+  made[#made + 1] = l
+  return l
+end
+
 -- A server whose connections record each onData (and onEnd as "<end>"),
 -- with `handler` fields added; returns the listener and the list of frames.
 local function framing_server(options, handler)
   local frames, errors = {}, {}
-  local l = H.server(function()
+  local l = server(function()
     local h = {
       onData = function(self, conn, ev)
         frames[#frames + 1] = ev.data
@@ -36,7 +44,11 @@ local function send_pieces(port, pieces)
 end
 
 describe("framing", function()
-  after_each(function() H.cleanup() end)
+  after_each(function()
+    for _, l in ipairs(made) do l:terminate() end
+    made = {}
+    assert.is_true(H.cleanup())
+  end)
 
   it("'line' delivers each line whole, without its LF or CRLF, however it is split", function()
     local l, frames = framing_server({ framing = "line" })
@@ -193,7 +205,7 @@ describe("framing", function()
 
   it("framing set while input is kept (no onData yet) cuts what is there", function()
     local conn
-    local l = H.server(function() return { onConnection = function(_, c) conn = c end } end)
+    local l = server(function() return { onConnection = function(_, c) conn = c end } end)
     local c = assert(evtcp.connect("127.0.0.1", l.port, {}))
     c:send("x1\nx2\nx3")
     H.run_until(function() return conn and conn.bytesRead == 8 end, "the bytes kept")
@@ -225,7 +237,7 @@ describe("framing", function()
   end)
 
   it("replies to pipelined frames arrive whole and in order, and a close() among them waits for them", function()
-    local l = H.server(function()
+    local l = server(function()
       return {
         framing = "line",
         onData = function(_, conn, ev)
