@@ -148,15 +148,35 @@ int conn_push(evtcp_conn *c) {
   return 1;
 }
 
+/* A notice of type about c: its peer, or its Unix socket's path. */
+static void conn_notice(const evtcp_conn *c, evtcp_notice *n, evtcp_event_type type) {
+  notice_init(n, type);
+  n->peer = &c->peer.sa;
+  n->path = c->unix_path;
+}
+
 /* Delivers a plain notice (no payload) to the handler. */
 void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
   evtcp_notice n;
-  notice_init(&n, type);
-  n.peer = &c->peer.sa;
-  n.path = c->unix_path;
+  conn_notice(c, &n, type);
   if (conn_push(c)) event_deliver(c->obj.loop, &n, 1, 0);
 }
 
+/* Hands len bytes at data to onData: LUA_OK, or the status of a callback
+ * that raised (LUA_ERRRUN too when the connection is gone); *ran tells
+ * whether an onData ran (without one, the caller keeps the bytes). */
+int conn_deliver_bytes(evtcp_conn *c, const char *data, size_t len, int *ran) {
+  evtcp_notice n;
+  int status;
+  *ran = 0;
+  if (!conn_push(c)) return LUA_ERRRUN;
+  conn_notice(c, &n, EVT_DATA);
+  n.data = data;
+  n.len = len;
+  status = event_deliver(c->obj.loop, &n, 1, 0);
+  *ran = n.handled;
+  return status;
+}
 
 /* Input kept while the handler had no onData (and nobody reads it with
  * receive), or cut into frames (conn_frame.c), goes to onData: at the next
@@ -176,8 +196,7 @@ static int conn_deliver_frames(evtcp_conn *c) {
   int delivered = 0;
   while (c->input && !c->receiving && !c->paused && !loop_has_error(c->obj.loop)) {
     size_t have = evbuffer_get_length(c->input), n, skip;
-    int frame;
-    evtcp_notice notice;
+    int frame, ran;
     if (have == 0) break;
     frame = conn_next_frame(c, &n, &skip);
     if (frame == FRAME_TOO_LONG && conn_is_live(c)) { conn_frame_too_long(c); return 1; }
@@ -186,20 +205,14 @@ static int conn_deliver_frames(evtcp_conn *c) {
       n = have; /* the end came first */
       skip = 0;
     }
-    if (!conn_push(c)) return 0;
     /* the replies to the second and later frames of one arrival (a
      * pipelining client) are written together when they are delivered */
     if (delivered++ == 1 && c->framing) conn_cork(c);
-    notice_init(&notice, EVT_DATA);
-    notice.data = (const char *)evbuffer_pullup(c->input, (ev_ssize_t)n);
-    notice.len = n;
-    notice.peer = &c->peer.sa;
-    notice.path = c->unix_path;
-    if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK) {
-      if (notice.handled) evbuffer_drain(c->input, n + skip); /* it ran, and raised */
+    if (conn_deliver_bytes(c, (const char *)evbuffer_pullup(c->input, (ev_ssize_t)n), n, &ran) != LUA_OK) {
+      if (ran) evbuffer_drain(c->input, n + skip); /* it ran, and raised */
       return 0;
     }
-    if (!notice.handled) return 0;
+    if (!ran) return 0;
     evbuffer_drain(c->input, n + skip);
     conn_input_drained(c);
   }
@@ -224,9 +237,7 @@ static void conn_finish(evtcp_conn *c) {
   if (c->failure != NULL) {
     if (conn_push(c)) {
       evtcp_notice n;
-      notice_init(&n, EVT_ERROR);
-      n.peer = &c->peer.sa;
-      n.path = c->unix_path;
+      conn_notice(c, &n, EVT_ERROR);
       error_push(L, c->failure);
       error_append(L, -2, -1);
       event_deliver(c->obj.loop, &n, 2, 0);

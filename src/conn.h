@@ -228,6 +228,7 @@ int conn_become_open(evtcp_conn *c);
 void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port);
 void conn_bev_timeouts(evtcp_conn *c);
 void conn_deliver(evtcp_conn *c, evtcp_event_type type);
+int conn_deliver_bytes(evtcp_conn *c, const char *data, size_t len, int *ran);
 int conn_deliver_kept(evtcp_conn *c);
 void conn_fail(evtcp_conn *c, int err, const char *component);
 void conn_flushed(evtcp_conn *c, int from_loop);

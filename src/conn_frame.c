@@ -148,10 +148,6 @@ void conn_push_framing(lua_State *L, const evtcp_conn *c) {
 void conn_set_framing(evtcp_conn *c, conn_framing *f) {
   free(c->framing);
   c->framing = f;
-  c->line_scanned = 0;
-  if (c->input_full && c->input && evbuffer_get_length(c->input) < conn_input_limit(c)) {
-    c->input_full = 0;
-    conn_start_reading(c);
-  }
+  conn_input_drained(c); /* scanned anew; a larger byte count may read on */
   conn_kept_input_due(c); /* frames already buffered go out from the loop */
 }

@@ -61,38 +61,32 @@ static void conn_input_grew(evtcp_conn *c) {
   object_wake(&c->obj, WAKE_INPUT);
 }
 
+/* Appends n bytes to `input`, made on first need. 0, or -1 when memory
+ * ran out (the connection has failed). */
+static int conn_keep(evtcp_conn *c, const char *buf, size_t n) {
+  if ((c->input == NULL && (c->input = evbuffer_new()) == NULL) || evbuffer_add(c->input, buf, n) != 0) {
+    conn_fail(c, ENOMEM, "evtcp");
+    return -1;
+  }
+  return 0;
+}
+
 /* Bytes read from the socket (or decrypted): to onData, or kept in `input`
  * for receive(). Input is appended by copy, sized to what came: reserving
  * a 64 KiB read area in the buffer instead kept 128 KiB per idle
  * connection (libevent rounds the reservation up). */
 void conn_deliver_data(evtcp_conn *c, const char *buf, size_t n) {
+  int ran;
   c->bytes_read += n;
   if (!c->receiving && ((c->input && evbuffer_get_length(c->input) > 0) || c->framing)) {
     /* bytes kept while there was no onData go first; frames are cut
      * from the buffer */
-    if (c->input == NULL && (c->input = evbuffer_new()) == NULL) { conn_fail(c, ENOMEM, "evtcp"); return; }
-    if (evbuffer_add(c->input, buf, n) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
-    if (conn_deliver_kept(c)) return;
-    conn_input_grew(c);
+    if (conn_keep(c, buf, n) == 0 && !conn_deliver_kept(c)) conn_input_grew(c);
     return;
   }
-  if (!c->receiving) {
-    evtcp_notice notice;
-    if (!conn_push(c)) return;
-    notice.type = EVT_DATA;
-    notice.data = buf;
-    notice.len = n;
-    notice.peer = &c->peer.sa;
-    notice.path = c->unix_path;
-    if (event_deliver(c->obj.loop, &notice, 1, 0) != LUA_OK || notice.handled) return;
-  }
+  if (!c->receiving && (conn_deliver_bytes(c, buf, n, &ran) != LUA_OK || ran)) return;
   /* no onData: keep the bytes for receive(), up to highWaterMark */
-  if (c->input == NULL) c->input = evbuffer_new();
-  if (c->input == NULL || evbuffer_add(c->input, buf, n) != 0) {
-    conn_fail(c, ENOMEM, "evtcp");
-    return;
-  }
-  conn_input_grew(c);
+  if (conn_keep(c, buf, n) == 0) conn_input_grew(c);
 }
 
 /* The peer's FIN: what came before it has been delivered; then onEnd, then

@@ -92,6 +92,20 @@ static int conn_queue(lua_State *L, evtcp_conn *c, struct evbuffer *out, int i,
   return 0;
 }
 
+/* Queues the strings first..first+count-1 on out, in order; onDrain once
+ * they are flushed. Raises without memory. */
+static void conn_queue_args(lua_State *L, evtcp_conn *c, struct evbuffer *out, int first, int count) {
+  int i;
+  for (i = first; i < first + count; i++) {
+    size_t len;
+    const char *s = lua_tolstring(L, i, &len);
+    if (len > 0 && conn_queue(L, c, out, i, s, len) != 0) luaL_error(L, "evtcp: out of memory");
+    c->bytes_sent += len;
+  }
+  c->drain_wanted = 1;
+  object_anchor(&c->obj, ANCHOR_OUTPUT);
+}
+
 /* The output queue, making the bufferevent on first need. NULL: no memory. */
 static struct evbuffer *conn_output(evtcp_conn *c) {
   if (c->bev == NULL) {
@@ -140,10 +154,11 @@ void conn_uncork(evtcp_conn *c) {
     struct iovec iov[16];
     int k = evbuffer_peek(cork, -1, NULL, (struct evbuffer_iovec *)iov, 16);
     ssize_t n = conn_transport_of(c)->write_now(c, iov, k < 16 ? k : 16);
-    if (n < 0 && !io_would_block(EVUTIL_SOCKET_ERROR())) {
+    int err = n < 0 ? EVUTIL_SOCKET_ERROR() : 0;
+    if (n < 0 && !io_would_block(err)) {
       c->bytes_sent -= len;
       evbuffer_drain(cork, len);
-      conn_fail(c, EVUTIL_SOCKET_ERROR(), "evtcp");
+      conn_fail(c, err, "evtcp");
       return;
     }
     if (n > 0) evbuffer_drain(cork, (size_t)n);
@@ -156,19 +171,10 @@ void conn_uncork(evtcp_conn *c) {
     }
     return;
   }
-  /* all written, as a send written at once: a close or shutdown that
-   * waited for it goes on; onDrain comes from the loop */
-  if (conn_buffered(c) > 0) return;
-  if (c->close_wanted || c->write_shut_wanted) {
-    conn_flushed(c, 0);
-  } else {
-    object_unanchor(&c->obj, ANCHOR_OUTPUT);
-    if (c->drain_wanted) {
-      c->drain_wanted = 0;
-      c->drain_due = 1;
-      object_defer(&c->obj);
-    }
-  }
+  /* all written: what waited for it (a close, a shutdown) goes on, and
+   * onDrain comes from the loop. Not a close after the peer's FIN before
+   * onEnd: conn_flushed waits for end_due. */
+  if (conn_buffered(c) == 0) conn_flushed(c, 0);
 }
 
 static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
@@ -186,13 +192,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
   ssize_t (*write_now)(evtcp_conn *, const struct iovec *, int) = conn_transport_of(c)->write_now;
   int direct = write_now != NULL && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX;
   if (c->corked) { /* gathered, written by conn_uncork */
-    for (i = first; i < first + count; i++) {
-      const char *s = lua_tolstring(L, i, &len);
-      if (len > 0 && conn_queue(L, c, c->obj.loop->cork, i, s, len) != 0) luaL_error(L, "evtcp: out of memory");
-      c->bytes_sent += len;
-    }
-    c->drain_wanted = 1;
-    object_anchor(&c->obj, ANCHOR_OUTPUT);
+    conn_queue_args(L, c, c->obj.loop->cork, first, count);
     return;
   }
   if (direct) {
@@ -239,16 +239,12 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
       }
       written = 0;
     }
-  } else {
-    if ((out = conn_output(c)) == NULL) luaL_error(L, "evtcp: out of memory");
-    for (i = first; i < first + count; i++) {
-      const char *s = lua_tolstring(L, i, &len);
-      if (len > 0 && conn_queue(L, c, out, i, s, len) != 0) luaL_error(L, "evtcp: out of memory");
-      c->bytes_sent += len;
-    }
+    c->drain_wanted = 1;
+    object_anchor(&c->obj, ANCHOR_OUTPUT);
+    return;
   }
-  c->drain_wanted = 1;
-  object_anchor(&c->obj, ANCHOR_OUTPUT);
+  if ((out = conn_output(c)) == NULL) luaL_error(L, "evtcp: out of memory");
+  conn_queue_args(L, c, out, first, count);
 }
 
 /* After a send, in a coroutine started by evtcp.spawn: waits (yields from
