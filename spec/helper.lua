@@ -229,6 +229,18 @@ function H.check_proxy(script, mib)
   assert(back == n and back_ok, ("the client got %d of %d bytes back (intact: %s)"):format(back, n, tostring(back_ok)))
 end
 
+--- A self-signed certificate for localhost (and 127.0.0.1) in a new temp
+-- dir: returns { cert =, key = } for a listener's tls table, and the dir.
+function H.self_signed()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  local cmd = ("cd %s && openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 "
+    .. "-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1"):format(dir)
+  assert(os.execute(H.peer .. "sh -c " .. ("%q"):format(cmd) .. " >/dev/null 2>&1"), "openssl failed")
+  return { cert = dir .. "/cert.pem", key = dir .. "/key.pem" }, dir
+end
+
 function H.has_ipv6()
   local l = evtcp.listen(0, { address = "::1" })
   if not l then return false end

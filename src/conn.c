@@ -129,13 +129,25 @@ static void conn_release_client(evtcp_conn *c) {
   k->tls_session_key = NULL;
 }
 
+/* A close() that came before the peer finished sending: the socket
+ * lingers (linger.c), since closing it with bytes unread, or with bytes
+ * still to come, would send a reset that destroys what the peer has not
+ * read of ours. */
+static int conn_lingers(const evtcp_conn *c) {
+  return c->fd >= 0 && c->state == CONN_CLOSING && c->close_wanted && c->was_open &&
+         !c->aborted && c->failure == NULL && !c->peer_eof;
+}
+
 /* Frees every libevent object and the socket. No Lua. */
 static void conn_release(evtcp_conn *c) {
+  evutil_socket_t lingering = -1;
   c->bytes_sent -= conn_buffered(c); /* dropped (reset, failure): never written */
   conn_release_client(c);
   c->reading = 0;
   conn_transport_of(c)->release(c); /* TLS: close_notify */
+  if (conn_lingers(c)) { lingering = c->fd; c->fd = -1; }
   conn_free_bev(&c->bev, &c->ssl, &c->fd);
+  if (lingering >= 0) linger_close(c->obj.loop, lingering);
   if (c->client) conn_free_bev(&c->client->retired_bev, &c->client->retired_ssl, &c->client->retired_fd);
   if (c->early) { evbuffer_free(c->early); c->early = NULL; }
 }

@@ -21,6 +21,7 @@
  *   listener.c    TCPListener
  *   event.c       TCPEvent, the immutable event objects handed to callbacks
  *   timer.c       evtcp.after timers
+ *   linger.c      the lingering close: closed sockets read until the peer's FIN
  *   error.c       error objects and the errno -> kind mapping
  *   tls.c         TLS contexts and sessions (OpenSSL), conn.tls
  *   resolve.c     asynchronous name resolution (evdns), no Lua in it
@@ -36,6 +37,7 @@
 #define EVTCP_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <errno.h>
 #include <lua.h>
@@ -69,6 +71,7 @@ enum {
 };
 
 typedef struct evtcp_loop evtcp_loop;
+typedef struct evtcp_linger evtcp_linger;
 
 #include "object.h"
 
@@ -98,6 +101,8 @@ struct evtcp_loop {
   unsigned lua_runs;       /* counts entries into Lua from the loop (callbacks, resumes) */
   struct evbuffer *cork;   /* the replies to a batch of frames, written at once: conn_send.c */
   void *cork_owner;        /* the connection corked, if any */
+  uint64_t bytes_scanned;  /* input searched for line ends and delimiters (specs) */
+  struct evtcp_linger *lingering; /* closed sockets read until the peer's FIN: linger.c */
 };
 
 /* A socket error that means "try again later", not a failure. */
@@ -171,6 +176,10 @@ evtcp_lookup *lookup_start(evtcp_loop *loop, const char *host, const char *port,
                            lookup_cb cb, void *owner);
 void lookup_cancel(evtcp_lookup *lookup);
 void lookup_free_all(evtcp_loop *loop);
+
+/* ---- linger.c ---- */
+void linger_close(evtcp_loop *loop, evutil_socket_t fd);
+void linger_free_all(evtcp_loop *loop);
 
 /* ---- tls.c, as the loop needs it ---- */
 void tls_cache_free_all(evtcp_loop *loop);

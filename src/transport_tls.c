@@ -149,6 +149,11 @@ static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
     failure_from_errno(f, ECONNRESET, "libevent");
     return 1;
   }
+  if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_WRITING))
+    /* the peer's close_notify ends its direction only (TLS allows sending
+     * after it, and the peer may be reading still), but libevent stopped
+     * writing with reading: what is queued would never leave */
+    bufferevent_enable(c->bev, EV_WRITE);
   return 0;
 }
 
