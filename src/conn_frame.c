@@ -25,6 +25,7 @@ ev_ssize_t conn_find_delimiter(evtcp_conn *c, size_t have, const char *delim, si
   if (c->line_scanned > have) c->line_scanned = 0;
   if (evbuffer_ptr_set(c->input, &from, c->line_scanned, EVBUFFER_PTR_SET) != 0) return -1;
   at = evbuffer_search(c->input, delim, dlen, &from);
+  c->obj.loop->bytes_scanned += (at.pos < 0 ? have : (size_t)at.pos + dlen) - c->line_scanned;
   if (at.pos < 0) /* a match may still start in the last dlen-1 bytes */
     c->line_scanned = have >= dlen ? have - (dlen - 1) : 0;
   return at.pos;
