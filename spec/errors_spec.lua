@@ -168,4 +168,42 @@ describe("errors", function()
       assert.are.equal(99, code)
     end)
   end)
+
+  describe("names with an embedded NUL byte", function()
+    -- C reads a string up to its first NUL: "localhost\0.example.com" was
+    -- resolved and connected as localhost, so a program that checked the
+    -- name it was given (an allow-list of *.example.com) was bypassed
+    local nul_host = "localhost\0.example.com"
+    it("are an argument error of resolve, dial and connect", function()
+      assert.has_error(function() evtcp.resolve(nul_host) end,
+        "bad argument #1 to 'resolve' (name must not contain a NUL byte)")
+      assert.has_error(function() evtcp.connect(nul_host, 80) end,
+        "bad argument #1 to 'connect' (address must not contain a NUL byte)")
+      assert.has_error(function() evtcp.dial(nul_host, 80) end,
+        "bad argument #1 to 'dial' (address must not contain a NUL byte)")
+      assert.has_error(function() evtcp.connect("unix:/tmp/a.sock\0.bak") end,
+        "bad argument #1 to 'connect' (address must not contain a NUL byte)")
+      assert.has_error(function() evtcp.connect("127.0.0.1", 80, { localAddress = "127.0.0.1\0x" }) end,
+        "bad argument #3 to 'connect' (option 'localAddress' must not contain a NUL byte)")
+      assert.has_error(function() evtcp.connect("127.0.0.1", 80, { tls = { serverName = nul_host } }) end,
+        "bad argument #3 to 'connect' (option 'tls.serverName' must not contain a NUL byte)")
+      assert.has_error(function() evtcp.connect("127.0.0.1", 80, { tls = { ca = "/etc/ssl\0/x.pem" } }) end,
+        "bad argument #3 to 'connect' (option 'tls.ca' must not contain a NUL byte)")
+    end)
+
+    it("are an argument error of listen, and nothing is bound", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir " .. dir))
+      assert.has_error(function() evtcp.listen("unix:" .. dir .. "/a.sock\0.bak") end,
+        "bad argument #1 to 'listen' (path must not contain a NUL byte)")
+      assert.has_error(function() evtcp.listen(0, { address = "127.0.0.1\0junk" }) end,
+        "bad argument #2 to 'listen' (option 'address' must not contain a NUL byte)")
+      local p = io.popen("ls -A " .. dir)
+      local listing = p:read("a")
+      p:close()
+      os.execute("rm -rf " .. dir)
+      assert.are.equal("", listing) -- a.sock was not made
+    end)
+  end)
 end)

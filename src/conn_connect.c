@@ -168,6 +168,7 @@ int conn_connect(lua_State *L) {
   luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
   host = lua_tostring(L, 1);
   luaL_argcheck(L, lua_rawlen(L, 1) > 0 && lua_rawlen(L, 1) < 256, 1, "address must be 1 to 255 bytes");
+  luaL_argcheck(L, !string_has_nul(L, 1), 1, "address must not contain a NUL byte");
   is_unix = sockaddr_is_unix(host);
   if (is_unix) {
     struct sockaddr_un sun;

@@ -81,6 +81,7 @@ static void conn_read_local_bind(lua_State *L, evtcp_conn *c, int h, int arg) {
     struct sockaddr_storage ss;
     int len;
     if (t != LUA_TSTRING) option_error(L, arg, "localAddress", "must be a string");
+    if (string_has_nul(L, -1)) option_error(L, arg, "localAddress", "must not contain a NUL byte");
     if (sockaddr_parse(lua_tostring(L, -1), 0, &ss, &len) != 0)
       option_error(L, arg, "localAddress", "must be an IP address of this machine");
     memcpy(&c->client->bind_addr, &ss, (size_t)len < sizeof c->client->bind_addr ? (size_t)len : sizeof c->client->bind_addr);

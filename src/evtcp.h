@@ -105,6 +105,15 @@ struct evtcp_loop {
   struct evtcp_linger *lingering; /* closed sockets read until the peer's FIN: linger.c */
 };
 
+/* A Lua string with a NUL inside: C would read it cut at the NUL (a name
+ * checked against an allow-list would then connect elsewhere), so names and
+ * paths that hold one are argument errors. */
+static inline int string_has_nul(lua_State *L, int idx) {
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+  return s != NULL && strlen(s) != n;
+}
+
 /* A socket error that means "try again later", not a failure. */
 #define io_would_block(err) ((err) == EAGAIN || (err) == EWOULDBLOCK || (err) == EINTR)
 

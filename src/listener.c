@@ -242,6 +242,7 @@ static listen_kind listen_check_target(lua_State *L, lua_Integer *port, lua_Inte
     struct sockaddr_un sun;
     socklen_t len;
     const char *why;
+    luaL_argcheck(L, !string_has_nul(L, 2), 1, "path must not contain a NUL byte");
     if (sockaddr_unix_parse(lua_tostring(L, 2), &sun, &len, &why) != 0) luaL_argerror(L, 1, why);
     return LISTEN_UNIX;
   }
@@ -286,6 +287,7 @@ int listener_listen(lua_State *L) {
   if (lua_getfield(L, 3, "address") != LUA_TNIL) {
     if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 2, "option 'address' must be a string");
     if (kind != LISTEN_TCP) luaL_argerror(L, 2, "option 'address' applies to a TCP port only");
+    if (string_has_nul(L, -1)) luaL_argerror(L, 2, "option 'address' must not contain a NUL byte");
     address = lua_tostring(L, -1);
   }
   /* absent: as many as the system allows (the kernel caps the value at

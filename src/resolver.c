@@ -88,6 +88,7 @@ static void request_run_pending(evtcp_object *obj) {
 static int request_start(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
   const char *name = luaL_checkstring(L, 1);
+  luaL_argcheck(L, !string_has_nul(L, 1), 1, "name must not contain a NUL byte");
   evtcp_request *r;
   luaL_checktype(L, 2, LUA_TFUNCTION);
   r = (evtcp_request *)object_new(L, loop, sizeof *r, 1, request_run_pending);

@@ -87,6 +87,8 @@ void tls_read_options(lua_State *L, int index, int arg, tls_options *opts, int s
     int t = lua_getfield(L, index, fields[i]);
     if (t != LUA_TNIL && t != LUA_TSTRING)
       luaL_argerror(L, arg, lua_pushfstring(L, "option 'tls.%s' must be a string", fields[i]));
+    if (string_has_nul(L, -1)) /* a path or name read cut at the NUL */
+      luaL_argerror(L, arg, lua_pushfstring(L, "option 'tls.%s' must not contain a NUL byte", fields[i]));
     lua_pop(L, 1);
   }
   if (lua_getfield(L, index, "verify") != LUA_TNIL) {

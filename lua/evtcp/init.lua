@@ -278,6 +278,7 @@ core.setScheduler(spawned, receive)
 function evtcp.resolve(name, timeout)
   if type(name) ~= "string" then arg_error("resolve", 1, "string expected, got " .. type(name)) end
   if #name == 0 or #name > 255 then arg_error("resolve", 1, "name must be 1 to 255 bytes") end
+  if name:find("\0", 1, true) then arg_error("resolve", 1, "name must not contain a NUL byte") end
   local deadline = check_timeout("resolve", timeout, 2)
   local co, waiting = current(), false
   local addrs, err, answered
