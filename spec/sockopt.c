@@ -17,7 +17,10 @@
  *   sockopt.close(fd)
  *   sockopt.find_unix(path)             -> fd of a connected (not listening)
  *       socket of this process whose own address is path | nil
+ *   sockopt.pipe()                      -> read fd, write fd of a new pipe
+ *   sockopt.open(path)                  -> fd of path, opened for reading
  */
+#include <fcntl.h>
 #include <malloc.h>
 #include <dirent.h>
 #include <string.h>
@@ -162,12 +165,27 @@ static int sockopt_close(lua_State *L) {
   return 1;
 }
 
+static int sockopt_pipe(lua_State *L) {
+  int fds[2];
+  if (pipe(fds) != 0) return 0;
+  lua_pushinteger(L, fds[0]);
+  lua_pushinteger(L, fds[1]);
+  return 2;
+}
+
+static int sockopt_open(lua_State *L) {
+  int fd = open(luaL_checkstring(L, 1), O_RDONLY);
+  if (fd < 0) return 0;
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
 int luaopen_sockopt(lua_State *L);
 int luaopen_sockopt(lua_State *L) {
   static const luaL_Reg f[] = {
     {"find", sockopt_find}, {"get", sockopt_get}, {"fds", sockopt_fds}, {"listening", sockopt_listening}, {"heap", sockopt_heap},
     {"tcp", sockopt_tcp}, {"stale_unix", sockopt_stale_unix}, {"close", sockopt_close},
-    {"find_unix", sockopt_find_unix}, {NULL, NULL}
+    {"find_unix", sockopt_find_unix}, {"pipe", sockopt_pipe}, {"open", sockopt_open}, {NULL, NULL}
   };
   luaL_newlib(L, f);
   return 1;

@@ -295,6 +295,36 @@ describe("adopting a listening socket (socket activation)", function()
     assert.matches("Bad file descriptor", msg)
   end)
 
+  it("refuses a regular file and a pipe as documented, and leaves them open", function()
+    local file = assert(sockopt.open("/etc/hostname"))
+    local r, w = sockopt.pipe()
+    for _, fd in ipairs({ file, r, w }) do
+      local l, msg, code = evtcp.listen(nil, { fd = fd })
+      assert.is_nil(l)
+      assert.equal("fd " .. fd .. " is not a listening stream socket", msg)
+      assert.equal(22, code)
+      assert.is_true(sockopt.close(fd), "the fd is still open, for its owner")
+    end
+  end)
+
+  it("refuses to adopt a socket a listener has already adopted", function()
+    local fd, port = sockopt.tcp(true)
+    local l = assert(evtcp.listen(nil, { fd = fd }))
+    local again, msg, code = evtcp.listen(nil, { fd = fd })
+    assert.is_nil(again)
+    assert.equal("fd " .. fd .. " is already a listener's", msg)
+    assert.equal(16, code) -- EBUSY
+    assert.equal(port, sockopt.listening(port) and port) -- still the first one's, listening
+    l:terminate()
+    H.run()
+    assert.is_nil(sockopt.listening(port))
+    -- once terminated the number is free: a new socket may get it and be adopted
+    local fd2 = sockopt.tcp(true)
+    local l2 = assert(evtcp.listen(nil, { fd = fd2 }))
+    l2:terminate()
+    H.run()
+  end)
+
   it("rejects misuse with argument errors", function()
     assert.has_error(function() evtcp.listen(nil) end,
       "bad argument #1 to 'listen' (port expected: a number, \"unix:/path\", or nil with option 'fd')")

@@ -232,6 +232,22 @@ static int option_integer(lua_State *L, int h, const char *name, lua_Integer dfl
   return (int)v;
 }
 
+/* Whether a listener of this loop that is still open has fd: adopting it
+ * twice would make the second terminate() close whatever has that number
+ * by then. Walks the loop's objects: only adoption pays for it. */
+static int listener_fd_in_use(lua_State *L, evtcp_loop *loop, evutil_socket_t fd) {
+  int found = 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, loop->weak_ref);
+  lua_pushnil(L);
+  while (!found && lua_next(L, -2) != 0) {
+    evtcp_listener *other = (evtcp_listener *)luaL_testudata(L, -1, EVTCP_LISTENER_MT);
+    found = other != NULL && !other->closed && other->lev != NULL && evconnlistener_get_fd(other->lev) == fd;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, found ? 2 : 1); /* the key lua_next left, and the table */
+  return found;
+}
+
 /* How listen() was asked to listen. */
 typedef enum { LISTEN_TCP, LISTEN_UNIX, LISTEN_FD } listen_kind;
 
@@ -339,6 +355,12 @@ int listener_listen(lua_State *L) {
       l->owns_file = 1;
     }
   } else if (kind == LISTEN_FD) {
+    if (listener_fd_in_use(L, loop, (evutil_socket_t)adopt_fd)) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "fd %d is already a listener's", (int)adopt_fd);
+      lua_pushinteger(L, EBUSY);
+      return 3;
+    }
     fd = socket_adopt_listening((evutil_socket_t)adopt_fd, &l->unix_path, &err);
     if (fd < 0 && err == EINVAL) {
       lua_pushnil(L);

@@ -115,7 +115,10 @@ evutil_socket_t socket_adopt_listening(evutil_socket_t fd, char **unix_name, int
   socklen_t n = sizeof type;
   struct sockaddr_storage ss;
   socklen_t sslen = sizeof ss;
-  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) != 0) { *err = errno; return -1; }
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) != 0) {
+    *err = errno == ENOTSOCK ? EINVAL : errno; /* a file or a pipe: not a listening socket either */
+    return -1;
+  }
   n = sizeof listening;
   if (type != SOCK_STREAM || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) != 0 || !listening) {
     *err = EINVAL;
