@@ -440,6 +440,29 @@ describe("TLS", function()
       l:terminate()
     end)
 
+    it("takes protocol names up to 255 bytes, the limit its message gives, and a list of several", function()
+      local long = string.rep("p", 254) .. "2"
+      local seen = {}
+      local l = alpn_server({ long, "h2" }, seen) -- the server's preference first
+      local got
+      H.go(function()
+        local c = assert(evtcp.dial("localhost", l.port, { tls = { ca = path("ca.pem"),
+          alpn = { long, string.rep("q", 255), string.rep("r", 255), "h2" } } }))
+        got = c.tls.alpn
+        c:close()
+      end)
+      H.run_until(function() return seen.server end, "the server's handshake")
+      l:terminate()
+      assert.equal(long, got)
+      assert.equal(long, seen.server)
+      assert.has_error(function() evtcp.connect("localhost", 1, { tls = { alpn = { string.rep("x", 256) } } }) end,
+        "bad argument #3 to 'connect' (option 'tls.alpn': a protocol name is 1 to 255 bytes)")
+      local many = {}
+      for i = 1, 5 do many[i] = string.rep(tostring(i), 255) end
+      assert.has_error(function() evtcp.connect("localhost", 1, { tls = { alpn = many } }) end,
+        "bad argument #3 to 'connect' (option 'tls.alpn' is too long (1024 bytes in all, each name with its length byte))")
+    end)
+
     it("fails the handshake with an error of kind tls naming ALPN when no protocol is common", function()
       local seen = {}
       local l = alpn_server({ "h2" }, seen)
@@ -523,6 +546,8 @@ describe("TLS", function()
       assert.has_error(function() listen({ [1] = {} }) end,
         "bad argument #2 to 'listen' (option 'tls.sni': each key must be a host name)")
       assert.has_error(function() listen({ ["a.test"] = { cert = path("alpha.pem") } }) end,
+        "bad argument #2 to 'listen' (option 'tls.sni[\"a.test\"]' needs cert and key strings)")
+      assert.has_error(function() listen({ ["a.test"] = { key = path("alpha.key") } }) end,
         "bad argument #2 to 'listen' (option 'tls.sni[\"a.test\"]' needs cert and key strings)")
       local l, msg = listen({ ["a.test"] = { cert = dir .. "/missing.pem", key = path("alpha.key") } })
       assert.is_nil(l)

@@ -37,6 +37,12 @@ static void tls_failure(evtcp_failure *f, const char *doing) {
   ERR_clear_error();
 }
 
+/* FNV-1a over n bytes, continuing from h. */
+static unsigned hash_bytes(unsigned h, const unsigned char *p, size_t n) {
+  while (n--) h = (h ^ *p++) * 16777619u;
+  return h * 16777619u;
+}
+
 /* FNV-1a, continuing from h; NULL hashes as nothing. */
 static unsigned hash_string(unsigned h, const char *s) {
   for (; s && *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
@@ -58,14 +64,14 @@ static void tls_read_alpn(lua_State *L, int index, int arg, tls_options *opts) {
     if (lua_rawgeti(L, -1, i) != LUA_TSTRING) luaL_argerror(L, arg, "option 'tls.alpn' must hold strings");
     name = lua_tolstring(L, -1, &len);
     if (len == 0 || len > 255) luaL_argerror(L, arg, "option 'tls.alpn': a protocol name is 1 to 255 bytes");
-    if (opts->alpn_len + 1 + len >= sizeof opts->alpn)
-      luaL_argerror(L, arg, "option 'tls.alpn' is too long (255 bytes in all)");
+    if (opts->alpn_len + 1 + len > sizeof opts->alpn)
+      luaL_argerror(L, arg, lua_pushfstring(L, "option 'tls.alpn' is too long (%d bytes in all, each name "
+                                               "with its length byte)", (int)sizeof opts->alpn));
     opts->alpn[opts->alpn_len++] = (unsigned char)len;
     memcpy(opts->alpn + opts->alpn_len, name, len);
     opts->alpn_len += len;
     lua_pop(L, 1);
   }
-  opts->alpn[opts->alpn_len] = '\0'; /* for the hash only */
   lua_pop(L, 1);
 }
 
@@ -107,8 +113,8 @@ void tls_read_options(lua_State *L, int index, int arg, tls_options *opts, int s
   opts->server_name = lua_tostring(L, -1);
   lua_pop(L, 4);
   tls_read_alpn(L, index, arg, opts);
-  opts->config_hash = hash_string(hash_string(hash_string(hash_string(2166136261u, opts->ca), opts->cert),
-                                              opts->key), (const char *)opts->alpn);
+  opts->config_hash = hash_bytes(hash_string(hash_string(hash_string(2166136261u, opts->ca), opts->cert),
+                                             opts->key), opts->alpn, opts->alpn_len);
   if ((opts->cert == NULL) != (opts->key == NULL))
     luaL_argerror(L, arg, "option 'tls' needs both cert and key, or neither");
   if (server && opts->cert == NULL) luaL_argerror(L, arg, "option 'tls' of a listener needs cert and key");
@@ -346,7 +352,10 @@ static size_t tls_check_sni(lua_State *L, int arg) {
     if (lua_type(L, -2) != LUA_TSTRING || (lua_tolstring(L, -2, &len), len == 0 || len > 253))
       luaL_argerror(L, arg, "option 'tls.sni': each key must be a host name");
     if (!lua_istable(L, -1)) luaL_argerror(L, arg, "option 'tls.sni': each name needs a table { cert=, key= }");
-    if (lua_getfield(L, -1, "cert") != LUA_TSTRING || lua_getfield(L, -2, "key") != LUA_TSTRING)
+    /* both fields pushed before either is checked: the name stays at -4 */
+    lua_getfield(L, -1, "cert");
+    lua_getfield(L, -2, "key");
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
       luaL_argerror(L, arg, lua_pushfstring(L, "option 'tls.sni[\"%s\"]' needs cert and key strings",
                                             lua_tostring(L, -4)));
     lua_pop(L, 3);

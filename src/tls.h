@@ -8,10 +8,14 @@
 #include <event2/bufferevent_ssl.h>
 #include "evtcp.h"
 
+/* The room for tls.alpn in wire format: a protocol name may be 255 bytes
+ * (its length prefix is one byte), and a list several names. */
+#define TLS_ALPN_MAX 1024
+
 typedef struct tls_options {
   const char *ca, *cert, *key, *server_name;
   int verify;
-  unsigned char alpn[256];   /* tls.alpn in ALPN's wire format: length-prefixed names */
+  unsigned char alpn[TLS_ALPN_MAX]; /* tls.alpn in ALPN's wire format: length-prefixed names */
   size_t alpn_len;
   unsigned config_hash;      /* tells apart client settings a session may be resumed under */
 } tls_options;
@@ -24,7 +28,7 @@ typedef struct tls_sni_entry {
 
 typedef struct tls_server {
   SSL_CTX *ctx;              /* the top-level cert: every name not in sni */
-  unsigned char alpn[256];   /* the protocols accepted, the server's preference first */
+  unsigned char alpn[TLS_ALPN_MAX]; /* the protocols accepted, the server's preference first */
   size_t alpn_len;
   tls_sni_entry *sni;
   size_t sni_count;
