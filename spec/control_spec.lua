@@ -66,6 +66,39 @@ describe("control", function()
       assert.are.equal("ttttt", rec.data())
     end)
 
+    it("0 means no timeout, as nil, over plain TCP and TLS, for clients and accepted connections", function()
+      -- it fired at once on plain TCP and never on TLS
+      local certs, dir = H.self_signed()
+      for _, tls in ipairs({ false, true }) do
+        local accepted
+        local l = H.server(function()
+          accepted = H.recorder({ onConnection = function(_, c) evtcp.after(0.3, function() c:send("late") end) end })
+          return accepted
+        end, { readTimeout = 0, writeTimeout = 0, tls = tls and certs or nil })
+        local rec = H.recorder({ readTimeout = 0, writeTimeout = 0, tls = tls and { verify = false } or nil,
+          onData = function(_, c) c:close() end })
+        local conn = evtcp.connect("127.0.0.1", l.port, rec)
+        H.run_until(rec.terminated, "the late reply")
+        l:terminate()
+        assert.are.same({}, rec.errors)
+        assert.are.same({}, accepted.errors)
+        assert.are.equal("late", rec.data())
+        -- setTimeouts(0) too
+        conn = nil
+        local l2 = H.server(function() return { onConnection = function(_, c)
+          evtcp.after(0.3, function() if not c.closed then c:send("x") end end)
+        end } end, { tls = tls and certs or nil })
+        local rec2 = H.recorder({ tls = tls and { verify = false } or nil,
+          onConnection = function(_, c) c:setTimeouts(0, 0) end, onData = function(_, c) c:close() end })
+        evtcp.connect("127.0.0.1", l2.port, rec2)
+        H.run_until(rec2.terminated, "the late byte")
+        l2:terminate()
+        assert.are.same({}, rec2.errors)
+        assert.are.equal("x", rec2.data())
+      end
+      os.execute("rm -rf " .. dir)
+    end)
+
     it("writeTimeout: a peer that does not read gives kind 'timeout'", function()
       local reader
       local l = H.server(function()

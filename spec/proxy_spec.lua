@@ -135,6 +135,88 @@ describe("PROXY protocol", function()
     assert.same({ { "192.0.2.1", 1000 } }, seen.accepts)
   end)
 
+  it("reads the shortest v1 header, PROXY UNKNOWN (HAProxy's health checks), and the payload after it intact", function()
+    local l, seen = proxied_server()
+    assert.equal("payload\n", talk(l.port, { "PROXY UNKNOWN\r\npayload\n" }, 8))
+    assert.equal("ab", talk(l.port, { "PROXY UNKNOWN\r\na", "b" }, 2)) -- no newline after it at all
+    assert.equal("x", talk(l.port, { "PROXY UNKNOWN ffff::1 ffff::2 1 2\r\nx" }, 1))
+    l:terminate()
+    assert.same({}, seen.errors)
+    assert.equal(3, #seen.accepts)
+    for _, a in ipairs(seen.accepts) do assert.equal("127.0.0.1", a[1]) end -- the real peer
+  end)
+
+  it("rejects v2 headers with an unknown family or protocol, and datagram ones", function()
+    local l, seen = proxied_server()
+    local block4 = ipv4(192, 0, 2, 1) .. ipv4(10, 0, 0, 1) .. be16(1) .. be16(2)
+    local block6 = ("\1"):rep(32) .. be16(1) .. be16(2)
+    local bad = {
+      { 0xdb, block4 .. ("\0"):rep(24) }, -- unknown family and protocol
+      { 0x41, block4 },                    -- family 4
+      { 0x13, block4 },                    -- protocol 3
+      { 0x10, block4 },                    -- IPv4 with no protocol
+      { 0x12, block4 },                    -- UDP over IPv4
+      { 0x22, block6 },                    -- UDP over IPv6
+      { 0x32, ("\0"):rep(216) },           -- a Unix datagram socket
+      { 0x31, ("\0"):rep(20) },            -- short Unix address block
+    }
+    for _, b in ipairs(bad) do
+      assert.equal("", talk(l.port, { v2(1, b[1], b[2]) .. "no" }), ("family byte 0x%02x"):format(b[1]))
+    end
+    -- LOCAL ignores the family byte, and UNSPEC or a Unix stream keeps the real peer
+    assert.equal("ok", talk(l.port, { v2(0, 0xdb, "") .. "ok" }, 2))
+    assert.equal("ok", talk(l.port, { v2(1, 0x00, "") .. "ok" }, 2))
+    assert.equal("ok", talk(l.port, { v2(1, 0x31, ("\0"):rep(216)) .. "ok" }, 2))
+    l:terminate()
+    assert.equal(#bad, #seen.errors)
+    assert.matches("datagram", seen.errors[5].message)
+    assert.matches("unknown address family", seen.errors[1].message)
+    assert.equal(3, #seen.accepts)
+  end)
+
+  it("source port 0: event.port is 0, as remotePort", function()
+    local l, seen = proxied_server()
+    assert.equal("a", talk(l.port, { "PROXY TCP4 192.0.2.9 10.0.0.1 0 80\r\na" }, 1))
+    local block = ipv4(192, 0, 2, 10) .. ipv4(10, 0, 0, 1) .. be16(0) .. be16(80)
+    assert.equal("b", talk(l.port, { v2(1, 0x11, block) .. "b" }, 1))
+    l:terminate()
+    assert.same({ { "192.0.2.9", 0 }, { "192.0.2.10", 0 } }, seen.accepts)
+    assert.same({ "192.0.2.9", 0, "192.0.2.9", 0 }, seen.conns[1])
+    assert.same({ "192.0.2.10", 0, "192.0.2.10", 0 }, seen.conns[2])
+  end)
+
+  it("the header's readTimeout is a deadline: a client trickling a byte at a time is closed", function()
+    local l, seen = proxied_server({ readTimeout = 0.5 })
+    local header = "PROXY TCP4 192.0.2.1 10.0.0.1 1000 80\r\n"
+    local sent, sent_at_error = 0, nil
+    H.go(function()
+      local c = assert(evtcp.dial("127.0.0.1", l.port))
+      for i = 1, #header - 2 do -- never finished: a byte every 0.1 s
+        if #seen.errors > 0 then break end
+        c:send(header:sub(i, i))
+        sent = i
+        evtcp.sleep(0.1)
+      end
+      assert.is_nil(c:receive(nil, 10)) -- the server has closed
+      c:close()
+    end, 30)
+    l:terminate()
+    assert.equal(1, #seen.errors)
+    assert.matches("in time", seen.errors[1].message)
+    assert.equal(0, #seen.accepts)
+    sent_at_error = sent
+    -- re-armed by each byte (0.1 s apart, under the 0.5 s), the timeout
+    -- only fired once the client stopped; a deadline fires while it trickles
+    assert.is_true(sent_at_error < #header - 2, ("the header timed out after all %d bytes"):format(sent_at_error))
+  end)
+
+  it("readTimeout = 0 is no timeout for the header either, as for connections", function()
+    local l, seen = proxied_server({ readTimeout = 0 })
+    assert.equal("late", talk(l.port, { "PROXY TCP4 192.0.2.1 ", "10.0.0.1 1000 80\r\nlate" }, 4))
+    l:terminate()
+    assert.same({}, seen.errors)
+  end)
+
   it("works with accept(): each client comes with its own address, in order", function()
     local l = assert(evtcp.listen(0, { address = "127.0.0.1", proxyProtocol = true }))
     local got = {}

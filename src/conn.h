@@ -167,7 +167,7 @@ typedef struct evtcp_conn {
   struct evbuffer *input;         /* bytes kept for receive() */
   evtcp_failure *failure;         /* what onError will report */
   struct evtcp_listener *listener;/* the listener that accepted it */
-  double read_timeout, write_timeout; /* < 0: none */
+  double read_timeout, write_timeout; /* <= 0: none (0 is "no timeout", as everywhere) */
   size_t high_water;
   evtcp_addr peer, local;
   int keep_alive;                 /* seconds, 0: off */

@@ -25,11 +25,11 @@ static int conn_wants_reading(const evtcp_conn *c) {
  * bufferevent reads (transport.h) and only while reading. */
 void conn_bev_timeouts(evtcp_conn *c) {
   struct timeval r, w;
-  int use_r = conn_transport_of(c)->bev_reads && c->reading && c->read_timeout >= 0;
+  int use_r = conn_transport_of(c)->bev_reads && c->reading && c->read_timeout > 0;
   if (c->bev == NULL) return;
   if (use_r) r = seconds_tv(c->read_timeout);
-  if (c->write_timeout >= 0) w = seconds_tv(c->write_timeout);
-  bufferevent_set_timeouts(c->bev, use_r ? &r : NULL, c->write_timeout >= 0 ? &w : NULL);
+  if (c->write_timeout > 0) w = seconds_tv(c->write_timeout);
+  bufferevent_set_timeouts(c->bev, use_r ? &r : NULL, c->write_timeout > 0 ? &w : NULL);
 }
 
 void conn_start_reading(evtcp_conn *c) {

@@ -121,9 +121,10 @@ static int event__index(lua_State *L) {
     if (ev->peer.sa.sa_family == AF_UNIX) lua_getiuservalue(L, 1, 2);
     else sockaddr_push_ip(L, &ev->peer.sa);
   } else if (strcmp(key, "port") == 0) {
-    int port = sockaddr_port(&ev->peer.sa);
-    if (port == 0) return 0;
-    lua_pushinteger(L, port);
+    /* nil only where there is no port (a Unix socket, no peer): a PROXY
+     * header may well name source port 0, and remotePort says 0 then */
+    if (ev->peer.sa.sa_family != AF_INET && ev->peer.sa.sa_family != AF_INET6) return 0;
+    lua_pushinteger(L, sockaddr_port(&ev->peer.sa));
   } else {
     return 0;
   }

@@ -339,8 +339,9 @@ int listener_listen(lua_State *L) {
     probe.read_timeout = -1;
     conn_read_options(L, &probe, 3, 2, 0); /* framing is read last: nothing raises after it */
     free(probe.framing);
-    /* the PROXY header must come within readTimeout too */
-    l->proxy_timeout = probe.read_timeout > 0 ? probe.read_timeout : PROXY_HEADER_TIMEOUT;
+    /* the PROXY header must come within readTimeout too (a deadline for
+     * the whole header); 0 is none, as for the connection */
+    l->proxy_timeout = probe.read_timeout >= 0 ? probe.read_timeout : PROXY_HEADER_TIMEOUT;
   }
   has_cb = lua_getfield(L, 3, "onConnection") != LUA_TNIL;
   lua_pop(L, 1);

@@ -39,7 +39,8 @@ struct evtcp_listener;
 typedef struct proxy_wait {
   struct evtcp_listener *l;
   evutil_socket_t fd;
-  struct event *ev;
+  struct event *ev;             /* readable: no timeout, bytes do not extend it */
+  struct event *deadline_ev;    /* the header's deadline; NULL for none */
   evtcp_addr peer;              /* the balancer's end, then the client's */
   proxy_reader reader;
   int ready;                    /* header read; waits for the held client to go */

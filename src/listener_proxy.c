@@ -19,6 +19,7 @@ void proxy_wait_free(proxy_wait *w, int close_fd) {
   else l->proxy_waits = w->next;
   if (w->next) w->next->prev = w->prev;
   if (w->ev) event_free(w->ev);
+  if (w->deadline_ev) event_free(w->deadline_ev);
   if (close_fd) evutil_closesocket(w->fd);
   free(w);
 }
@@ -42,20 +43,27 @@ static void listener_proxy_offer(proxy_wait *w) {
   if (l->held_fd >= 0) {
     w->ready = 1;
     event_del(w->ev);
+    if (w->deadline_ev) event_del(w->deadline_ev); /* read in time: no longer bound */
     return;
   }
   proxy_wait_free(w, 0);
   listener_on_client(l, fd, &peer.sa, (int)sizeof peer);
 }
 
+/* The deadline is its own timer: a persistent read event's timeout would
+ * start again at every byte, and a client trickling one byte at a time
+ * would hold its slot for as long as it likes. */
+static void listener_on_proxy_deadline(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  listener_proxy_failed((proxy_wait *)arg, "no PROXY protocol header in time", ETIMEDOUT);
+}
+
 static void listener_on_proxy_readable(evutil_socket_t fd, short what, void *arg) {
   proxy_wait *w = (proxy_wait *)arg;
   evtcp_addr client;
   proxy_result r;
-  if (what & EV_TIMEOUT) {
-    listener_proxy_failed(w, "no PROXY protocol header in time", ETIMEDOUT);
-    return;
-  }
+  (void)what;
   memset(&client, 0, sizeof client);
   r = proxy_read(&w->reader, fd, &client);
   if (r == PROXY_AGAIN) return;
@@ -73,12 +81,22 @@ void listener_proxy_start(evtcp_listener *l, evutil_socket_t fd, const struct so
   w->fd = fd;
   memcpy(&w->peer, sa, (size_t)socklen < sizeof w->peer ? (size_t)socklen : sizeof w->peer);
   w->ev = event_new(l->obj.loop->base, fd, EV_READ | EV_PERSIST, listener_on_proxy_readable, w);
-  if (w->ev == NULL) { evutil_closesocket(fd); free(w); return; }
+  if (l->proxy_timeout > 0) /* 0: none, as readTimeout = 0 means everywhere */
+    w->deadline_ev = evtimer_new(l->obj.loop->base, listener_on_proxy_deadline, w);
+  if (w->ev == NULL || (l->proxy_timeout > 0 && w->deadline_ev == NULL)) {
+    if (w->ev) event_free(w->ev);
+    evutil_closesocket(fd);
+    free(w);
+    return;
+  }
   w->next = l->proxy_waits;
   if (w->next) w->next->prev = w;
   l->proxy_waits = w;
-  tv = seconds_tv(l->proxy_timeout);
-  event_add(w->ev, &tv);
+  event_add(w->ev, NULL);
+  if (w->deadline_ev) {
+    tv = seconds_tv(l->proxy_timeout);
+    event_add(w->deadline_ev, &tv);
+  }
 }
 
 /* After accept() took the held client: the oldest client whose header was

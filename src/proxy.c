@@ -88,8 +88,17 @@ static proxy_result proxy_parse_v2(proxy_reader *r, evtcp_addr *client) {
   const unsigned char *a = h + V2_HEAD;
   size_t len = ((size_t)h[14] << 8) | h[15];
   if (version != 2 || command > 1) { r->why = "PROXY v2 header: bad version or command"; return PROXY_BAD; }
-  if (command == 0) return PROXY_DONE; /* LOCAL: the balancer's own check */
+  if (command == 0) return PROXY_DONE; /* LOCAL: the balancer's own check; the family is ignored */
+  /* the specification lists UNSPEC and TCP over IPv4, IPv6 and a Unix
+   * socket, and UDP ones; anything else "must be rejected", and a
+   * datagram's addresses do not describe this stream */
+  if (h[13] != 0x00 && h[13] != 0x11 && h[13] != 0x21 && h[13] != 0x31) {
+    r->why = (h[13] & 0x0F) == 2 && family >= 1 && family <= 3 ? "PROXY v2 header: a datagram protocol over a stream"
+                                                               : "PROXY v2 header: unknown address family or protocol";
+    return PROXY_BAD;
+  }
   memset(client, 0, sizeof *client);
+  if (family == 3 && len < 216) { r->why = "PROXY v2 header: short Unix address block"; return PROXY_BAD; }
   if (family == 1) {
     if (len < 12) { r->why = "PROXY v2 header: short IPv4 address block"; return PROXY_BAD; }
     client->in.sin_family = AF_INET;
@@ -135,7 +144,9 @@ proxy_result proxy_read(proxy_reader *r, evutil_socket_t fd, evtcp_addr *client)
     if (got == 0) return PROXY_AGAIN;
   }
   if (r->buf[0] == 'P') { /* version 1: up to the line end */
-    while (r->have < V1_MAX) {
+    /* the first 15 bytes may hold it all: "PROXY UNKNOWN\r\n", which
+     * HAProxy's health checks send, is exactly that long */
+    while (r->have < V1_MAX && memchr(r->buf, '\n', r->have) == NULL) {
       char peek[V1_MAX];
       char *nl;
       ssize_t n = recv(fd, peek, V1_MAX - r->have, MSG_PEEK);

@@ -67,8 +67,8 @@ static int tcp_open(evtcp_conn *c) {
 static void tcp_start_reading(evtcp_conn *c) {
   struct timeval tv;
   if (c->read_ev == NULL) { c->reading = 0; return; } /* OPEN failed half-way */
-  if (c->read_timeout >= 0) tv = seconds_tv(c->read_timeout);
-  event_add(c->read_ev, c->read_timeout >= 0 ? &tv : NULL);
+  if (c->read_timeout > 0) tv = seconds_tv(c->read_timeout);
+  event_add(c->read_ev, c->read_timeout > 0 ? &tv : NULL);
 }
 
 static void tcp_stop_reading(evtcp_conn *c) {
