@@ -342,5 +342,62 @@ describe("blocking style", function()
       -- the reader's input stops growing near highWaterMark (one read more at most)
       assert.is_true(max_read <= hwm + 64 * 1024, "one receive got " .. max_read)
     end)
+
+    -- A sender that never gets room: 64 sends of 1 MiB to a peer that does
+    -- not read. Without the wait while connecting, every send returned at
+    -- once and all 64 MiB piled up in evtcp's buffer.
+    local function never_reading(start, certs)
+      local hwm, chunk = 256 * 1024, string.rep("m", 1 << 20)
+      local sends, max_buffered, conn = 0, 0, nil
+      local writer = evtcp.spawn(function()
+        conn = start(hwm)
+        for _ = 1, 64 do
+          if not conn:send(chunk) then break end
+          sends = sends + 1
+          if conn.bufferedAmount > max_buffered then max_buffered = conn.bufferedAmount end
+        end
+      end)
+      -- the writer waits for room that never comes: the loop runs a while
+      local deadline = H.now() + 1
+      while H.now() < deadline do evtcp.step(0.05) end
+      assert.is_true(sends < 64, "all 64 MiB were queued")
+      assert.is_true(max_buffered <= hwm + #chunk, "bufferedAmount reached " .. max_buffered)
+      assert.is_true(conn.bufferedAmount <= hwm + #chunk, "bufferedAmount is " .. conn.bufferedAmount)
+      assert.equal("suspended", coroutine.status(writer))
+      conn:reset() -- wakes the writer: send says closed
+      H.run_until(function() return coroutine.status(writer) == "dead" end, "the writer to end")
+      return certs
+    end
+
+    it("send waits for room on a connection that is still connecting", function()
+      local peer
+      local l = assert(evtcp.listen(0, { address = "127.0.0.1", onConnection = function()
+        return { onConnection = function(_, c) peer = c; c:pause() end } -- never reads
+      end }))
+      never_reading(function(hwm)
+        return assert(evtcp.connect("127.0.0.1", l.port, { highWaterMark = hwm })) -- still resolving
+      end)
+      peer:close()
+      l:terminate()
+      assert.is_true(evtcp.run(10))
+    end)
+
+    it("send waits for room on a TLS listener's accept() during the handshake", function()
+      local certs, dir = H.self_signed()
+      local l = assert(evtcp.listen(0, { address = "127.0.0.1", tls = certs, highWaterMark = 256 * 1024 }))
+      local client = assert(evtcp.connect("127.0.0.1", l.port, { tls = { verify = false },
+        onConnection = function(_, c) c:pause() end })) -- never reads
+      local state
+      never_reading(function()
+        local s = assert(l:accept(10)) -- the listener's highWaterMark
+        state = tostring(s):match("%((%a+)%)")
+        return s
+      end)
+      assert.equal("connecting", state) -- the handshake was still going
+      client:close()
+      l:terminate()
+      assert.is_true(evtcp.run(10))
+      os.execute("rm -rf " .. dir)
+    end)
   end)
 end)

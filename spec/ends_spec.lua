@@ -33,7 +33,7 @@ describe("connection ends", function()
         onConnection = function() return {
           onConnection = function(_, c)
             if server_case == "greeting" then
-              evtcp.after(0.1, function() if c.state == "open" then c:send("220 hello\r\n") end end)
+              evtcp.after(0.1, function() if not c.closed then c:send("220 hello\r\n") end end)
             elseif server_case == "busy" then
               c:pause()
               evtcp.after(0.3, function() c:resume() end)

@@ -249,12 +249,15 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
 
 /* After a send, in a coroutine started by evtcp.spawn: waits (yields from
  * C, resumed by object_wake when the queue drains or the state changes)
- * while more than highWaterMark bytes are queued on an open connection, so
- * a fast writer has bounded memory. Then send's answer: true. */
+ * while more than highWaterMark bytes are queued on a live connection, so
+ * a fast writer has bounded memory. Connecting counts: a coroutine that
+ * sends while the handshake is still going (a fresh connect, a TLS
+ * listener's accept()) would otherwise pile up all it has. Then send's
+ * answer: true. */
 static int conn_send_wait(lua_State *L, int status, lua_KContext ctx) {
   evtcp_conn *c = (evtcp_conn *)lua_touserdata(L, 1);
   (void)status; (void)ctx;
-  if (c->obj.loop != NULL && c->state == CONN_OPEN && conn_buffered(c) > c->high_water &&
+  if (c->obj.loop != NULL && conn_is_live(c) && conn_buffered(c) > c->high_water &&
       loop_is_spawned(L)) {
     lua_pushthread(L);
     object_add_waiter(L, 1, -1, WAKE_OUTPUT | WAKE_STATE, WAIT_WRITER);
