@@ -199,6 +199,52 @@ describe("evtcp.signal", function()
     assert.is_false(caught(SIGUSR1), "the default disposition did not come back")
   end)
 
+  it("a handler that cancels itself does not make the next one be skipped", function()
+    local log = {}
+    local a = evtcp.signal("USR1", function() log[#log + 1] = "a" end)
+    evtcp.signal("USR1", function(h) log[#log + 1] = "b" h:cancel() end)
+    local c = evtcp.signal("USR1", function() log[#log + 1] = "c" end)
+    os.execute("kill -USR1 " .. pid())
+    H.run_until(function() return #log >= 3 end, "the three handlers", 5)
+    os.execute("kill -USR1 " .. pid())
+    H.run_until(function() return #log >= 5 end, "the two left", 5)
+    assert.are.same({ "a", "b", "c", "a", "c" }, log)
+    a:cancel()
+    c:cancel()
+    assert.is_false(caught(SIGUSR1))
+  end)
+
+  -- The INT handler is installed before run() or from inside it; the
+  -- first Ctrl-C is the handler's alone (the loop goes on), it cancels
+  -- itself, and the second stops the loop as if there had been none.
+  for _, when in ipairs({ "before run", "inside run" }) do
+    it("Ctrl-C goes to an INT handler installed " .. when .. ", and stops the loop again once it is cancelled", function()
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write(([[
+        local evtcp = require("evtcp")
+        assert(evtcp.listen(0, { address = "127.0.0.1", onConnection = function() return {} end }))
+        local function install()
+          evtcp.signal("INT", function(h) print("first INT: handled") io.stdout:flush() h:cancel() end)
+        end
+        if %q == "before run" then install() else evtcp.after(0.1, install) end
+        evtcp.run()
+      ]]):format(when))
+      f:close()
+      local p = io.popen(("sh -c 'lua5.4 %s 2>%s.err & pid=$!; sleep 0.6; kill -INT $pid; sleep 0.4; " ..
+        "kill -0 $pid 2>/dev/null && echo alive; kill -INT $pid; " ..
+        "for i in $(seq 1 300); do kill -0 $pid 2>/dev/null || break; sleep 0.01; done; " ..
+        "if kill -0 $pid 2>/dev/null; then kill -9 $pid; echo still running; else echo stopped; fi'"):format(script, script))
+      local out = p:read("a")
+      p:close()
+      local err = H.read(script .. ".err")
+      os.remove(script)
+      os.remove(script .. ".err")
+      assert.are.equal("first INT: handled\nalive\nstopped\n", out)
+      assert.matches("interrupted!", err)
+    end)
+  end
+
   it("checks its arguments", function()
     local ok, err = pcall(function() evtcp.signal("KILL", print) end)
     assert.is_false(ok)

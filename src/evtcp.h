@@ -93,6 +93,7 @@ struct evtcp_loop {
   int active;              /* anchored objects: run() returns at 0 */
   int closing;             /* lua_close is tearing the loop down */
   struct event *sigint_ev; /* Ctrl-C while the loop waits: loop.c */
+  void (*sigint_prev)(int); /* the handler sigint_ev stands in for, while it is added */
   int interrupted;         /* SIGINT came while the loop ran */
   struct event *signal_ev[EVTCP_NSIG]; /* evtcp.signal: one event per signal */
   int weak_ref;            /* weak table: lightuserdata -> userdata */
@@ -212,6 +213,7 @@ void timer_open(lua_State *L);
 void signal_open(lua_State *L);
 int signal_install(lua_State *L);
 void signal_free_all(evtcp_loop *loop);
+void loop_signals_changed(evtcp_loop *loop); /* loop.c: Ctrl-C follows evtcp.signal("INT") */
 int listener_listen(lua_State *L);
 int timer_after(lua_State *L);
 int conn_connect(lua_State *L);

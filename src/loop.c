@@ -178,28 +178,44 @@ static void loop_on_sigint(evutil_socket_t sig, short what, void *arg) {
   event_base_loopbreak(loop->base);
 }
 
-/* Returns the handler to chain to (and takes SIGINT), or NULL. */
-static void (*loop_take_sigint(evtcp_loop *loop))(int) {
+/* Takes SIGINT, keeping in loop->sigint_prev the handler to chain to;
+ * not when the program handles INT itself (evtcp.signal) or there is no
+ * handler function to chain to. */
+static void loop_take_sigint(evtcp_loop *loop) {
   struct sigaction prev;
-  if (loop->signal_ev[SIGINT] != NULL) return NULL; /* the program handles INT: evtcp.signal */
+  if (loop->sigint_prev != NULL || loop->signal_ev[SIGINT] != NULL) return;
   if (sigaction(SIGINT, NULL, &prev) != 0 || (prev.sa_flags & SA_SIGINFO) ||
       prev.sa_handler == SIG_DFL || prev.sa_handler == SIG_IGN)
-    return NULL;
+    return;
   if (loop->sigint_ev == NULL &&
       (loop->sigint_ev = evsignal_new(loop->base, SIGINT, loop_on_sigint, loop)) == NULL)
-    return NULL;
-  if (evsignal_add(loop->sigint_ev, NULL) != 0) return NULL;
-  return prev.sa_handler;
+    return;
+  if (evsignal_add(loop->sigint_ev, NULL) != 0) return;
+  loop->sigint_prev = prev.sa_handler;
 }
 
-/* Gives SIGINT back; if it came, hands it to the handler it was meant for. */
-static void loop_give_sigint(evtcp_loop *loop, void (*prev)(int)) {
+/* Gives SIGINT back; at the end of a run, if it came, hands it to the
+ * handler it was meant for. */
+static void loop_give_sigint(evtcp_loop *loop, int chain) {
+  void (*prev)(int) = loop->sigint_prev;
   if (prev == NULL) return;
-  evsignal_del(loop->sigint_ev); /* libevent restores prev */
-  if (loop->interrupted) {
+  loop->sigint_prev = NULL;
+  evsignal_del(loop->sigint_ev); /* the last SIGINT event: libevent restores prev */
+  if (chain && loop->interrupted) {
     loop->interrupted = 0;
     prev(SIGINT);
   }
+}
+
+/* evtcp.signal installed or cancelled a handler: while the loop runs, an
+ * INT handler of the program takes over from evtcp's Ctrl-C, and when the
+ * last one is cancelled evtcp's comes back (without it the interpreter's
+ * handler would only set a hook that no Lua runs to see while the loop
+ * waits: Ctrl-C would stop nothing). */
+void loop_signals_changed(evtcp_loop *loop) {
+  if (!loop->running) return;
+  if (loop->signal_ev[SIGINT] != NULL) loop_give_sigint(loop, 0);
+  else loop_take_sigint(loop);
 }
 
 static void loop_deadline_cb(evutil_socket_t fd, short what, void *arg) {
@@ -235,7 +251,6 @@ struct timeval seconds_tv(double s) {
  * Returns 1 if it ran out of work (once: if no event at all was pending). */
 static int loop_drive(lua_State *L, evtcp_loop *loop, double timeout, int once) {
   struct event *deadline = NULL;
-  void (*sigint_prev)(int);
   int hit = 0, out_of_work = 0;
   loop_check_not_running(L, loop);
   loop_raise_pending(L, loop); /* one left from an earlier dispatch */
@@ -245,8 +260,8 @@ static int loop_drive(lua_State *L, evtcp_loop *loop, double timeout, int once) 
     if (deadline == NULL) return luaL_error(L, "evtcp: out of memory");
     evtimer_add(deadline, &tv);
   }
-  sigint_prev = loop_take_sigint(loop);
   loop->running = 1;
+  loop_take_sigint(loop);
   loop->stop_requested = 0;
   if (once) {
     /* the deadline counts as an event: ask libevent about the others */
@@ -261,8 +276,8 @@ static int loop_drive(lua_State *L, evtcp_loop *loop, double timeout, int once) 
       if (event_base_loop(loop->base, EVLOOP_ONCE) == 1) { out_of_work = 1; break; }
     }
   }
+  loop_give_sigint(loop, 1);
   loop->running = 0;
-  loop_give_sigint(loop, sigint_prev);
   if (deadline) event_free(deadline);
   loop_raise_pending(L, loop);
   return out_of_work;

@@ -56,9 +56,16 @@ static void signal_on_signal(evutil_socket_t signo, short what, void *arg) {
   (void)what;
   handlers_push(L, (int)signo);
   n = (int)lua_rawlen(L, -1);
-  for (i = 1; i <= n && !loop_has_error(loop); i++) { /* a snapshot: handlers may cancel */
-    evtcp_signal *s;
+  /* a snapshot: a handler that cancels compacts the array, and walking it
+   * by index would then skip the handler after it */
+  lua_createtable(L, n, 0);
+  for (i = 1; i <= n; i++) {
     lua_rawgeti(L, top + 1, i);
+    lua_rawseti(L, top + 2, i);
+  }
+  for (i = 1; i <= n && !loop_has_error(loop); i++) {
+    evtcp_signal *s;
+    lua_rawgeti(L, top + 2, i);
     s = (evtcp_signal *)lua_touserdata(L, -1);
     if (s == NULL || !s->installed) { lua_pop(L, 1); continue; }
     lua_getiuservalue(L, -1, 1);   /* handle fn */
@@ -88,6 +95,7 @@ int signal_install(lua_State *L) {
       return luaL_error(L, "evtcp: cannot catch SIG%s", name);
     }
     loop->signal_ev[signo] = ev;
+    loop_signals_changed(loop);
   }
   s = (evtcp_signal *)lua_newuserdatauv(L, sizeof *s, 1);
   s->signo = signo;
@@ -124,6 +132,7 @@ static int signal_cancel(lua_State *L) {
     if (loop != NULL && loop->base != NULL && loop->signal_ev[s->signo] != NULL) {
       event_free(loop->signal_ev[s->signo]); /* libevent restores the disposition */
       loop->signal_ev[s->signo] = NULL;
+      loop_signals_changed(loop);
     }
   }
   lua_pushboolean(L, 1);
