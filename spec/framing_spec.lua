@@ -172,6 +172,53 @@ describe("framing", function()
     assert.same({ "aaa", "bbb", "ccc", "<end>" }, frames)
   end)
 
+  it("after onData raised, the next delimiter is found: the search starts again at the next frame", function()
+    -- "aaaa|" leaves the search at offset 4; "|bb||cc||" completes the frame,
+    -- onData raises, and the search resumed at 4 of "bb||cc||", skipping a delimiter
+    local l, frames = framing_server({ framing = { delimiter = "||" } }, {
+      onData = function(_, _, ev) if ev.data == "aaaa" then error("deliberate") end end,
+    })
+    local c = assert(evtcp.connect("127.0.0.1", l.port, {}))
+    c:send("aaaa|")
+    local raised = 0
+    local sent = false
+    for _ = 1, 40 do
+      local ok = pcall(evtcp.run, 0.1)
+      if not ok then raised = raised + 1 end
+      if not sent then c:send("|bb||cc||") c:shutdown() sent = true end
+      if frames[#frames] == "<end>" then break end
+    end
+    assert.equal(1, raised)
+    assert.same({ "aaaa", "bb", "cc", "<end>" }, frames)
+  end)
+
+  it("an onData that hands the connection to the blocking style reads on from the next frame", function()
+    local got = {}
+    local l, frames = framing_server({ framing = "line" }, {
+      onData = function(_, conn)
+        conn.handler = {} -- from now on, the blocking style
+        conn.framing = nil
+        -- what is there already is read at once, inside onData: the next line
+        got[#got + 1] = conn:receive("l")
+        evtcp.spawn(function()
+          while true do
+            local line = conn:receive("l", 5)
+            if not line then break end
+            got[#got + 1] = line
+          end
+          conn:close()
+        end)
+      end,
+    })
+    local c = assert(evtcp.connect("127.0.0.1", l.port, {}))
+    c:send("one\ntwo\nthree\n") -- one write: three frames in one arrival
+    c:shutdown()
+    H.run_until(function() return #got >= 2 or c.closed end, "the coroutine's lines")
+    H.run_until(function() return c.closed end, "the server to close")
+    assert.same({ "one" }, frames)
+    assert.same({ "two", "three" }, got)
+  end)
+
   it("conn.framing reads back as given, nil returns to chunks, and input already kept is framed", function()
     local conn
     local l, frames = framing_server({}, { onConnection = function(_, c) conn = c end })

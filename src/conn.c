@@ -204,11 +204,34 @@ int conn_deliver_kept(evtcp_conn *c) {
   return all;
 }
 
+/* Hands the first n bytes of input to onData, taken out of input first (a
+ * handler that gives the connection to the blocking style inside onData
+ * reads on from the next byte, not the frame being delivered again), and
+ * n + skip are consumed. Without an onData they go back: 0 then, as when
+ * the callback raised; 1 when it ran. */
+static int conn_deliver_frame(evtcp_conn *c, size_t n, size_t skip) {
+  evtcp_loop *loop = c->obj.loop;
+  struct evbuffer *frame = loop->frame;
+  int status, ran, nested;
+  if (frame == NULL && (frame = loop->frame = evbuffer_new()) == NULL) return 0;
+  /* deliveries run from the loop, one at a time; should one ever nest,
+   * it gets a buffer of its own */
+  nested = evbuffer_get_length(frame) > 0;
+  if (nested && (frame = evbuffer_new()) == NULL) return 0;
+  evbuffer_remove_buffer(c->input, frame, n + skip);
+  conn_input_drained(c); /* offsets into input (line_scanned) start again */
+  status = conn_deliver_bytes(c, (const char *)evbuffer_pullup(frame, (ev_ssize_t)n), n, &ran);
+  if (!ran && c->input != NULL) evbuffer_prepend_buffer(c->input, frame); /* kept, as they were */
+  if (nested) evbuffer_free(frame);
+  else evbuffer_drain(frame, evbuffer_get_length(frame));
+  return status == LUA_OK && ran;
+}
+
 static int conn_deliver_frames(evtcp_conn *c) {
   int delivered = 0;
   while (c->input && !c->receiving && !c->paused && !loop_has_error(c->obj.loop)) {
     size_t have = evbuffer_get_length(c->input), n, skip;
-    int frame, ran;
+    int frame;
     if (have == 0) break;
     frame = conn_next_frame(c, &n, &skip);
     if (frame == FRAME_TOO_LONG && conn_is_live(c)) { conn_frame_too_long(c); return 1; }
@@ -220,13 +243,7 @@ static int conn_deliver_frames(evtcp_conn *c) {
     /* the replies to the second and later frames of one arrival (a
      * pipelining client) are written together when they are delivered */
     if (delivered++ == 1 && c->framing) conn_cork(c);
-    if (conn_deliver_bytes(c, (const char *)evbuffer_pullup(c->input, (ev_ssize_t)n), n, &ran) != LUA_OK) {
-      if (ran) evbuffer_drain(c->input, n + skip); /* it ran, and raised */
-      return 0;
-    }
-    if (!ran) return 0;
-    evbuffer_drain(c->input, n + skip);
-    conn_input_drained(c);
+    if (!conn_deliver_frame(c, n, skip)) return 0;
   }
   return c->input == NULL || evbuffer_get_length(c->input) == 0;
 }

@@ -102,6 +102,7 @@ struct evtcp_loop {
   unsigned lua_runs;       /* counts entries into Lua from the loop (callbacks, resumes) */
   struct evbuffer *cork;   /* the replies to a batch of frames, written at once: conn_send.c */
   void *cork_owner;        /* the connection corked, if any */
+  struct evbuffer *frame;  /* the frame being handed to onData: conn.c (never nested) */
   uint64_t bytes_scanned;  /* input searched for line ends and delimiters (specs) */
   struct evtcp_linger *lingering; /* closed sockets read until the peer's FIN: linger.c */
 };
