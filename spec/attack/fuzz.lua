@@ -38,11 +38,24 @@ end
 
 local DELIBERATE = "fuzz: deliberate"
 
+--- Raises a deliberate error with its own number: each must come out of a
+-- run/step, a blocking call or the call that made it, once ("no error is
+-- dropped", API.md section 5); the end checks that none went missing.
+local raised, caught = 0, {}
+local function raise()
+  raised = raised + 1
+  error(("%s #%d"):format(DELIBERATE, raised))
+end
+
 --- Errors are fine when they are the fuzzer's own or a clear evtcp misuse
 -- message; anything else (attempt to index..., '?') is an internal error.
 local function acceptable(err)
   local s = tostring(err)
-  if s:find(DELIBERATE, 1, true) then stats.deliberate = stats.deliberate + 1 return true end
+  if s:find(DELIBERATE, 1, true) then
+    stats.deliberate = stats.deliberate + 1
+    for id in s:gmatch(DELIBERATE .. " #(%d+)") do caught[tonumber(id)] = true end
+    return true
+  end
   if s:find("bad argument #%d+ to '[%a_.]+'") or s:find("^[^\n]*evtcp: ") or s:find("\nevtcp: ")
      or s:find("evtcp: ", 1, true) then
     if s:find("to '?'", 1, true) then return false end
@@ -145,7 +158,7 @@ local function new_handler(r, mode)
       if mode == "chaos" then
         if chance(0.05) then collectgarbage(chance(0.05) and "collect" or "step") end
         if chance(0.1) then chaos() end
-        if chance(0.03) then error(DELIBERATE) end
+        if chance(0.03) then raise() end
       elseif mode == "echo" and name == "onData" then
         conn:send(ev.data)
       end
@@ -215,7 +228,7 @@ local function op_listen()
   if mode ~= "accept" then
     opts.onConnection = function(_, l, ev)
       if mode == "chaos" and chance(0.1) then chaos() end
-      if mode == "chaos" and chance(0.05) then error(DELIBERATE) end
+      if mode == "chaos" and chance(0.05) then raise() end
       if chance(0.05) then return nil end -- refused
       if mode == "chaos" and chance(0.02) then return pick({ 42, "x", true }) end
       local r = new_record("server:" .. mode)
@@ -230,7 +243,7 @@ local function op_listen()
   if chance(0.05) then opts.backlog = pick({ 1, 100, -3 }) end
   if chance(0.05) then
     opts = setmetatable({}, { __index = function(t, k)
-      if chance(0.05) then error(DELIBERATE) end
+      if chance(0.05) then raise() end
       return rawget(opts, k)
     end })
   end
@@ -397,9 +410,9 @@ local function op_coroutine()
       if c then
         if record_of[c] then record_of[c].spoiled = true end -- a second reader takes bytes
         if chance(0.3) then
-          pcall(c.receiveUntil, c, pick({ "\r\n", "x", "" }), pick({ nil, 0.05 }))
+          guarded(c.receiveUntil, c, pick({ "\r\n", "x", "" }), pick({ nil, 0.05 }))
         else
-          pcall(c.receive, c, pick({ nil, 10, "l", "a", "bogus" }), pick({ nil, 0.05, -1 }))
+          guarded(c.receive, c, pick({ nil, 10, "l", "a", "bogus" }), pick({ nil, 0.05, -1 }))
         end
       end
     elseif kind == "sleep" then
@@ -408,7 +421,7 @@ local function op_coroutine()
       local c = pick(conns)
       if c then c:wait(0.05) end
     else
-      pcall(evtcp.dial, "nowhere.invalid", 80)
+      guarded(evtcp.dial, "nowhere.invalid", 80)
     end
   end)
 end
@@ -428,7 +441,7 @@ end
 local function op_timer()
   local t = evtcp.after(pick({ 0, 0.01, 0.1 }), function()
     if chance(0.2) then chaos() end
-    if chance(0.05) then error(DELIBERATE) end
+    if chance(0.05) then raise() end
   end)
   if chance(0.3) then t:cancel() end
 end
@@ -444,7 +457,7 @@ local function op_signal()
     local ok, h = guarded(evtcp.signal, pick({ "USR2", "SIGUSR2", "KILL", 7 }), pick({ function(handle)
       if chance(0.2) then handle:cancel() live_signals[handle] = nil end
       if chance(0.2) then chaos() end
-      if chance(0.05) then error(DELIBERATE) end
+      if chance(0.05) then raise() end
     end, "x" }))
     if ok and h then live_signals[h] = true end
   elseif x <= 5 then
@@ -634,6 +647,11 @@ for _, r in ipairs(records) do
 end
 for _, r in ipairs(records) do
   if r.sink and r.read_end == "closed" then try_check(r) end
+end
+
+-- no error is dropped: every deliberate one came out somewhere
+for id = 1, raised do
+  if not caught[id] then fail("deliberate error #%d of %d was raised by a callback and never came out", id, raised) end
 end
 
 os.execute("rm -rf " .. sock_dir)
