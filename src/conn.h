@@ -152,6 +152,7 @@ typedef struct evtcp_conn {
   unsigned tls_verify : 1;
   unsigned backlog_due : 1;       /* input the transport held while paused */
   unsigned aborted : 1;           /* reset(): no close_notify */
+  unsigned tls_write_reset : 1;   /* TLS: writing close_notify met the peer's reset */
   unsigned corked : 1;            /* sends go to loop->cork until the frames are delivered */
   evutil_socket_t fd;             /* the socket, once connected or accepted; -1.
                                    * Always ours: closed by conn_release, so __gc

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include "conn.h"
 
 /* The bufferevent decrypted input. */
@@ -108,9 +109,15 @@ static void tls_deliver_backlog(evtcp_conn *c) {
   if (c->reading && c->bev) tls_on_readable(c->bev, c);
 }
 
-/* close_notify: TLS's own end of the stream, before the FIN. */
+/* close_notify: TLS's own end of the stream, before the FIN. SSL_shutdown
+ * writes to the socket itself: a reset it meets is taken from the socket
+ * there, and the next read sees only an end. Kept, so that end is
+ * reported as the reset it is (tls_explain). */
 static void tls_end_stream(evtcp_conn *c) {
-  if (c->ssl) SSL_shutdown(c->ssl);
+  if (c->ssl && SSL_shutdown(c->ssl) < 0 && SSL_get_error(c->ssl, -1) == SSL_ERROR_SYSCALL &&
+      (errno == ECONNRESET || errno == EPIPE))
+    c->tls_write_reset = 1;
+  ERR_clear_error();
 }
 
 /* Was the connection reset? A FIN leaves the socket in CLOSE_WAIT, a
@@ -130,6 +137,11 @@ static int tls_was_reset(const evtcp_conn *c) {
 #endif
 }
 
+/* An end without the peer's close_notify (a FIN, or worse). */
+static int tls_dirty_end(const evtcp_conn *c) {
+  return c->ssl == NULL || !(SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN);
+}
+
 static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
   int reset = err == ECONNRESET || err == EPIPE;
   if (c->state == CONN_CONNECTING) {
@@ -143,9 +155,12 @@ static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
   }
   /* a reset is a reset over TLS too, whatever OpenSSL queued about it */
   if (what & BEV_EVENT_ERROR) return !reset && tls_bev_failure(c->bev, f);
-  if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_WRITING) && tls_was_reset(c)) {
-    /* OpenSSL can report a reset as an end (a write inside SSL_read took
-     * the socket's error first): the kernel's state tells */
+  if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_WRITING) &&
+      (c->tls_write_reset || (reset && tls_dirty_end(c)) || tls_was_reset(c))) {
+    /* a reset can come as an end: libevent's dirty shutdown (an end
+     * without close_notify) is any failed read, ECONNRESET included;
+     * SSL_shutdown may have taken the error first; or a write inside
+     * SSL_read did, and the kernel's state tells */
     failure_from_errno(f, ECONNRESET, "libevent");
     return 1;
   }
