@@ -109,12 +109,14 @@ sanitize: deps
 
 # The fuzzers under AddressSanitizer + UBSan: the API fuzzer
 # (spec/attack/fuzz.lua, FUZZ_N operations), then the connection-ends
-# pairs (fuzz_ends.lua, FUZZ_PAIRS pairs, plain and TLS, byte-exact) and
-# the framing model check (fuzz_framing.lua, FUZZ_FRAMING streams), all
-# from seed FUZZ_SEED. CI runs a slice; `make fuzz` is the long run.
+# pairs (fuzz_ends.lua, FUZZ_PAIRS pairs, plain and TLS, byte-exact), the
+# framing model check (fuzz_framing.lua, FUZZ_FRAMING streams) and the
+# PROXY header fuzzer (fuzz_proxy.lua, FUZZ_PROXY headers), all from seed
+# FUZZ_SEED. CI runs a slice; `make fuzz` is the long run.
 FUZZ_N       ?= 200000
 FUZZ_PAIRS   ?= 2000
 FUZZ_FRAMING ?= 3000
+FUZZ_PROXY   ?= 5000
 FUZZ_SEED  ?= 1
 SANITIZER_ENV = LD_PRELOAD="$(ASAN_LIB) $(UBSAN_LIB)" ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0
@@ -126,6 +128,8 @@ fuzz: deps
 	  FUZZ_PAIRS=$(FUZZ_PAIRS) FUZZ_SEED=$(FUZZ_SEED) $(LUA) spec/attack/fuzz_ends.lua
 	$(SANITIZER_ENV) LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="build-asan/?.so;;" \
 	  FUZZ_FRAMING=$(FUZZ_FRAMING) FUZZ_SEED=$(FUZZ_SEED) $(LUA) spec/attack/fuzz_framing.lua
+	$(SANITIZER_ENV) LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="build-asan/?.so;;" \
+	  FUZZ_PROXY=$(FUZZ_PROXY) FUZZ_SEED=$(FUZZ_SEED) $(LUA) spec/attack/fuzz_proxy.lua
 
 # The stress suite (spec/attack/stress.lua): one line per check with its
 # figures. The sizes are the full ones; CI sets smaller STRESS_* values.
