@@ -20,13 +20,8 @@ local PAIRS = tonumber(os.getenv("FUZZ_PAIRS")) or 400
 local SEED = tonumber(os.getenv("FUZZ_SEED")) or 1
 local AT_ONCE = 6
 
-local state = SEED * 2654435761 % 4294967296 + 17
-local function rand(n)
-  state = (state * 1103515245 + 12345) % 2147483648
-  return state // 65536 % n + 1
-end
-local function chance(p) return rand(1000) <= p * 1000 end
-local function pick(t) return t[rand(#t)] end
+local R = require("attack.random")(SEED, 17)
+local rand, chance, pick = R.rand, R.chance, R.pick
 
 local stats = { pairs = 0, bytes = 0, checked = 0, resets = 0, tls = 0 }
 local current = "?"

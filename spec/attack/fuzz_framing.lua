@@ -15,13 +15,8 @@ local STREAMS = tonumber(os.getenv("FUZZ_FRAMING")) or 600
 local SEED = tonumber(os.getenv("FUZZ_SEED")) or 1
 local AT_ONCE = 6
 
-local state = SEED * 2654435761 % 4294967296 + 29
-local function rand(n)
-  state = (state * 1103515245 + 12345) % 2147483648
-  return state // 65536 % n + 1
-end
-local function chance(p) return rand(1000) <= p * 1000 end
-local function pick(t) return t[rand(#t)] end
+local R = require("attack.random")(SEED, 29)
+local rand, chance, pick = R.rand, R.chance, R.pick
 
 local DELIBERATE = "fuzz_framing: deliberate"
 local stats = { streams = 0, frames = 0, bytes = 0, switches = 0, swaps = 0, raised = 0, pauses = 0 }

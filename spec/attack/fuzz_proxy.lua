@@ -17,13 +17,8 @@ local CASES = tonumber(os.getenv("FUZZ_PROXY")) or 1500
 local SEED = tonumber(os.getenv("FUZZ_SEED")) or 1
 local AT_ONCE = 8
 
-local state = SEED * 2654435761 % 4294967296 + 41
-local function rand(n)
-  state = (state * 1103515245 + 12345) % 2147483648
-  return state // 65536 % n + 1
-end
-local function chance(p) return rand(1000) <= p * 1000 end
-local function pick(t) return t[rand(#t)] end
+local R = require("attack.random")(SEED, 41)
+local rand, chance, pick = R.rand, R.chance, R.pick
 
 local stats = { cases = 0, valid = 0, broken = 0, truncated = 0, writes = 0 }
 
