@@ -144,4 +144,22 @@ describe("TCPListener", function()
     local again = assert(evtcp.listen(port, { address = "127.0.0.1" }))
     again:terminate()
   end)
+
+  it("options that would do nothing or take anything are argument errors that name the port as #1", function()
+    -- the port is argument #1 (listen's own userdata sits first inside)
+    assert.has_error(function() evtcp.listen(1.5, {}) end,
+      "bad argument #1 to 'listen' (number has no integer representation)")
+    -- a connect timeout does not apply to a listener: it was read and ignored
+    assert.has_error(function() evtcp.listen(0, { timeout = 5 }) end,
+      "bad argument #2 to 'listen' (option 'timeout' is a connect timeout, for connect and dial; a listener "
+      .. "has none (readTimeout and writeTimeout apply to accepted connections))")
+    -- reusePort took any value; it is a boolean, as ipv6Only and proxyProtocol
+    for _, name in ipairs({ "reusePort", "ipv6Only", "proxyProtocol" }) do
+      assert.has_error(function() evtcp.listen(0, { [name] = "yes" }) end,
+        "bad argument #2 to 'listen' (option '" .. name .. "' must be a boolean)")
+    end
+    local l = assert(evtcp.listen(0, { address = "127.0.0.1", reusePort = false, ipv6Only = false }))
+    l:terminate()
+    evtcp.run(1)
+  end)
 end)

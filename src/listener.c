@@ -232,6 +232,16 @@ static int option_integer(lua_State *L, int h, const char *name, lua_Integer dfl
   return (int)v;
 }
 
+/* A boolean option of listen (absent: false); anything else raises. */
+static int option_boolean(lua_State *L, int h, const char *name) {
+  int v;
+  if (lua_getfield(L, h, name) != LUA_TNIL && lua_type(L, -1) != LUA_TBOOLEAN)
+    luaL_argerror(L, 2, lua_pushfstring(L, "option '%s' must be a boolean", name));
+  v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
 /* Whether a listener of this loop that is still open has fd: adopting it
  * twice would make the second terminate() close whatever has that number
  * by then. Walks the loop's objects: only adoption pays for it. */
@@ -272,7 +282,9 @@ static listen_kind listen_check_target(lua_State *L, lua_Integer *port, lua_Inte
   }
   if (t != LUA_TNUMBER)
     luaL_argerror(L, 1, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, 2)));
-  *port = luaL_checkinteger(L, 2);
+  if (!lua_isinteger(L, 2)) /* the listener is at 1: luaL_checkinteger would name #2 */
+    luaL_argerror(L, 1, "number has no integer representation");
+  *port = lua_tointeger(L, 2);
   luaL_argcheck(L, *port >= 0 && *port <= 65535, 1, "port must be in 0..65535");
   return LISTEN_TCP;
 }
@@ -310,17 +322,15 @@ int listener_listen(lua_State *L) {
    * net.core.somaxconn; libevent's own default for -1 is only 128) */
   backlog = option_integer(L, 3, "backlog", 65535, 1, 65535);
   max_conn = option_integer(L, 3, "maxConnections", 0, 1, 1 << 30);
-  if (lua_getfield(L, 3, "ipv6Only") != LUA_TNIL && lua_type(L, -1) != LUA_TBOOLEAN)
-    luaL_argerror(L, 2, "option 'ipv6Only' must be a boolean");
-  v6only = lua_toboolean(L, -1);
+  v6only = option_boolean(L, 3, "ipv6Only");
+  reuse_port = option_boolean(L, 3, "reusePort");
+  /* the connect timeout of connect/dial: read by the connection options
+   * and ignored on an accepted connection, so it did nothing here */
+  if (lua_getfield(L, 3, "timeout") != LUA_TNIL)
+    luaL_argerror(L, 2, "option 'timeout' is a connect timeout, for connect and dial; a listener has none "
+                        "(readTimeout and writeTimeout apply to accepted connections)");
   lua_pop(L, 1);
-  lua_getfield(L, 3, "reusePort");
-  reuse_port = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  if (lua_getfield(L, 3, "proxyProtocol") != LUA_TNIL && lua_type(L, -1) != LUA_TBOOLEAN)
-    luaL_argerror(L, 2, "option 'proxyProtocol' must be a boolean");
-  l->proxy = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  l->proxy = option_boolean(L, 3, "proxyProtocol");
   if (lua_getfield(L, 3, "tls") != LUA_TNIL) {
     evtcp_failure f;
     if ((l->tls = (tls_server *)calloc(1, sizeof *l->tls)) == NULL) return luaL_error(L, "evtcp: out of memory");
