@@ -1,6 +1,7 @@
 -- usage: lua5.4 examples/chat_server.lua [port]
 -- A chat server: each line a client sends goes to every other client.
 -- Try it with two terminals running `nc 127.0.0.1 7001`.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local members = {}  -- connection -> true

@@ -1,6 +1,7 @@
 -- usage: lua5.4 examples/client.lua [address] [port]
 -- A client written like 4D's TCPConnection example: a class whose methods
 -- are the callbacks, with connect(), getInfo() and disconnect().
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local InfoClient = {}

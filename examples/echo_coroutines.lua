@@ -1,6 +1,7 @@
 -- usage: lua5.4 examples/echo_coroutines.lua [port] [address]
 -- The echo server in blocking style: one coroutine accepts, one per client
 -- reads and writes back.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local listener = assert(evtcp.listen(tonumber(arg[1]) or 7000, { address = arg[2] or "127.0.0.1" }))

@@ -1,5 +1,6 @@
 -- usage: lua5.4 examples/echo_server.lua [port] [address]
 -- An echo server: every byte a client sends comes back to it.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local port = tonumber(arg[1]) or 7000

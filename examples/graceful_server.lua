@@ -3,6 +3,7 @@
 -- it stops accepting, lets the clients it has finish (each gets an answer
 -- to every line it sends), closes whoever is still there once the
 -- deadline passes, and exits 0.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local port = tonumber(arg[1]) or 7000

@@ -1,6 +1,7 @@
 -- usage: lua5.4 examples/http_get.lua [port] [path] [host]
 -- An HTTP/1.0 GET, top to bottom: the status line, the headers, then the
 -- body until the server closes.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local port = tonumber(arg[1]) or 8000

@@ -4,6 +4,7 @@
 -- instance; `framing = "line"` makes evtcp hand onData one whole line at a
 -- time, however the bytes arrive. Commands: ECHO <text>, COUNT (lines this
 -- client sent), QUIT.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local Session = {}

@@ -3,6 +3,7 @@
 -- keep up, reading from the other pauses until its queue drains (onDrain).
 -- A half-close is relayed (allowHalfOpen), so a request whose sender shut
 -- down its side still gets the whole reply.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local target_port = assert(tonumber(arg[1]), "usage: lua5.4 examples/proxy.lua TARGET_PORT [TARGET_HOST [LISTEN_PORT]]")

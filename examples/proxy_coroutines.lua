@@ -4,6 +4,7 @@
 -- down its side still gets the whole reply.
 --
 -- usage: lua5.4 examples/proxy_coroutines.lua TARGET_PORT [TARGET_HOST [LISTEN_PORT]]
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local target_port = assert(tonumber(arg[1]), "usage: lua5.4 examples/proxy_coroutines.lua TARGET_PORT [TARGET_HOST [LISTEN_PORT]]")

@@ -3,6 +3,7 @@
 -- wait each time (0.1 s, 0.2 s, 0.4 s ... at most 5 s), and tries again,
 -- ATTEMPTS times at most (default 10). Once connected it prints the
 -- server's first line.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local port = assert(tonumber(arg[1]), "usage: lua5.4 examples/reconnect_client.lua PORT [HOST [ATTEMPTS]]")

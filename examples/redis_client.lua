@@ -1,6 +1,7 @@
 -- usage: lua5.4 examples/redis_client.lua [port] [address]
 -- PING, SET and GET against a Redis server, in blocking style: RESP is a
 -- line protocol, so receive("l") and receive(n) read it top to bottom.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local port = tonumber(arg[1]) or 6379

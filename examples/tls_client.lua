@@ -2,6 +2,7 @@
 -- A TLS client that trusts a private CA: the server's certificate must be
 -- signed by CA_FILE and name HOST, or the connection fails (kind "tls").
 -- Sends MESSAGE (default "hello") and prints the first line of the reply.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local host, port, ca = arg[1], tonumber(arg[2]), arg[3]

@@ -1,6 +1,7 @@
 -- usage: lua5.4 examples/tls_echo.lua CERT KEY CA
 -- Serves TLS (an echo server with CERT and KEY) and dials it, verifying the
 -- server against CA. README.md shows how to make a test certificate.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local cert, key, ca = arg[1], arg[2], arg[3]
@@ -14,6 +15,7 @@ local server = assert(evtcp.listen(0, {
   end,
 }))
 
+local echoed = false
 evtcp.connect("localhost", server.port, {
   tls = { ca = ca },  -- verify the server; its name must be localhost
   onConnection = function(_, conn)
@@ -23,6 +25,7 @@ evtcp.connect("localhost", server.port, {
   end,
   onData = function(_, conn, event)
     print("echoed: " .. event.data)
+    echoed = true
     conn:close()
   end,
   onError = function(_, _, event) print("failed: " .. event.error.message) end,
@@ -30,3 +33,4 @@ evtcp.connect("localhost", server.port, {
 })
 
 evtcp.run()
+os.exit(echoed) -- a failed verification is a failure of the program

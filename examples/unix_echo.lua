@@ -2,6 +2,7 @@
 -- An echo server on a Unix domain socket (try: socat - UNIX-CONNECT:path).
 -- A socket file left by a server that died is replaced; terminate() (here:
 -- Ctrl-C) removes it.
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 local path = arg[1] or "/tmp/evtcp-echo.sock"

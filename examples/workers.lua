@@ -4,6 +4,7 @@
 -- kernel spreads new connections over them. This process starts the
 -- workers, waits, and stops them on SIGTERM or SIGINT.
 -- A worker answers each line with its number: "worker 2: <line>".
+dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
 if arg[1] == "--worker" then
@@ -30,10 +31,14 @@ if port == 0 then -- pick a free port for all of them
   probe:terminate()
 end
 
+-- the workers run under this process's interpreter (the lowest arg index)
+local interpreter = "lua5.4"
+for i = -1, -10, -1 do interpreter = arg[i] or interpreter; if not arg[i - 1] then break end end
+
 local pids = {}
 for id = 1, count do
   -- a worker prints to our stderr: our stdout is this pipe, gone once read
-  local p = io.popen(("lua5.4 %s --worker %d %d >&2 & echo $!"):format(arg[0], port, id))
+  local p = io.popen(("%s %s --worker %d %d >&2 & echo $!"):format(interpreter, arg[0], port, id))
   pids[#pids + 1] = p:read("l")
   p:close()
 end

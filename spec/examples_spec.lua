@@ -408,3 +408,45 @@ describe("the server examples", function()
     assert(ok, err)
   end)
 end)
+
+describe("the examples, run as a newcomer runs them", function()
+  --- Runs `cmd` in dir with no LUA_PATH or LUA_CPATH (as a user's shell
+  -- has them); returns whether it exited 0, and its output.
+  local function plain(dir, cmd)
+    local p = io.popen(("cd %s && env -u LUA_PATH -u LUA_CPATH timeout 30 %s 2>&1; echo \"rc=$?\""):format(dir, cmd))
+    local out = p:read("a")
+    p:close()
+    return out:match("rc=0\n$") ~= nil, out
+  end
+
+  it("tls_echo.lua exits 0 when it echoed and 1 when verification fails, from examples/ too", function()
+    local certs, dir = H.self_signed()
+    local other, other_dir = H.self_signed()
+    local ok, out = plain("examples", ("lua5.4 tls_echo.lua %s %s %s"):format(certs.cert, certs.key, certs.cert))
+    assert.is_true(ok, out)
+    assert.matches("echoed: hello over TLS", out)
+    ok, out = plain(".", ("lua5.4 examples/tls_echo.lua %s %s %s"):format(certs.cert, certs.key, other.cert))
+    os.execute("rm -rf " .. dir .. " " .. other_dir)
+    assert.is_false(ok, out)
+    assert.matches("failed: .*certificate", out)
+    assert.matches("rc=1", out)
+  end)
+
+  it("find the checkout's module from any directory, before an installed copy", function()
+    -- an "installed" evtcp that says so, first on Lua's default path as
+    -- /usr/local is: the checkout's must win
+    local fake = os.tmpname()
+    os.remove(fake)
+    os.execute("mkdir -p " .. fake .. "/evtcp")
+    local f = assert(io.open(fake .. "/evtcp/init.lua", "w"))
+    f:write("error('the installed copy was loaded')\n")
+    f:close()
+    local script = ("lua5.4 -e 'package.path = %q .. package.path' %s/examples/client.lua 127.0.0.1 1")
+      :format(fake .. "/?/init.lua;", os.getenv("PWD"))
+    local ok, out = plain("/tmp", script)
+    os.execute("rm -rf " .. fake)
+    assert.is_false(ok, out) -- port 1 refuses: the client fails, but as evtcp
+    assert.not_matches("installed copy", out)
+    assert.matches("refused", out)
+  end)
+end)
