@@ -40,7 +40,7 @@ CORE = $(BUILD)/evtcp/core.so
 # and their real peers (make test, sanitize, fuzz, stress), the bench's.
 BUILD_DEPS = gcc libc6-dev lua5.4 liblua5.4-dev libevent-dev libssl-dev pkg-config
 TEST_DEPS  = $(BUILD_DEPS) luarocks lua-busted lua-socket clang socat netcat-openbsd redis-server \
-             python3 lua-luv haproxy strace
+             python3 lua-luv haproxy strace lua-check
 BENCH_DEPS = $(TEST_DEPS) nodejs redis-tools wrk
 DEPS      ?= $(TEST_DEPS)
 # Packages that Debian starts as services when they are installed: the
@@ -48,7 +48,7 @@ DEPS      ?= $(TEST_DEPS)
 # disabled again right after the install.
 SERVICES   = redis-server haproxy
 
-.PHONY: all checkout warnings deps build-deps test-deps bench-deps test demo install sanitize fuzz stress bench bench-quick clean
+.PHONY: all checkout warnings lint deps build-deps test-deps bench-deps test demo install sanitize fuzz stress bench bench-quick clean
 
 # (the checkout's copy is the plain build's, never the sanitizer's)
 all: $(CORE) $(BUILD)/two_states $(BUILD)/sockopt.so $(if $(filter build,$(BUILD)),checkout)
@@ -127,6 +127,11 @@ build-deps:
 
 test-deps:
 	@$(MAKE) --no-print-directory deps DEPS="$(TEST_DEPS)"
+
+# luacheck (Debian's lua-check) over every Lua file we wrote; .luacheckrc
+# says how.
+lint: test-deps
+	luacheck --no-color lua spec examples bench
 
 ENV = LUA_PATH="lua/?.lua;lua/?/init.lua;spec/?.lua;;" LUA_CPATH="$(BUILD)/?.so;;"
 

@@ -7,7 +7,8 @@
 dofile((arg[0]:match("^(.*)/") or ".") .. "/checkout.lua") -- the checkout's evtcp (drop in your programs)
 local evtcp = require("evtcp")
 
-local target_port = assert(tonumber(arg[1]), "usage: lua5.4 examples/proxy_coroutines.lua TARGET_PORT [TARGET_HOST [LISTEN_PORT]]")
+local target_port = assert(tonumber(arg[1]),
+  "usage: lua5.4 examples/proxy_coroutines.lua TARGET_PORT [TARGET_HOST [LISTEN_PORT]]")
 local target_host = arg[2] or "127.0.0.1"
 local listen_port = tonumber(arg[3]) or 0
 

@@ -77,14 +77,13 @@ describe("control", function()
         end, { readTimeout = 0, writeTimeout = 0, tls = tls and certs or nil })
         local rec = H.recorder({ readTimeout = 0, writeTimeout = 0, tls = tls and { verify = false } or nil,
           onData = function(_, c) c:close() end })
-        local conn = evtcp.connect("127.0.0.1", l.port, rec)
+        evtcp.connect("127.0.0.1", l.port, rec)
         H.run_until(rec.terminated, "the late reply")
         l:terminate()
         assert.are.same({}, rec.errors)
         assert.are.same({}, accepted.errors)
         assert.are.equal("late", rec.data())
         -- setTimeouts(0) too
-        conn = nil
         local l2 = H.server(function() return { onConnection = function(_, c)
           evtcp.after(0.3, function() if not c.closed then c:send("x") end end)
         end } end, { tls = tls and certs or nil })

@@ -71,7 +71,7 @@ describe("blocking style", function()
         local c = assert(evtcp.dial("127.0.0.1", server.port))
         evtcp.spawn(function() c:receive() end)
         evtcp.sleep(0.05)
-        local ok, e = pcall(c.receive, c)
+        local _, e = pcall(c.receive, c)
         err = e
         c:close()
       end)
@@ -86,7 +86,7 @@ describe("blocking style", function()
         local c = assert(evtcp.dial("127.0.0.1", l.port, { highWaterMark = 1024 }))
         evtcp.spawn(function() c:send(string.rep("a", 8 << 20)) end) -- nobody reads: waits
         evtcp.sleep(0.1)
-        local ok, e = pcall(c.send, c, string.rep("b", 8 << 20))
+        local _, e = pcall(c.send, c, string.rep("b", 8 << 20))
         err = e
         c:reset()
       end)
@@ -263,7 +263,7 @@ describe("blocking style", function()
       local co_listener = assert(evtcp.listen(0, { address = "127.0.0.1", allowHalfOpen = true }))
       evtcp.spawn(function()
         local s = co_listener:accept(5)
-        local req = s:receive("a") -- until the FIN
+        s:receive("a") -- until the FIN
         evtcp.sleep(0.1)
         assert(s:send(big), "send after the peer's FIN")
         s:close()

@@ -349,7 +349,7 @@ describe("the server examples", function()
   end)
 
   it("workers.lua spreads clients over worker processes sharing one port, and stops them", function()
-    local out, wait_for, cleanup, pid = background("examples/workers.lua 0 2")
+    local _, wait_for, cleanup, pid = background("examples/workers.lua 0 2")
     local ok, err = pcall(function()
       local port = tonumber(wait_for("2 workers listening on 127%.0%.0%.1:(%d+)"))
       wait_for("worker 1 listening", "worker 1") -- they start in either order

@@ -46,11 +46,11 @@ describe("the loop", function()
 
   it("step() does one pass and says whether anything is still active", function()
     local fired = false
-    local t = evtcp.after(0, function() fired = true end)
+    evtcp.after(0, function() fired = true end)
     local active = evtcp.step(0.5)
     assert.is_true(fired)
     assert.is_false(active)
-    t = evtcp.after(10, function() end)
+    local t = evtcp.after(10, function() end)
     assert.is_true((evtcp.step(0)))
     assert.is_true(t:cancel())
     assert.is_false((evtcp.step(0)))

@@ -188,7 +188,7 @@ describe("PROXY protocol", function()
   it("the header's readTimeout is a deadline: a client trickling a byte at a time is closed", function()
     local l, seen = proxied_server({ readTimeout = 0.5 })
     local header = "PROXY TCP4 192.0.2.1 10.0.0.1 1000 80\r\n"
-    local sent, sent_at_error = 0, nil
+    local sent = 0
     H.go(function()
       local c = assert(evtcp.dial("127.0.0.1", l.port))
       for i = 1, #header - 2 do -- never finished: a byte every 0.1 s
@@ -204,7 +204,7 @@ describe("PROXY protocol", function()
     assert.equal(1, #seen.errors)
     assert.matches("in time", seen.errors[1].message)
     assert.equal(0, #seen.accepts)
-    sent_at_error = sent
+    local sent_at_error = sent
     -- re-armed by each byte (0.1 s apart, under the 0.5 s), the timeout
     -- only fired once the client stopped; a deadline fires while it trickles
     assert.is_true(sent_at_error < #header - 2, ("the header timed out after all %d bytes"):format(sent_at_error))

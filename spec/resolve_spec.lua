@@ -72,7 +72,7 @@ describe("evtcp.resolve", function()
     assert.has_error(function() evtcp.resolve("localhost", -1) end,
       "bad argument #2 to 'resolve' (timeout must be a number >= 0)")
     local err
-    evtcp.after(0, function() _, err = pcall(evtcp.resolve, "localhost") end)
+    evtcp.after(0, function() err = select(2, pcall(evtcp.resolve, "localhost")) end)
     H.run()
     assert.matches("the loop is already running", err)
   end)

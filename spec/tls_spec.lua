@@ -17,7 +17,8 @@ local read = H.read
 local function make_certs()
   os.execute("mkdir -p " .. dir)
   local d = dir
-  sh(("cd %s && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=evtcp test CA'"):format(d))
+  sh(("cd %s && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
+    .. "-subj '/CN=evtcp test CA'"):format(d))
   local function leaf(name, cn, san, days)
     sh(("cd %s && openssl req -newkey rsa:2048 -nodes -keyout %s.key -out %s.csr -subj '/CN=%s'"):format(d, name, name, cn))
     sh(("cd %s && printf 'subjectAltName=%s\\n' > %s.ext"):format(d, san, name))
@@ -268,7 +269,8 @@ describe("TLS", function()
       local out = os.tmpname()
       os.execute(("%stimeout 20 openssl s_server -accept 127.0.0.1:%d -cert %s -key %s -www -naccept 1 >%s 2>&1 &")
         :format(H.peer, port, path("server.pem"), path("server.key"), out))
-      local rec, deadline = nil, H.now() + 10
+      local rec
+      local deadline = H.now() + 10
       repeat
         rec = H.recorder({ tls = { ca = path("ca.pem") },
           onConnection = function(_, c) c:send("GET / HTTP/1.0\r\n\r\n") end })
@@ -320,7 +322,8 @@ describe("TLS", function()
   end)
 
   it("has an example that serves and dials TLS", function()
-    local f = io.popen(("lua5.4 examples/tls_echo.lua %s %s %s 2>&1"):format(path("server.pem"), path("server.key"), path("ca.pem")))
+    local f = io.popen(("lua5.4 examples/tls_echo.lua %s %s %s 2>&1")
+      :format(path("server.pem"), path("server.key"), path("ca.pem")))
     local out = f:read("a")
     assert.is_true(f:close(), out)
     assert.matches("^connected with TLSv1%.[23], [%w_-]+, to /CN=localhost\nechoed: hello over TLS\n$", out)
@@ -540,7 +543,8 @@ describe("TLS", function()
 
     it("rejects a malformed sni option, and reports an unreadable certificate naming it", function()
       local function listen(sni)
-        return evtcp.listen(0, { address = "127.0.0.1", tls = { cert = path("server.pem"), key = path("server.key"), sni = sni } })
+        return evtcp.listen(0, { address = "127.0.0.1",
+          tls = { cert = path("server.pem"), key = path("server.key"), sni = sni } })
       end
       assert.has_error(function() listen("x") end, "bad argument #2 to 'listen' (option 'tls.sni' must be a table of names)")
       assert.has_error(function() listen({ [1] = {} }) end,

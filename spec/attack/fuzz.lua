@@ -379,7 +379,7 @@ local function op_listener()
   if m == "terminate" then
     if chance(0.3) then guarded(l.terminate, l) end
   elseif m == "props" then
-    local _ = l.port, l.address, l.closed, l.connections, l.errors, l.handler, tostring(l)
+    local _ = { l.port, l.address, l.closed, l.connections, l.errors, l.handler, tostring(l) }
     guarded(function() l.port = 1 end)
   elseif m == "accept" then
     guarded(l.accept, l, 0) -- top level: drives the loop, or raises if it has onConnection
@@ -659,5 +659,6 @@ os.execute("rm -rf " .. sock_dir)
 print(("fuzz: seed %d, %d operations, %d connections (%d observed, all terminated once), " ..
        "%d listeners (%d Unix-socket tries), %d streams checked (%d bytes), %d misuse errors, %d deliberate errors, " ..
        "%d forced collections, %.1f s CPU: passed"):format(SEED, stats.ops, stats.connections,
-       observed + (stats.finished or 0), stats.listeners, stats.unix or 0, stats.checked_streams, stats.checked_bytes, stats.bad_args,
+       observed + (stats.finished or 0), stats.listeners, stats.unix or 0, stats.checked_streams, stats.checked_bytes,
+       stats.bad_args,
        stats.deliberate, stats.collected, os.clock() - t0))

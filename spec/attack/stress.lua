@@ -216,7 +216,7 @@ local function proxy(style)
   local front
   if style == "callbacks" then
     front = assert(evtcp.listen(0, { address = "127.0.0.1", onConnection = function()
-      local up, down = {}, nil
+      local up, down = {}
       down = evtcp.connect("127.0.0.1", sink.port, {
         onDrain = function() if up.conn then up.conn:resume() end end,
         onShutdown = function() end,
@@ -325,7 +325,7 @@ local function slowloris()
   local secs = core.now() - t0
   for _, c in ipairs(clients) do c:close() end
   server:terminate()
-  clients = nil
+  clients = nil -- luacheck: ignore (let go, for the collector)
   settle()
   local fds = sockopt.fds()
   report("slowloris vs readTimeout", reclaimed == n and fds == base_fds,
