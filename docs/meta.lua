@@ -20,6 +20,8 @@
 ---@field protocol string
 ---@field cipher string
 ---@field peerCertificate { subject: string, issuer: string }?
+---@field alpn string? the protocol ALPN chose
+---@field resumed boolean true when the TLS session was resumed
 
 ---@class evtcp.TLSOptions
 ---@field serverName string?
@@ -46,13 +48,12 @@
 ---@field highWaterMark integer?
 ---@field allowHalfOpen boolean?
 ---@field framing "line"|integer|{ delimiter: string }?
----@field framing "line"|integer|{ delimiter: string }?
 ---@field localAddress string?
 ---@field localPort integer?
 ---@field tls boolean|evtcp.TLSOptions?
 
 ---@class evtcp.ListenerOptions
----@field onConnection fun(self: evtcp.ListenerOptions, listener: evtcp.TCPListener, event: evtcp.TCPEvent): evtcp.Handler|false|nil
+---@field onConnection (fun(self: evtcp.ListenerOptions, listener: evtcp.TCPListener, event: evtcp.TCPEvent): evtcp.Handler|false|nil)? without it, clients wait for accept()
 ---@field onError fun(self: evtcp.ListenerOptions, listener: evtcp.TCPListener, event: evtcp.TCPEvent)?
 ---@field onTerminate fun(self: evtcp.ListenerOptions, listener: evtcp.TCPListener, event: evtcp.TCPEvent)?
 ---@field address string?
@@ -152,10 +153,11 @@ function Signal:cancel() end
 ---@field TCPListener { new: fun(port: integer, options: evtcp.ListenerOptions?): evtcp.TCPListener? }
 local evtcp = {}
 
----@param address string
----@param port integer? nil for "unix:/path"
+---@param address string a host name, an IP address, or "unix:/path" / "unix:@name"
+---@param port integer? nil for a Unix socket
 ---@param handler evtcp.Handler?
 ---@return evtcp.TCPConnection
+---@overload fun(unix_address: string, handler: evtcp.Handler?): evtcp.TCPConnection
 function evtcp.connect(address, port, handler) end
 ---@param port integer|string|nil a port, "unix:/path", or nil with options.fd
 ---@param options evtcp.ListenerOptions?
@@ -163,11 +165,12 @@ function evtcp.connect(address, port, handler) end
 ---@return string? message
 ---@return integer? errCode
 function evtcp.listen(port, options) end
----@param address string
----@param port integer
+---@param address string a host name, an IP address, or "unix:/path" / "unix:@name"
+---@param port integer? nil for a Unix socket
 ---@param options evtcp.Handler?
 ---@return evtcp.TCPConnection? conn
 ---@return evtcp.Error? err
+---@overload fun(unix_address: string, options: evtcp.Handler?): evtcp.TCPConnection?, evtcp.Error?
 function evtcp.dial(address, port, options) end
 ---@param timeout number?
 ---@return boolean finished

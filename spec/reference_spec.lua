@@ -105,6 +105,53 @@ describe("docs/reference.md", function()
     same(class_names("evtcp.TCPEvent"), documented("TCPEvent"), "event stub field")
   end)
 
+  it("has stubs whose option classes match the reference, each field once, and TLSInfo what conn.tls holds", function()
+    local meta = H.read("docs/meta.lua")
+    local function block_of(class)
+      return meta:match("%-%-%-@class " .. class:gsub("%.", "%%.") .. "\n(.-)\n%-%-%-@class ")
+    end
+    --- field name -> how many times it is declared, and name -> its type text
+    local function fields(class)
+      local count, types = {}, {}
+      for name, ty in block_of(class):gmatch("%-%-%-@field ([%a_][%w_]*) ([^\n]*)") do
+        count[name] = (count[name] or 0) + 1
+        types[name] = ty
+      end
+      for name, n in pairs(count) do assert(n == 1, class .. " declares " .. name .. " " .. n .. " times") end
+      return count, types
+    end
+    local callbacks = documented("Callbacks")
+    local handler = documented("Connection options (fields of the handler)")
+    for name in pairs(callbacks) do handler[name] = true end
+    handler.framing = true
+    local handler_fields = fields("evtcp.Handler")
+    same(handler_fields, handler, "Handler stub field")
+    local listener = documented("Listener options")
+    for _, cb in ipairs({ "onConnection", "onError", "onTerminate" }) do listener[cb] = true end
+    local listener_fields, listener_types = fields("evtcp.ListenerOptions")
+    same(listener_fields, listener, "ListenerOptions stub field")
+    -- a listener without onConnection is the accept() style the README shows
+    assert.matches("%)%?", listener_types.onConnection, "ListenerOptions.onConnection must be optional")
+    -- TLSInfo: what a live TLS connection's conn.tls holds
+    local certs, dir = H.self_signed()
+    local l = assert(evtcp.listen(0, { address = "127.0.0.1", tls = certs, onConnection = function() return {} end }))
+    local info
+    H.go(function()
+      local c = assert(evtcp.dial("127.0.0.1", l.port, { tls = { verify = false, alpn = { "x" } } }))
+      info = c.tls
+      c:close()
+    end)
+    l:terminate()
+    evtcp.run(2)
+    os.execute("rm -rf " .. dir)
+    local real = { alpn = true } -- nil here (the server chose none), a field all the same
+    for k in pairs(info) do real[k] = true end
+    same(fields("evtcp.TLSInfo"), real, "TLSInfo stub field")
+    -- the Unix-socket forms: connect(path, handler) and dial(path, options)
+    assert.matches("@overload fun%(unix_address: string, handler", meta)
+    assert.matches("@overload fun%(unix_address: string, options", meta)
+  end)
+
   it("names every callback the core looks up", function()
     local names = documented("Callbacks")
     for _, cb in ipairs({ "onConnection", "onData", "onEnd", "onDrain", "onShutdown", "onError", "onTerminate" }) do
