@@ -8,6 +8,7 @@
 ---@field message string
 ---@field componentSignature "evtcp"|"libevent"|"dns"|"openssl"
 ---@field errCode integer
+---@field errName string the symbolic name: "ECONNREFUSED", "EAI_NONAME", "CERTIFICATE_VERIFY_FAILED"
 
 ---@class evtcp.TCPEvent
 ---@field type "connection"|"data"|"end"|"drain"|"close"|"error"|"terminate"
@@ -164,6 +165,7 @@ function evtcp.connect(address, port, handler) end
 ---@return evtcp.TCPListener? listener
 ---@return string? message
 ---@return integer? errCode
+---@return evtcp.Error? err
 function evtcp.listen(port, options) end
 ---@param address string a host name, an IP address, or "unix:/path" / "unix:@name"
 ---@param port integer? nil for a Unix socket

@@ -206,4 +206,33 @@ describe("errors", function()
       assert.are.equal("", listing) -- a.sock was not made
     end)
   end)
+
+  describe("errName", function()
+    it("names each failure symbolically, by layer, and listen returns the error object too", function()
+      local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))
+      local port = l.port
+      -- in use: nil, message, errno, and the object
+      local none, msg, code, obj = evtcp.listen(port, { address = "127.0.0.1" })
+      assert.is_nil(none)
+      assert.are.equal(98, code)
+      assert.are.equal(msg, obj.message)
+      assert.are.same({ "io", 98, "EADDRINUSE" }, { obj.kind, obj.errCode, obj.errName })
+      l:terminate()
+      evtcp.run(1)
+      local c, err
+      H.go(function() c, err = evtcp.dial("127.0.0.1", port) end) -- nobody listens now
+      assert.is_nil(c)
+      assert.are.same({ "refused", "ECONNREFUSED" }, { err.kind, err.errName })
+      H.go(function() c, err = evtcp.resolve("nowhere.invalid") end)
+      assert.are.same({ "dns", "EAI_NONAME" }, { err.kind, err.errName })
+      assert.are.equal("EVTCP_IO", require("evtcp.core").newError("io", "evtcp", "x").errName)
+      -- TLS settings OpenSSL refuses: errno EINVAL, OpenSSL's reason in the object
+      none, msg, code, obj = evtcp.listen(0, { tls = { cert = "/nonexistent/cert.pem", key = "/nonexistent/key.pem" } })
+      assert.is_nil(none)
+      assert.are.equal(22, code)
+      assert.are.equal("tls", obj.kind)
+      assert.are.equal("openssl", obj.componentSignature)
+      assert.matches("^[A-Z_]+$", obj.errName)
+    end)
+  end)
 end)

@@ -1,5 +1,6 @@
 /*
- * error.c - error objects: { errCode, message, componentSignature, kind }.
+ * error.c - error objects: { errCode, errName, message, componentSignature,
+ * kind }.
  *
  * Failures are first captured in C (evtcp_failure, no Lua involved, so they
  * can be recorded from any libevent callback) and turned into Lua tables
@@ -10,6 +11,7 @@
 #include <errno.h>
 #include <string.h>
 #include <stdio.h>
+#include <openssl/err.h>
 #include "evtcp.h"
 
 static const char *const kind_names[] = {
@@ -30,12 +32,69 @@ static evtcp_kind kind_of_errno(int err) {
   }
 }
 
+/* The symbolic name of an errno value, as <errno.h> spells it. */
+static const char *errno_name(int err) {
+  switch (err) {
+#define NAME(e) case e: return #e;
+  NAME(ECONNREFUSED) NAME(ECONNRESET) NAME(ECONNABORTED) NAME(EPIPE) NAME(ETIMEDOUT)
+  NAME(ENETUNREACH) NAME(EHOSTUNREACH) NAME(ENETDOWN) NAME(EHOSTDOWN) NAME(EADDRINUSE)
+  NAME(EADDRNOTAVAIL) NAME(EAFNOSUPPORT) NAME(EACCES) NAME(EPERM) NAME(ENOENT) NAME(EMFILE)
+  NAME(ENFILE) NAME(ENOMEM) NAME(ENOBUFS) NAME(EINVAL) NAME(EBADF) NAME(EBUSY) NAME(ENOTSOCK)
+  NAME(ENOTCONN) NAME(EISCONN) NAME(EPROTO) NAME(EMSGSIZE) NAME(EINTR) NAME(EIO)
+  NAME(EOPNOTSUPP) NAME(EPROTONOSUPPORT) NAME(ENAMETOOLONG) NAME(ENOTDIR) NAME(EROFS)
+  NAME(EINPROGRESS) NAME(EALREADY) NAME(ESHUTDOWN)
+#if EAGAIN != EWOULDBLOCK
+  NAME(EWOULDBLOCK)
+#endif
+  NAME(EAGAIN)
+#undef NAME
+  default: return NULL;
+  }
+}
+
+/* The name of a resolver error (libevent's codes are getaddrinfo's). */
+static const char *gai_name(int code) {
+  switch (code) {
+#define NAME(e) case EVUTIL_##e: return #e;
+  NAME(EAI_NONAME) NAME(EAI_AGAIN) NAME(EAI_FAIL) NAME(EAI_MEMORY) NAME(EAI_FAMILY)
+  NAME(EAI_SERVICE) NAME(EAI_SOCKTYPE) NAME(EAI_BADFLAGS) NAME(EAI_SYSTEM) NAME(EAI_CANCEL)
+#undef NAME
+  default: return NULL;
+  }
+}
+
+/* errName for what code says in component's terms; errCode 0 (a failure
+ * with no system error behind it) is named by its kind: "EVTCP_TIMEOUT". */
+static void failure_name(evtcp_failure *f) {
+  const char *n = strcmp(f->component, "dns") == 0 ? gai_name(f->code) : errno_name(f->code);
+  size_t i;
+  if (n != NULL) { snprintf(f->name, sizeof f->name, "%s", n); return; }
+  if (f->code != 0) { snprintf(f->name, sizeof f->name, "E%d", f->code); return; }
+  snprintf(f->name, sizeof f->name, "EVTCP_%s", kind_names[f->kind]);
+  for (i = 0; f->name[i]; i++)
+    if (f->name[i] >= 'a' && f->name[i] <= 'z') f->name[i] = (char)(f->name[i] - 32);
+}
+
 void failure_set(evtcp_failure *f, evtcp_kind kind, int code, const char *component,
                  const char *msg) {
   f->kind = kind;
   f->code = code;
   f->component = component;
   snprintf(f->message, sizeof f->message, "%s", msg);
+  failure_name(f);
+}
+
+/* A TLS failure's errName: OpenSSL's reason as its SSL_R_ constant spells
+ * it ("certificate verify failed" -> "CERTIFICATE_VERIFY_FAILED"). */
+void failure_name_tls(evtcp_failure *f, unsigned long openssl_error) {
+  const char *reason = openssl_error ? ERR_reason_error_string(openssl_error) : NULL;
+  size_t i;
+  if (reason == NULL) return; /* the errno's name stays */
+  for (i = 0; reason[i] && i + 1 < sizeof f->name; i++) {
+    char ch = reason[i];
+    f->name[i] = ch >= 'a' && ch <= 'z' ? (char)(ch - 32) : (ch == ' ' || ch == '-') ? '_' : ch;
+  }
+  f->name[i] = '\0';
 }
 
 void failure_from_errno(evtcp_failure *f, int err, const char *component) {
@@ -50,11 +109,13 @@ static const char error_mt_key = 'E';
 
 /* Pushes the error object for f. [-0, +1, m] */
 void error_push(lua_State *L, const evtcp_failure *f) {
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 5);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &error_mt_key);
   lua_setmetatable(L, -2);
   lua_pushinteger(L, f->code);
   lua_setfield(L, -2, "errCode");
+  lua_pushstring(L, f->name);
+  lua_setfield(L, -2, "errName");
   lua_pushstring(L, f->message);
   lua_setfield(L, -2, "message");
   lua_pushstring(L, f->component);
@@ -84,12 +145,13 @@ static int error__tostring(lua_State *L) {
 }
 
 /* core.newError(kind, component, message): an error object made by the Lua
- * layer (errCode 0), for failures that have no system error behind them. */
+ * layer (errCode 0, errName EVTCP_<KIND>), for failures that have no
+ * system error behind them. */
 static int error_new(lua_State *L) {
   evtcp_failure f;
   int kind = luaL_checkoption(L, 1, NULL, kind_names);
-  failure_set(&f, (evtcp_kind)kind, 0, luaL_checkstring(L, 2), luaL_checkstring(L, 3));
-  f.component = lua_tostring(L, 2); /* stays alive: it is an argument */
+  f.component = luaL_checkstring(L, 2); /* stays alive: it is an argument */
+  failure_set(&f, (evtcp_kind)kind, 0, f.component, luaL_checkstring(L, 3));
   error_push(L, &f);
   return 1;
 }

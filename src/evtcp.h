@@ -172,10 +172,12 @@ typedef struct evtcp_failure {
   int code;
   const char *component;   /* "evtcp", "libevent", "dns", "openssl" */
   char message[256];
+  char name[64];           /* errName: "ECONNREFUSED", "EAI_NONAME", OpenSSL's reason */
 } evtcp_failure;
 
 void failure_from_errno(evtcp_failure *f, int err, const char *component);
 void failure_from_dns(evtcp_failure *f, int gai_code);
+void failure_name_tls(evtcp_failure *f, unsigned long openssl_error);
 void failure_set(evtcp_failure *f, evtcp_kind kind, int code, const char *component, const char *msg);
 void error_push(lua_State *L, const evtcp_failure *f);
 void error_append(lua_State *L, int obj_index, int err_index);

@@ -213,11 +213,29 @@ static void listener_on_error(struct evconnlistener *lev, void *arg) {
 
 /* ---- Lua API ---- */
 
-static int listener_fail(lua_State *L, int err) {
+/* listen's failure: nil, message, errCode, the error object (kind io, or
+ * tls). errCode is an errno: EINVAL for TLS settings OpenSSL refused,
+ * whose own reason is in the error object. */
+static int listener_fail_with(lua_State *L, const evtcp_failure *f) {
   lua_pushnil(L);
-  lua_pushstring(L, evutil_socket_error_to_string(err));
-  lua_pushinteger(L, err);
-  return 3;
+  lua_pushstring(L, f->message);
+  lua_pushinteger(L, strcmp(f->component, "openssl") == 0 ? EINVAL : f->code);
+  error_push(L, f);
+  return 4;
+}
+
+static int listener_fail(lua_State *L, int err) {
+  evtcp_failure f;
+  failure_from_errno(&f, err, "evtcp");
+  f.kind = KIND_IO;
+  return listener_fail_with(L, &f);
+}
+
+/* listen's failure with a message of its own. */
+static int listener_fail_msg(lua_State *L, int err, const char *msg) {
+  evtcp_failure f;
+  failure_set(&f, KIND_IO, err, "evtcp", msg);
+  return listener_fail_with(L, &f);
 }
 
 static int option_integer(lua_State *L, int h, const char *name, lua_Integer dflt,
@@ -334,12 +352,7 @@ int listener_listen(lua_State *L) {
   if (lua_getfield(L, 3, "tls") != LUA_TNIL) {
     evtcp_failure f;
     if ((l->tls = (tls_server *)calloc(1, sizeof *l->tls)) == NULL) return luaL_error(L, "evtcp: out of memory");
-    if (tls_server_setup(L, -1, 2, l->tls, &f) != 0) {
-      lua_pushnil(L);
-      lua_pushstring(L, f.message);
-      lua_pushinteger(L, f.code);
-      return 3;
-    }
+    if (tls_server_setup(L, -1, 2, l->tls, &f) != 0) return listener_fail_with(L, &f);
   }
   lua_pop(L, 1);
   { /* defaults for accepted connections (noDelay, readTimeout, ...):
@@ -366,29 +379,17 @@ int listener_listen(lua_State *L) {
       l->owns_file = 1;
     }
   } else if (kind == LISTEN_FD) {
-    if (listener_fd_in_use(L, loop, (evutil_socket_t)adopt_fd)) {
-      lua_pushnil(L);
-      lua_pushfstring(L, "fd %d is already a listener's", (int)adopt_fd);
-      lua_pushinteger(L, EBUSY);
-      return 3;
-    }
+    if (listener_fd_in_use(L, loop, (evutil_socket_t)adopt_fd))
+      return listener_fail_msg(L, EBUSY, lua_pushfstring(L, "fd %d is already a listener's", (int)adopt_fd));
     fd = socket_adopt_listening((evutil_socket_t)adopt_fd, &l->unix_path, &err);
-    if (fd < 0 && err == EINVAL) {
-      lua_pushnil(L);
-      lua_pushfstring(L, "fd %d is not a listening stream socket", (int)adopt_fd);
-      lua_pushinteger(L, EINVAL);
-      return 3;
-    }
+    if (fd < 0 && err == EINVAL)
+      return listener_fail_msg(L, EINVAL, lua_pushfstring(L, "fd %d is not a listening stream socket", (int)adopt_fd));
   } else {
     struct sockaddr_storage ss;
     int sslen;
     if (address == NULL) address = "0.0.0.0";
-    if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0) {
-      lua_pushnil(L);
-      lua_pushfstring(L, "not an IP address of this machine: %s", address);
-      lua_pushinteger(L, EADDRNOTAVAIL);
-      return 3;
-    }
+    if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0)
+      return listener_fail_msg(L, EADDRNOTAVAIL, lua_pushfstring(L, "not an IP address of this machine: %s", address));
     fd = socket_listen_ip((struct sockaddr *)&ss, sslen, reuse_port, v6only, backlog, &err);
   }
   if (fd < 0) return listener_fail(L, err);

@@ -34,6 +34,7 @@ static void tls_failure(evtcp_failure *f, const char *doing) {
   ERR_error_string_n(e, reason, sizeof reason);
   snprintf(msg, sizeof msg, "%s: %s", doing, e ? reason : "unknown OpenSSL error");
   failure_set(f, KIND_TLS, (int)ERR_GET_REASON(e), "openssl", msg);
+  failure_name_tls(f, e);
   ERR_clear_error();
 }
 
@@ -248,6 +249,7 @@ int tls_bev_failure(struct bufferevent *bev, evtcp_failure *f) {
   else
     snprintf(msg, sizeof msg, "%s", reason);
   failure_set(f, KIND_TLS, (int)ERR_GET_REASON(e), "openssl", msg);
+  failure_name_tls(f, e);
   return 1;
 }
 
