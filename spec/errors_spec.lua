@@ -223,12 +223,15 @@ describe("errors", function()
       H.go(function() c, err = evtcp.dial("127.0.0.1", port) end) -- nobody listens now
       assert.is_nil(c)
       assert.are.same({ "refused", "ECONNREFUSED" }, { err.kind, err.errName })
-      H.go(function() c, err = evtcp.resolve("nowhere.invalid") end)
+      local addrs
+      H.go(function() addrs, err = evtcp.resolve("nowhere.invalid") end)
+      assert.is_nil(addrs)
       assert.are.same({ "dns", "EAI_NONAME" }, { err.kind, err.errName })
       assert.are.equal("EVTCP_IO", require("evtcp.core").newError("io", "evtcp", "x").errName)
       -- TLS settings OpenSSL refuses: errno EINVAL, OpenSSL's reason in the object
       none, msg, code, obj = evtcp.listen(0, { tls = { cert = "/nonexistent/cert.pem", key = "/nonexistent/key.pem" } })
       assert.is_nil(none)
+      assert.are.equal(msg, obj.message)
       assert.are.equal(22, code)
       assert.are.equal("tls", obj.kind)
       assert.are.equal("openssl", obj.componentSignature)
