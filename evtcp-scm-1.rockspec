@@ -26,6 +26,11 @@ external_dependencies = {
 build = {
   type = "builtin",
   copy_directories = { "docs", "examples" },
+  -- the licence and the README go with the rock too (beside its rockspec:
+  -- copy_directories turns LuaRocks' own copying of them off)
+  install = {
+    conf = { ["LICENSE"] = "LICENSE", ["README.md"] = "README.md" },
+  },
   modules = {
     ["evtcp"] = "lua/evtcp/init.lua",
     ["evtcp.core"] = {
