@@ -40,7 +40,7 @@ CORE = $(BUILD)/evtcp/core.so
 # and their real peers (make test, sanitize, fuzz, stress), the bench's.
 BUILD_DEPS = gcc libc6-dev lua5.4 liblua5.4-dev libevent-dev libssl-dev pkg-config
 TEST_DEPS  = $(BUILD_DEPS) luarocks lua-busted lua-socket clang socat netcat-openbsd redis-server \
-             python3 lua-luv haproxy strace lua-check
+             python3 lua-luv haproxy strace lua-check git
 BENCH_DEPS = $(TEST_DEPS) nodejs redis-tools wrk
 DEPS      ?= $(TEST_DEPS)
 # Packages that Debian starts as services when they are installed: the

@@ -138,6 +138,39 @@ describe("the rockspec", function()
     end
   end)
 
+  it("the release rockspec packs from its tag and the src.rock builds and loads, LICENSE and README with it", function()
+    -- as a release would be made: in a clone of this checkout's HEAD, the
+    -- tag the rockspec names, the placeholder URL swapped for git+file://,
+    -- luarocks pack, then luarocks build of the src.rock into a fresh tree
+    if os.getenv("EVTCP_SANITIZE") then pending("the rock is built without the sanitizer") return end
+    local function sh(cmd)
+      local f = io.popen(cmd .. " 2>&1")
+      local out = f:read("a")
+      assert(f:close(), cmd .. "\n" .. out)
+      return out
+    end
+    local t = os.tmpname()
+    os.remove(t)
+    sh(("mkdir -p %s && git clone -q %s %s/src && cd %s/src && git tag v0.1.0"):format(t, os.getenv("PWD"), t, t))
+    local spec = read("evtcp-0.1.0-1.rockspec")
+    local placeholder = "git+https://example.invalid/evtcp.git"
+    assert.truthy(spec:find(placeholder, 1, true), "the placeholder URL is kept until the public repository exists")
+    local f = assert(io.open(t .. "/evtcp-0.1.0-1.rockspec", "w"))
+    f:write((spec:gsub(placeholder:gsub("%p", "%%%0"), "git+file://" .. t .. "/src")))
+    f:close()
+    sh(("cd %s && luarocks --lua-version 5.4 pack evtcp-0.1.0-1.rockspec"):format(t))
+    sh(("cd %s && luarocks --lua-version 5.4 build --tree %s/tree evtcp-0.1.0-1.src.rock"):format(t, t))
+    local tree = t .. "/tree"
+    local out = sh(("cd / && env -u LUA_PATH -u LUA_CPATH lua5.4 -e 'package.path=%q package.cpath=%q " ..
+      "print(require(\"evtcp\")._VERSION)'"):format(tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua",
+      tree .. "/lib/lua/5.4/?.so"))
+    local installed = sh(("ls %s/lib/luarocks/rocks-5.4/evtcp/0.1.0-1/conf"):format(tree))
+    os.execute("rm -rf " .. t)
+    assert.are.equal("evtcp 0.1.0\n", out)
+    assert.matches("LICENSE", installed)
+    assert.matches("README.md", installed)
+  end)
+
   it("installs with luarocks, offline, and loads from any folder", function()
     if os.getenv("EVTCP_SANITIZE") then pending("the rock is built without the sanitizer") return end
     local tree = os.tmpname()
