@@ -87,6 +87,21 @@ describe("the examples", function()
 end)
 
 describe("the rockspec", function()
+  --- Runs cmd, failing with its output if it fails; returns the output.
+  local function sh(cmd)
+    local f = io.popen(cmd .. " 2>&1")
+    local out = f:read("a")
+    assert(f:close(), cmd .. "\n" .. out)
+    return out
+  end
+
+  --- evtcp._VERSION as a program sees it with only the LuaRocks tree on its paths.
+  local function version_in(tree)
+    return sh(("cd / && env -u LUA_PATH -u LUA_CPATH lua5.4 -e 'package.path=%q package.cpath=%q " ..
+      "print(require(\"evtcp\")._VERSION)'"):format(tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua",
+      tree .. "/lib/lua/5.4/?.so"))
+  end
+
   it("lists every C source", function()
     local spec = read("evtcp-scm-1.rockspec")
     local p = io.popen("ls src/*.c")
@@ -111,12 +126,6 @@ describe("the rockspec", function()
 
   it("both rockspecs pass luarocks lint, build, pack and install offline into fresh trees", function()
     if os.getenv("EVTCP_SANITIZE") then pending("the rock is built without the sanitizer") return end
-    local function sh(cmd)
-      local f = io.popen(cmd .. " 2>&1")
-      local out = f:read("a")
-      assert(f:close(), cmd .. "\n" .. out)
-      return out
-    end
     for _, spec in ipairs({ { "evtcp-0.1.0-1.rockspec", "0.1.0-1" }, { "evtcp-scm-1.rockspec", "scm-1" } }) do
       local rockspec, version = spec[1], spec[2]
       sh("luarocks --lua-version 5.4 lint " .. rockspec)
@@ -127,9 +136,7 @@ describe("the rockspec", function()
       local rock = sh("ls " .. dir):match("(evtcp%-[%w.]+%-1%.[%w_%-]+%.rock)")
       assert(rock, "no .rock was packed for " .. rockspec)
       sh(("luarocks --lua-version 5.4 install --tree %s %s/%s"):format(tree2, dir, rock))
-      local out = sh(("cd / && env -u LUA_PATH -u LUA_CPATH lua5.4 -e 'package.path=%q package.cpath=%q " ..
-        "print(require(\"evtcp\")._VERSION)'"):format(tree2 .. "/share/lua/5.4/?.lua;" .. tree2 .. "/share/lua/5.4/?/init.lua",
-        tree2 .. "/lib/lua/5.4/?.so"))
+      local out = version_in(tree2)
       local installed = sh(("ls %s/lib/luarocks/rocks-5.4/evtcp/%s/"):format(tree2, version))
       os.execute(("rm -rf %s %s %s"):format(tree, tree2, dir))
       assert.are.equal("evtcp 0.1.0\n", out)
@@ -143,12 +150,6 @@ describe("the rockspec", function()
     -- tag the rockspec names, the placeholder URL swapped for git+file://,
     -- luarocks pack, then luarocks build of the src.rock into a fresh tree
     if os.getenv("EVTCP_SANITIZE") then pending("the rock is built without the sanitizer") return end
-    local function sh(cmd)
-      local f = io.popen(cmd .. " 2>&1")
-      local out = f:read("a")
-      assert(f:close(), cmd .. "\n" .. out)
-      return out
-    end
     local t = os.tmpname()
     os.remove(t)
     sh(("mkdir -p %s && git clone -q %s %s/src && cd %s/src && git tag v0.1.0"):format(t, os.getenv("PWD"), t, t))
@@ -161,9 +162,7 @@ describe("the rockspec", function()
     sh(("cd %s && luarocks --lua-version 5.4 pack evtcp-0.1.0-1.rockspec"):format(t))
     sh(("cd %s && luarocks --lua-version 5.4 build --tree %s/tree evtcp-0.1.0-1.src.rock"):format(t, t))
     local tree = t .. "/tree"
-    local out = sh(("cd / && env -u LUA_PATH -u LUA_CPATH lua5.4 -e 'package.path=%q package.cpath=%q " ..
-      "print(require(\"evtcp\")._VERSION)'"):format(tree .. "/share/lua/5.4/?.lua;" .. tree .. "/share/lua/5.4/?/init.lua",
-      tree .. "/lib/lua/5.4/?.so"))
+    local out = version_in(tree)
     local installed = sh(("ls %s/lib/luarocks/rocks-5.4/evtcp/0.1.0-1/conf"):format(tree))
     os.execute("rm -rf " .. t)
     assert.are.equal("evtcp 0.1.0\n", out)
