@@ -174,20 +174,25 @@ void conn_deliver(evtcp_conn *c, evtcp_event_type type) {
   if (conn_push(c)) event_deliver(c->obj.loop, &n, 1, 0);
 }
 
-/* Hands len bytes at data to onData: LUA_OK, or the status of a callback
- * that raised (LUA_ERRRUN too when the connection is gone); *ran tells
- * whether an onData ran (without one, the caller keeps the bytes). */
-int conn_deliver_bytes(evtcp_conn *c, const char *data, size_t len, int *ran) {
-  evtcp_notice n;
+/* Delivers a data notice built by the caller: LUA_OK, or the status of a
+ * callback that raised (LUA_ERRRUN too when the connection is gone); *ran
+ * tells whether an onData ran (without one, the caller keeps the bytes). */
+static int conn_deliver_notice_data(evtcp_conn *c, evtcp_notice *n, int *ran) {
   int status;
   *ran = 0;
   if (!conn_push(c)) return LUA_ERRRUN;
+  status = event_deliver(c->obj.loop, n, 1, 0);
+  *ran = n->handled;
+  return status;
+}
+
+/* Hands len bytes at data to onData; as conn_deliver_notice_data. */
+int conn_deliver_bytes(evtcp_conn *c, const char *data, size_t len, int *ran) {
+  evtcp_notice n;
   conn_notice(c, &n, EVT_DATA);
   n.data = data;
   n.len = len;
-  status = event_deliver(c->obj.loop, &n, 1, 0);
-  *ran = n.handled;
-  return status;
+  return conn_deliver_notice_data(c, &n, ran);
 }
 
 /* Input kept while the handler had no onData (and nobody reads it with
@@ -204,27 +209,37 @@ int conn_deliver_kept(evtcp_conn *c) {
   return all;
 }
 
-/* Hands the first n bytes of input to onData, taken out of input first (a
- * handler that gives the connection to the blocking style inside onData
- * reads on from the next byte, not the frame being delivered again), and
- * n + skip are consumed. Without an onData they go back: 0 then, as when
- * the callback raised; 1 when it ran. */
+/* A frame being handed to onData: the connection, and how much of its
+ * input the frame takes (its bytes and its line end or delimiter). */
+typedef struct frame_taken {
+  evtcp_conn *c;
+  size_t consumed;
+} frame_taken;
+
+/* The frame is in the event: it leaves the input before onData runs, so
+ * a handler that hands the connection to the blocking style and reads
+ * (conn.handler = {} then receive) goes on from the next byte, and a
+ * raising one has consumed it all the same. */
+static void conn_frame_copied(void *arg) {
+  frame_taken *t = (frame_taken *)arg;
+  evbuffer_drain(t->c->input, t->consumed);
+  conn_input_drained(t->c); /* offsets into input (line_scanned) start again */
+}
+
+/* Hands the first n bytes of input to onData, n + skip consumed; without
+ * an onData they stay. 1 when onData ran and returned. */
 static int conn_deliver_frame(evtcp_conn *c, size_t n, size_t skip) {
-  evtcp_loop *loop = c->obj.loop;
-  struct evbuffer *frame = loop->frame;
-  int status, ran, nested;
-  if (frame == NULL && (frame = loop->frame = evbuffer_new()) == NULL) return 0;
-  /* deliveries run from the loop, one at a time; should one ever nest,
-   * it gets a buffer of its own */
-  nested = evbuffer_get_length(frame) > 0;
-  if (nested && (frame = evbuffer_new()) == NULL) return 0;
-  evbuffer_remove_buffer(c->input, frame, n + skip);
-  conn_input_drained(c); /* offsets into input (line_scanned) start again */
-  status = conn_deliver_bytes(c, (const char *)evbuffer_pullup(frame, (ev_ssize_t)n), n, &ran);
-  if (!ran && c->input != NULL) evbuffer_prepend_buffer(c->input, frame); /* kept, as they were */
-  if (nested) evbuffer_free(frame);
-  else evbuffer_drain(frame, evbuffer_get_length(frame));
-  return status == LUA_OK && ran;
+  frame_taken taken;
+  evtcp_notice note;
+  int ran;
+  taken.c = c;
+  taken.consumed = n + skip;
+  conn_notice(c, &note, EVT_DATA);
+  note.data = (const char *)evbuffer_pullup(c->input, (ev_ssize_t)n);
+  note.len = n;
+  note.copied = conn_frame_copied;
+  note.copied_arg = &taken;
+  return conn_deliver_notice_data(c, &note, &ran) == LUA_OK && ran;
 }
 
 static int conn_deliver_frames(evtcp_conn *c) {

@@ -56,6 +56,7 @@ static void event_push(lua_State *L, const evtcp_notice *notice, int payload_ind
   if (notice->type == EVT_DATA) {
     lua_pushlstring(L, notice->data, notice->len);
     lua_setiuservalue(L, -2, 1);
+    if (notice->copied) notice->copied(notice->copied_arg);
   } else if (payload_index != 0) {
     lua_pushvalue(L, payload_index);
     lua_setiuservalue(L, -2, 1);

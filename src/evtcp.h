@@ -102,7 +102,6 @@ struct evtcp_loop {
   unsigned lua_runs;       /* counts entries into Lua from the loop (callbacks, resumes) */
   struct evbuffer *cork;   /* the replies to a batch of frames, written at once: conn_send.c */
   void *cork_owner;        /* the connection corked, if any */
-  struct evbuffer *frame;  /* the frame being handed to onData: conn.c (never nested) */
   uint64_t bytes_scanned;  /* input searched for line ends and delimiters (specs) */
   struct evtcp_linger *lingering; /* closed sockets read until the peer's FIN: linger.c */
 };
@@ -149,6 +148,10 @@ typedef struct evtcp_notice {
   const struct sockaddr *peer; /* ip and port of the remote end, or NULL */
   const char *path;        /* a Unix socket's path (event.ip), or NULL */
   int handled;             /* set by event_dispatch if a callback ran */
+  /* EVT_DATA: called once the bytes are copied into the event, before the
+   * callback runs (input taken from a buffer is consumed then), or NULL */
+  void (*copied)(void *arg);
+  void *copied_arg;
 } evtcp_notice;
 
 /* A notice of type with nothing else set yet. */

@@ -344,7 +344,6 @@ static int loop__gc(lua_State *L) {
   if (loop->sigint_ev) event_free(loop->sigint_ev);
   signal_free_all(loop);
   linger_free_all(loop);
-  if (loop->frame) evbuffer_free(loop->frame);
   event_base_free(loop->base);
   loop->base = NULL;
   return 0;
