@@ -155,8 +155,9 @@ static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
   }
   /* a reset is a reset over TLS too, whatever OpenSSL queued about it */
   if (what & BEV_EVENT_ERROR) return !reset && tls_bev_failure(c->bev, f);
-  if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_WRITING) &&
-      (c->tls_write_reset || (reset && tls_dirty_end(c)) || tls_was_reset(c))) {
+  if (!(what & BEV_EVENT_EOF) || (what & BEV_EVENT_WRITING)) return 0;
+  /* the peer's end, as read */
+  if (c->tls_write_reset || (reset && tls_dirty_end(c)) || tls_was_reset(c)) {
     /* a reset can come as an end: libevent's dirty shutdown (an end
      * without close_notify) is any failed read, ECONNRESET included;
      * SSL_shutdown may have taken the error first; or a write inside
@@ -164,11 +165,10 @@ static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
     failure_from_errno(f, ECONNRESET, "libevent");
     return 1;
   }
-  if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_WRITING))
-    /* the peer's close_notify ends its direction only (TLS allows sending
-     * after it, and the peer may be reading still), but libevent stopped
-     * writing with reading: what is queued would never leave */
-    bufferevent_enable(c->bev, EV_WRITE);
+  /* the peer's close_notify ends its direction only (TLS allows sending
+   * after it, and the peer may be reading still), but libevent stopped
+   * writing with reading: what is queued would never leave */
+  bufferevent_enable(c->bev, EV_WRITE);
   return 0;
 }
 
