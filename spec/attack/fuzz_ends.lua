@@ -151,8 +151,6 @@ local function check(p)
 end
 
 ---------------------------------------------------------------- run
-local live = {}
-
 -- each pair has its listener, for one client: the two sides pair up by
 -- construction
 local function start_pair()
@@ -173,26 +171,17 @@ local function start_pair()
   if p.tls then h.tls = { verify = false } end
   p.client.conn = assert(evtcp.connect("127.0.0.1", l.port, h))
   run_script(p.client) -- sends may start before it is connected
-  live[#live + 1] = p
+  return p
 end
 
-local deadline = os.time() + 600
-while (stats.pairs < PAIRS or #live > 0) and os.time() < deadline do
-  while stats.pairs < PAIRS and #live < AT_ONCE do start_pair() end
-  evtcp.step(0.01)
-  for i = #live, 1, -1 do
-    local p = live[i]
-    if p.client.terminated and p.server.terminated then
-      check(p)
-      table.remove(live, i)
-    elseif not p.deadline then
-      p.deadline = os.time() + 30
-    elseif os.time() > p.deadline then
-      current = describe_pair(p)
-      fail("a pair did not end within 30 s")
-    end
-  end
-end
+require("attack.cases")(PAIRS, AT_ONCE, start_pair, function(p)
+  if not (p.client.terminated and p.server.terminated) then return false end
+  check(p)
+  return true
+end, function(p)
+  current = describe_pair(p)
+  fail("a pair did not end within 30 s")
+end)
 assert(evtcp.run(10), "the loop did not finish")
 os.execute("rm -rf " .. cert_dir)
 print(("fuzz_ends: seed %d, %d pairs (%d TLS, %d with a reset), %d checked, %d bytes accounted: passed")

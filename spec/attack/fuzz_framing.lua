@@ -94,8 +94,6 @@ local function on_frame(m, data)
   m.at = after
 end
 
-local live = {}
-
 local function set_framing(m, conn)
   local f = random_framing()
   m.framing = f
@@ -181,28 +179,22 @@ local function start_stream()
     if chance(0.3) then evtcp.after(pick({ 0, 0.002 }), write_some) else write_some() end
   end
   write_some()
-  live[#live + 1] = m
+  return m
 end
 
-local deadline = os.time() + 600
-while (stats.streams < STREAMS or #live > 0) and os.time() < deadline do
-  while stats.streams < STREAMS and #live < AT_ONCE do start_stream() end
-  local ok, err = pcall(evtcp.step, 0.01)
+require("attack.cases")(STREAMS, AT_ONCE, start_stream, function(m)
+  if not m.terminated then return false end
+  if not m.ended then fail(m, "terminated without onEnd") end
+  return true
+end, function(m)
+  fail(m, "the stream did not end within 30 s (model at %d of %d)", m.at, #m.stream)
+end, function()
+  local ok, err = pcall(evtcp.step, 0.01) -- onData raises on purpose
   if not ok and not tostring(err):find(DELIBERATE, 1, true) then
     io.stderr:write("FUZZ_FRAMING FAILURE: " .. tostring(err) .. "\n")
     os.exit(1)
   end
-  for i = #live, 1, -1 do
-    local m = live[i]
-    m.started = m.started or os.time()
-    if m.terminated then
-      if not m.ended then fail(m, "terminated without onEnd") end
-      table.remove(live, i)
-    elseif os.time() - m.started > 30 then
-      fail(m, "the stream did not end within 30 s (model at %d of %d)", m.at, #m.stream)
-    end
-  end
-end
+end)
 assert(evtcp.run(10), "the loop did not finish")
 print(("fuzz_framing: seed %d, %d streams, %d frames (%d bytes) checked against the model, %d framing switches, "
   .. "%d handler swaps, %d pauses, %d raised: passed"):format(SEED, stats.streams, stats.frames, stats.bytes,

@@ -119,8 +119,6 @@ local function generate()
   return { what = "random after a signature", expect = "any", header = h }
 end
 
-local live = {}
-
 local function start_case()
   stats.cases = stats.cases + 1
   local case = generate()
@@ -162,7 +160,7 @@ local function start_case()
   end
   write_some()
   case.started = os.time()
-  live[#live + 1] = case
+  return case
 end
 
 local function check(case)
@@ -192,23 +190,14 @@ local function check(case)
   end
 end
 
-local deadline = os.time() + 600
-while (stats.cases < CASES or #live > 0) and os.time() < deadline do
-  while stats.cases < CASES and #live < AT_ONCE do start_case() end
-  evtcp.step(0.01)
-  for i = #live, 1, -1 do
-    local case = live[i]
-    -- done: the client ended, and the listener saw the outcome (a refused
-    -- client's error can come just after the client saw its close)
-    if case.client_done and (case.offered or case.errors or os.time() - case.started > 8) then
-      check(case)
-      case.listener:terminate()
-      table.remove(live, i)
-    elseif os.time() - case.started > 30 then
-      fail(case, "the case did not end within 30 s")
-    end
-  end
-end
+require("attack.cases")(CASES, AT_ONCE, start_case, function(case)
+  -- done: the client ended, and the listener saw the outcome (a refused
+  -- client's error can come just after the client saw its close)
+  if not (case.client_done and (case.offered or case.errors or os.time() - case.started > 8)) then return false end
+  check(case)
+  case.listener:terminate()
+  return true
+end, function(case) fail(case, "the case did not end within 30 s") end)
 assert(evtcp.run(10), "the loop did not finish")
 print(("fuzz_proxy: seed %d, %d headers in %d writes: %d valid ones offered with their address and payload, "
   .. "%d broken ones refused (%d truncated): passed"):format(SEED, stats.cases, stats.writes, stats.valid,
