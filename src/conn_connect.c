@@ -1,8 +1,7 @@
 /*
  * conn_connect.c - a client connection on its way to OPEN: the lookup, one
  * attempt per address (failover to the next), the connect timeout, local
- * bind, TLS sessions resumed from the Lua state's cache, and
- * evtcp.connect itself. The rest of the state machine is in conn.c.
+ * bind, the client's options, and evtcp.connect itself. The rest of the state machine is in conn.c.
  */
 #include "platform.h" /* first: feature macros */
 #include <errno.h>
@@ -12,6 +11,7 @@
 #include <sys/un.h>
 #include "conn.h"
 #include "socket.h"
+#include "tls.h"
 
 /* ---- connecting ---- */
 
@@ -38,11 +38,11 @@ static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *e
   return fd;
 }
 
-/* Starts connecting to one address: a new bufferevent (TLS or plain) and,
+/* Starts connecting to one address: a new bufferevent of the transport and,
  * with localAddress/localPort, our own bound socket. Returns 0 once the
  * attempt is under way, or -1 with the reason in c->failure. */
 static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
-  if (conn_transport_of(c)->connect(c) != 0) return -1;
+  if (c->transport->connect(c) != 0) return -1;
   if (sa->sa_family != AF_UNIX)
     memcpy(&c->peer, sa, (size_t)len < sizeof c->peer ? (size_t)len : sizeof c->peer);
   c->state = CONN_CONNECTING;
@@ -51,7 +51,7 @@ static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
     evutil_socket_t fd = conn_bound_socket(c, sa->sa_family, &err);
     if (fd < 0 || bufferevent_setfd(c->bev, fd) != 0) {
       if (fd >= 0) evutil_closesocket(fd);
-      conn_free_bev(&c->bev, &c->ssl, &c->fd);
+      conn_free_bev(c, &c->bev, &c->fd);
       return conn_note_failure(c, err ? err : ENOMEM, "evtcp");
     }
   }
@@ -61,7 +61,7 @@ static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
   }
   conn_note_failure(c, EVUTIL_SOCKET_ERROR(), "libevent");
   c->fd = bufferevent_getfd(c->bev); /* libevent closed the socket it made */
-  conn_free_bev(&c->bev, &c->ssl, &c->fd);
+  conn_free_bev(c, &c->bev, &c->fd);
   return -1;
 }
 
@@ -141,20 +141,56 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
   c->client->lookup = lookup_start(c->obj.loop, host, portstr, conn_on_resolved, c);
 }
 
-/* Starts the connection, or reports a TLS context that could not be made. */
-void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
+/* Starts the connection, or reports a failure its options met (a TLS
+ * context that could not be made). */
+static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
   char bare[256];
-  if (c->tls && c->client->tls_ctx == NULL) { /* the failure is recorded */
-    c->state = CONN_RESOLVING;
+  if (c->failure != NULL) { /* reported as the connection's error */
     conn_end(c, NULL, 0);
     return;
   }
   host = sockaddr_unbracket(host, bare, sizeof bare); /* "[::1]" as in URLs */
-  if (c->tls && c->client->tls_host == NULL && c->unix_path == NULL) {
-    if ((c->client->tls_host = strdup(host)) == NULL) luaL_error(L, "evtcp: out of memory");
-  }
-  if (c->tls && tls_client_begin(c, host, port) != 0) luaL_error(L, "evtcp: out of memory");
+  if (c->transport->dial && c->transport->dial(c, host, port) != 0) luaL_error(L, "evtcp: out of memory");
   conn_start(L, c, host, port);
+}
+
+/* localAddress and localPort: where an outgoing socket is bound before it
+ * connects. */
+static void conn_read_local_bind(lua_State *L, evtcp_conn *c, int h, int arg) {
+  int t = lua_getfield(L, h, "localAddress");
+  if (t != LUA_TNIL) {
+    struct sockaddr_storage ss;
+    int len;
+    if (t != LUA_TSTRING) luaL_argerror(L, arg, "option 'localAddress' must be a string");
+    if (string_has_nul(L, -1)) luaL_argerror(L, arg, "option 'localAddress' must not contain a NUL byte");
+    if (sockaddr_parse(lua_tostring(L, -1), 0, &ss, &len) != 0)
+      luaL_argerror(L, arg, "option 'localAddress' must be an IP address of this machine");
+    memcpy(&c->client->bind_addr, &ss, (size_t)len < sizeof c->client->bind_addr ? (size_t)len : sizeof c->client->bind_addr);
+    if (c->client->bind_port < 0) c->client->bind_port = 0;
+  }
+  lua_pop(L, 1);
+  t = lua_getfield(L, h, "localPort");
+  if (t != LUA_TNIL) {
+    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 65535)
+      luaL_argerror(L, arg, "option 'localPort' must be an integer in 0..65535");
+    c->client->bind_port = (int)lua_tointeger(L, -1);
+  }
+  lua_pop(L, 1);
+}
+
+/* A client's options (the table at 3): the connection's, where its socket
+ * is bound, and TLS. Raises naming the first bad one; nothing is anchored
+ * yet. */
+static void conn_client_options(lua_State *L, evtcp_conn *c, int is_unix) {
+  conn_options o;
+  conn_options_read(L, 3, 3, &o);
+  conn_options_apply(c, &o, 0); /* the framing moves into c */
+  conn_read_local_bind(L, c, 3, 3);
+  if (is_unix && c->client->bind_port >= 0)
+    luaL_argerror(L, 3, "localAddress and localPort do not apply to a Unix socket");
+  if (lua_getfield(L, 3, "tls") != LUA_TNIL && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1)))
+    tls_client_setup(L, c, -1, 3, is_unix);
+  lua_pop(L, 1);
 }
 
 /* evtcp.connect(address, port [, options]); address "unix:/path" (or
@@ -196,22 +232,11 @@ int conn_connect(lua_State *L) {
   c->client->retired_fd = -1;
   c->client->bind_port = -1;
   c->client->connect_timeout = -1;
-  conn_adopt_handler(L, c, 3, 3, 1);
-  if (is_unix) {
-    const char *misuse = NULL;
-    if (c->client->bind_port >= 0) misuse = "localAddress and localPort do not apply to a Unix socket";
-    else if (c->tls && c->tls_verify && c->client->tls_host == NULL)
-      misuse = "TLS over a Unix socket needs tls.serverName (the name the certificate is checked "
-               "against), or tls.verify = false";
-    if (misuse) { /* the connection never starts: it must not stay anchored */
-      object_unanchor(&c->obj, ANCHOR_CALLBACKS);
-      luaL_argerror(L, 3, misuse);
-    }
-    if ((c->unix_path = strdup(host + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
-  }
+  conn_client_options(L, c, is_unix);
+  if (is_unix && (c->unix_path = strdup(host + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
+  conn_adopt_handler(L, c, 3);
   c->state = CONN_RESOLVING;
   object_anchor(&c->obj, ANCHOR_CONNECTING); /* work in flight keeps run() going */
   conn_begin(L, c, host, (int)port);
   return 1;
 }
-

@@ -81,13 +81,6 @@ int conn_next_frame(evtcp_conn *c, size_t *len, size_t *skip) {
   return have >= c->high_water ? FRAME_TOO_LONG : FRAME_PARTIAL;
 }
 
-/* How much input may be kept before reading pauses: highWaterMark, or a
- * whole frame of a byte count framing when that is larger. */
-size_t conn_input_limit(const evtcp_conn *c) {
-  if (c->framing && c->framing->size > c->high_water) return c->framing->size;
-  return c->high_water;
-}
-
 /* The connection fails: a line or delimited frame grew too long. */
 void conn_frame_too_long(evtcp_conn *c) {
   evtcp_failure f;

@@ -17,25 +17,7 @@
 
 /* Can more input still come? */
 static int conn_input_may_grow(const evtcp_conn *c) {
-  return c->state < CONN_CLOSING && !c->peer_eof && !c->close_wanted;
-}
-
-/* Pushes and consumes n bytes of input (n <= its length). */
-static void conn_push_input(lua_State *L, evtcp_conn *c, size_t n) {
-  /* pullup copies only if the bytes span chains; then one copy to Lua */
-  const unsigned char *p = n > 0 ? evbuffer_pullup(c->input, (ev_ssize_t)n) : NULL;
-  lua_pushlstring(L, (const char *)p, n);
-  evbuffer_drain(c->input, n);
-  conn_input_drained(c);
-}
-
-/* Input was consumed: reading may go on below highWaterMark. */
-void conn_input_drained(evtcp_conn *c) {
-  c->line_scanned = 0;
-  if (c->input_full && evbuffer_get_length(c->input) < conn_input_limit(c)) {
-    c->input_full = 0;
-    conn_start_reading(c);
-  }
+  return conn_is_live(c) && !conn_peer_ended(c) && c->output != OUTPUT_CLOSING;
 }
 
 /* A line or a delimited frame is over highWaterMark with no end in sight:
@@ -44,7 +26,7 @@ void conn_input_drained(evtcp_conn *c) {
 static int conn_too_long(lua_State *L, evtcp_conn *c) {
   lua_pushnil(L);
   lua_pushliteral(L, "too long");
-  conn_push_input(L, c, evbuffer_get_length(c->input));
+  conn_input_take(L, c, evbuffer_get_length(c->input));
   return 3;
 }
 
@@ -81,24 +63,21 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
     const char *delim = lua_tolstring(L, 4, &dlen);
     ev_ssize_t at = conn_find_delimiter(c, have, delim, dlen);
     if (at >= 0) {
-      conn_push_input(L, c, (size_t)at);
+      conn_input_take(L, c, (size_t)at);
       evbuffer_drain(c->input, dlen);
       return 1;
     }
     if (have >= c->high_water) return conn_too_long(L, c);
   } else if (lua_isnoneornil(L, 2)) {
-    if (have > 0) { conn_push_input(L, c, have); return 1; }
+    if (have > 0) { conn_input_take(L, c, have); return 1; }
   } else if (lua_type(L, 2) == LUA_TNUMBER) {
     lua_Integer n = 0;
     if (!lua_isinteger(L, 2) && !(lua_tonumber(L, 2) == (lua_Number)(n = (lua_Integer)lua_tonumber(L, 2))))
       return receive_arg_error(L, 2, "byte count must be an integer >= 0");
     if (lua_isinteger(L, 2)) n = lua_tointeger(L, 2);
     if (n < 0) return receive_arg_error(L, 2, "byte count must be an integer >= 0");
-    if ((lua_Integer)have >= n) { conn_push_input(L, c, (size_t)n); return 1; }
-    if ((size_t)n > c->high_water && c->input_full) { /* let it grow past the mark */
-      c->input_full = 0;
-      conn_start_reading(c);
-    }
+    if ((lua_Integer)have >= n) { conn_input_take(L, c, (size_t)n); return 1; }
+    if ((size_t)n > c->high_water) conn_input_allow_more(c); /* past the mark */
   } else {
     const char *p = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
     if (p == NULL)
@@ -107,15 +86,15 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
     if (*p == 'l') {
       size_t line, eol;
       if (conn_find_line(c, have, &line, &eol)) {
-        conn_push_input(L, c, line);
+        conn_input_take(L, c, line);
         evbuffer_drain(c->input, eol);
         return 1;
       }
       if (have >= c->high_water) return conn_too_long(L, c);
     } else if (*p == 'a') {
       /* everything until a clean close; a reset is an error, with partial */
-      if (!conn_input_may_grow(c) && c->failure == NULL) { conn_push_input(L, c, have); return 1; }
-      if (c->input_full) { c->input_full = 0; conn_start_reading(c); }
+      if (!conn_input_may_grow(c) && c->failure == NULL) { conn_input_take(L, c, have); return 1; }
+      conn_input_allow_more(c);
     } else {
       return receive_arg_error(L, 2, lua_pushfstring(L, "invalid pattern '%s'", lua_tostring(L, 2)));
     }
@@ -123,14 +102,14 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
   if (conn_input_may_grow(c)) return -1;
   lua_pushnil(L);
   conn_push_end_reason(L, c);
-  conn_push_input(L, c, evbuffer_get_length(c->input)); /* the partial result */
+  conn_input_take(L, c, evbuffer_get_length(c->input)); /* the partial result */
   return 3;
 }
 
 /* conn:_read(pattern, delimiter) -> data | nil, "wait" | nil, reason, partial */
 int conn_read(lua_State *L) {
   int n;
-  evtcp_conn *c = check_conn(L, 1);
+  evtcp_conn *c = conn_check(L, 1);
   lua_settop(L, 3);
   lua_pushnil(L);
   lua_insert(L, 3); /* conn pattern nil delimiter */
@@ -164,7 +143,7 @@ static int conn_receive_k(lua_State *L, int status, lua_KContext ctx);
  * input comes (object_wake), no Lua in between. Everything else is the Lua
  * layer's receive. */
 int conn_receive(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
+  evtcp_conn *c = conn_check(L, 1);
   int n;
   if (!lua_isnoneornil(L, 3)) return conn_receive_in_lua(L);
   lua_settop(L, 4);
@@ -188,7 +167,7 @@ static int conn_receive_k(lua_State *L, int status, lua_KContext ctx) {
  * receiveuntil: "\r\n\r\n" reads an HTTP head. Runs as receive does, with
  * the stack (conn, nil, timeout, delimiter). */
 int conn_receive_until(lua_State *L) {
-  check_conn(L, 1);
+  conn_check(L, 1);
   if (lua_type(L, 2) != LUA_TSTRING || lua_rawlen(L, 2) == 0)
     return luaL_error(L, "bad argument #2 to 'receiveUntil' (delimiter must be a non-empty string, got %s)",
                       lua_type(L, 2) == LUA_TSTRING ? "\"\"" : luaL_typename(L, 2));
@@ -201,16 +180,16 @@ int conn_receive_until(lua_State *L) {
 
 /* conn:_take() -> all buffered input (the partial result of a timeout). */
 int conn_take(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
+  evtcp_conn *c = conn_check(L, 1);
   if (c->input == NULL) lua_pushliteral(L, "");
-  else conn_push_input(L, c, evbuffer_get_length(c->input));
+  else conn_input_take(L, c, evbuffer_get_length(c->input));
   return 1;
 }
 
 /* conn:_state() -> "connecting" | "open" | "closed", highWaterMark, and
  * whether it ever was open */
 int conn_state_name(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
+  evtcp_conn *c = conn_check(L, 1);
   if (c->state < CONN_OPEN) lua_pushliteral(L, "connecting");
   else if (c->state == CONN_OPEN) lua_pushliteral(L, "open");
   else lua_pushliteral(L, "closed");
@@ -221,12 +200,13 @@ int conn_state_name(lua_State *L) {
 
 /* conn:_flags() -> the internal state in words, for the fuzzer's reports */
 int conn_flags(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
-  lua_pushfstring(L, "state=%d reading=%d paused=%d input_full=%d peer_eof=%d close_wanted=%d "
-                  "receiving=%d anchors=%d input=%d buffered=%d fd=%d",
-                  (int)c->state, c->reading, c->paused, c->input_full, c->peer_eof, c->close_wanted,
-                  c->receiving, (int)c->obj.anchors, c->input ? (int)evbuffer_get_length(c->input) : -1,
-                  (int)conn_buffered(c), (int)c->fd);
+  evtcp_conn *c = conn_check(L, 1);
+  lua_pushfstring(L, "state=%d input_end=%d output=%d due=%d reading=%d paused=%d input_full=%d "
+                  "receiving=%d anchors=%d input=%d buffered=%d fd=%d transport=%s",
+                  (int)c->state, (int)c->input_end, (int)c->output, (int)c->due, c->reading, c->paused,
+                  c->input_full, c->receiving, (int)c->obj.anchors,
+                  c->input ? (int)evbuffer_get_length(c->input) : -1, (int)conn_buffered(c), (int)c->fd,
+                  c->transport->name);
   return 1;
 }
 

@@ -14,14 +14,22 @@
 #include <sys/uio.h>
 #include "conn.h"
 
+size_t conn_buffered(const evtcp_conn *c) {
+  size_t n = c->early ? evbuffer_get_length(c->early) : 0;
+  if (c->corked) n += evbuffer_get_length(c->obj.loop->cork);
+  if (c->bev) n += evbuffer_get_length(bufferevent_get_output(c->bev));
+  return n;
+}
+
 /* ---- when the output queue empties ---- */
 
+/* OUTPUT_SHUTTING, flushed: our FIN (TLS: close_notify first). */
 static void conn_shut_write(evtcp_conn *c) {
-  evutil_socket_t fd = c->fd;
-  if (c->write_shut_done || fd < 0) return;
-  conn_transport_of(c)->end_stream(c); /* TLS: close_notify */
-  shutdown(fd, SHUT_WR);
-  c->write_shut_done = 1;
+  c->output = OUTPUT_SHUT;
+  if (c->fin_sent || c->fd < 0) return;
+  if (c->transport->end_stream) c->transport->end_stream(c);
+  shutdown(c->fd, SHUT_WR);
+  c->fin_sent = 1;
 }
 
 /* Everything queued has reached the kernel: do what waited for it. */
@@ -29,20 +37,17 @@ void conn_flushed(evtcp_conn *c, int from_loop) {
   object_unanchor(&c->obj, ANCHOR_OUTPUT);
   /* after the peer's FIN, our side closes once flushed, unless the program
    * keeps it open (allowHalfOpen) until it calls shutdown() or close() */
-  if (c->close_wanted || (c->peer_eof && !c->end_due && (!c->allow_half_open || c->write_shut_wanted))) {
+  if (c->output == OUTPUT_CLOSING ||
+      (conn_peer_ended(c) && !conn_end_due(c) && (!c->allow_half_open || c->output != OUTPUT_OPEN))) {
     conn_end(c, NULL, 0); /* closing the socket sends our FIN */
     return;
   }
-  if (c->write_shut_wanted) conn_shut_write(c);
+  if (c->output == OUTPUT_SHUTTING) conn_shut_write(c);
   if (from_loop) object_wake(&c->obj, WAKE_OUTPUT); /* a send() waiting for room */
   if (c->drain_wanted) {
     c->drain_wanted = 0;
-    if (from_loop) {
-      conn_deliver(c, EVT_DRAIN);
-    } else {
-      c->drain_due = 1;
-      object_defer(&c->obj);
-    }
+    if (from_loop) conn_deliver(c, EVT_DRAIN);
+    else conn_due(c, DUE_DRAIN);
   }
 }
 
@@ -107,7 +112,7 @@ static void conn_queue_args(lua_State *L, evtcp_conn *c, struct evbuffer *out, i
 }
 
 /* The output queue, making the bufferevent on first need. NULL: no memory. */
-static struct evbuffer *conn_output(evtcp_conn *c) {
+static struct evbuffer *conn_output_queue(evtcp_conn *c) {
   if (c->bev == NULL) {
     c->bev = bufferevent_socket_new(c->obj.loop->base, c->fd, 0); /* we own fd */
     if (c->bev == NULL) return NULL;
@@ -125,7 +130,7 @@ static struct evbuffer *conn_output(evtcp_conn *c) {
  * once: over TLS every send is queued anyway. */
 void conn_cork(evtcp_conn *c) {
   evtcp_loop *loop = c->obj.loop;
-  if (c->corked || c->state != CONN_OPEN || conn_transport_of(c)->write_now == NULL) return;
+  if (c->corked || c->state != CONN_OPEN || c->transport->write_now == NULL) return;
   if (loop->cork_owner != NULL) return; /* never two at once; uncorked is still correct */
   if (loop->cork == NULL && (loop->cork = evbuffer_new()) == NULL) return;
   c->corked = 1;
@@ -153,7 +158,7 @@ void conn_uncork(evtcp_conn *c) {
   if (out == NULL || evbuffer_get_length(out) == 0) {
     struct iovec iov[16];
     int k = evbuffer_peek(cork, -1, NULL, (struct evbuffer_iovec *)iov, 16);
-    ssize_t n = conn_transport_of(c)->write_now(c, iov, k < 16 ? k : 16);
+    ssize_t n = c->transport->write_now(c, iov, k < 16 ? k : 16);
     int err = n < 0 ? EVUTIL_SOCKET_ERROR() : 0;
     if (n < 0 && !io_would_block(err)) {
       c->bytes_sent -= len;
@@ -164,7 +169,7 @@ void conn_uncork(evtcp_conn *c) {
     if (n > 0) evbuffer_drain(cork, (size_t)n);
   }
   if (evbuffer_get_length(cork) > 0) {
-    if ((out = conn_output(c)) == NULL || evbuffer_add_buffer(out, cork) != 0) {
+    if ((out = conn_output_queue(c)) == NULL || evbuffer_add_buffer(out, cork) != 0) {
       c->bytes_sent -= evbuffer_get_length(cork);
       evbuffer_drain(cork, evbuffer_get_length(cork));
       conn_fail(c, ENOMEM, "evtcp");
@@ -189,7 +194,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
    * (bench/, real clients). The first send of each run still goes at once,
    * so a request-reply exchange pays no extra wake-up, and so does a send
    * of 4 KiB or more (a proxy's chunks), which one syscall serves well. */
-  ssize_t (*write_now)(evtcp_conn *, const struct iovec *, int) = conn_transport_of(c)->write_now;
+  ssize_t (*write_now)(evtcp_conn *, const struct iovec *, int) = c->transport->write_now;
   int direct = write_now != NULL && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX;
   if (c->corked) { /* gathered, written by conn_uncork */
     conn_queue_args(L, c, c->obj.loop->cork, first, count);
@@ -224,11 +229,11 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
       n = 0;
     }
     if ((size_t)n == total) {
-      if (conn_handler_has(L, "onDrain")) { c->drain_due = 1; object_defer(&c->obj); }
+      if (conn_handler_has(L, "onDrain")) conn_due(c, DUE_DRAIN);
       return;
     }
     /* the kernel took n bytes: queue the rest, in order */
-    if ((out = conn_output(c)) == NULL) { conn_fail(c, ENOMEM, "evtcp"); return; }
+    if ((out = conn_output_queue(c)) == NULL) { conn_fail(c, ENOMEM, "evtcp"); return; }
     written = (size_t)n;
     for (i = 0; i < k; i++) {
       if (written >= iov[i].iov_len) { written -= iov[i].iov_len; continue; }
@@ -243,7 +248,7 @@ static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
     object_anchor(&c->obj, ANCHOR_OUTPUT);
     return;
   }
-  if ((out = conn_output(c)) == NULL) luaL_error(L, "evtcp: out of memory");
+  if ((out = conn_output_queue(c)) == NULL) luaL_error(L, "evtcp: out of memory");
   conn_queue_args(L, c, out, first, count);
 }
 
@@ -271,13 +276,15 @@ static int conn_send_wait(lua_State *L, int status, lua_KContext ctx) {
 /* conn:send(data, ...) -> true | nil, "closed"
  * Over highWaterMark in a spawned coroutine, waits for room first. */
 int conn_send(lua_State *L) {
-  evtcp_conn *c = check_conn(L, 1);
+  evtcp_conn *c = conn_check(L, 1);
   int top = lua_gettop(L), i;
   for (i = 2; i <= top; i++) {
     int t = lua_type(L, i);
     if (t != LUA_TSTRING && t != LUA_TNUMBER) luaL_typeerror(L, i, "string");
   }
-  if (!conn_is_live(c) || c->close_wanted || c->write_shut_wanted || (c->peer_eof && !c->allow_half_open && !c->in_on_end)) {
+  if (!conn_is_live(c) || c->output != OUTPUT_OPEN ||
+      (conn_peer_ended(c) && !c->allow_half_open && c->input_end != INPUT_EOF_DATA &&
+       c->input_end != INPUT_ON_END)) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
     return 2;

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <string.h>
 #include <stdio.h>
-#include <openssl/err.h>
 #include "evtcp.h"
 
 static const char *const kind_names[] = {
@@ -84,10 +83,10 @@ void failure_set(evtcp_failure *f, evtcp_kind kind, int code, const char *compon
   failure_name(f);
 }
 
-/* A TLS failure's errName: OpenSSL's reason as its SSL_R_ constant spells
- * it ("certificate verify failed" -> "CERTIFICATE_VERIFY_FAILED"). */
-void failure_name_tls(evtcp_failure *f, unsigned long openssl_error) {
-  const char *reason = openssl_error ? ERR_reason_error_string(openssl_error) : NULL;
+/* errName from a library's reason in words, as a C constant spells it
+ * ("certificate verify failed" -> "CERTIFICATE_VERIFY_FAILED"); NULL
+ * leaves the errno's name. */
+void failure_name_reason(evtcp_failure *f, const char *reason) {
   size_t i;
   if (reason == NULL) return; /* the errno's name stays */
   for (i = 0; reason[i] && i + 1 < sizeof f->name; i++) {
@@ -122,17 +121,6 @@ void error_push(lua_State *L, const evtcp_failure *f) {
   lua_setfield(L, -2, "componentSignature");
   lua_pushstring(L, kind_names[f->kind]);
   lua_setfield(L, -2, "kind");
-}
-
-/* Appends the error at err_index to the `errors` array of the object at
- * obj_index, creating the array on first use. [-0, +0, m] */
-void error_append(lua_State *L, int obj_index, int err_index) {
-  obj_index = lua_absindex(L, obj_index);
-  err_index = lua_absindex(L, err_index);
-  object_uv_table(L, obj_index, UV_ERRORS);
-  lua_pushvalue(L, err_index);
-  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-  lua_pop(L, 1);
 }
 
 /* An error object reads as "<message> (<kind>)": assert(evtcp.dial(...))

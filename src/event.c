@@ -35,7 +35,8 @@ const char *const event_callback_names[EVT_COUNT] = {
   "onConnection", "onData", "onError", "onShutdown", "onTerminate", "onDrain", "onEnd"
 };
 
-static const char event_mt_key = 'E';
+/* An event is no evtcp_object: nothing to free, no __gc. */
+static object_type event_type = {"TCPEvent", "locked", NULL, 0, 0};
 
 /* Pushes a new event for notice; payload_index holds the error object for
  * EVT_ERROR. [-0, +1, m] */
@@ -51,8 +52,7 @@ static void event_push(lua_State *L, const evtcp_notice *notice, int payload_ind
     if (notice->peer->sa_family == AF_INET) ev->peer.in = *(const struct sockaddr_in *)notice->peer;
     else if (notice->peer->sa_family == AF_INET6) ev->peer.in6 = *(const struct sockaddr_in6 *)notice->peer;
   }
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &event_mt_key);
-  lua_setmetatable(L, -2);
+  object_set_type(L, -1, &event_type);
   if (notice->type == EVT_DATA) {
     lua_pushlstring(L, notice->data, notice->len);
     lua_setiuservalue(L, -2, 1);
@@ -102,8 +102,7 @@ int event_deliver(evtcp_loop *loop, evtcp_notice *notice, int nargs, int nresult
 
 /* Every event.data goes through here. */
 static evtcp_event *check_event(lua_State *L) {
-  void *p = object_test(L, 1, &event_mt_key);
-  return p ? (evtcp_event *)p : (evtcp_event *)luaL_checkudata(L, 1, EVTCP_EVENT_MT);
+  return (evtcp_event *)object_check(L, 1, &event_type);
 }
 
 static int event__index(lua_State *L) {
@@ -151,9 +150,6 @@ void event_open(lua_State *L) {
     {"__tostring", event__tostring},
     {NULL, NULL}
   };
-  luaL_newmetatable(L, EVTCP_EVENT_MT);
-  luaL_setfuncs(L, meta, 0);
-  lua_pushliteral(L, "locked");
-  lua_setfield(L, -2, "__metatable");
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &event_mt_key);
+  object_type_open(L, &event_type, NULL, meta);
+  lua_pop(L, 2);
 }

@@ -3,21 +3,15 @@
  *
  * One C file per Lua type:
  *   loop.c        the per-state event_base, run/step/stop, the callback
- *                 trampoline, Ctrl-C
- *   object.c      what every object has: type check, registry, anchors,
- *                 the deferred-work queue, waiters (object.h)
- *   conn.c        TCPConnection: state machine, methods, collection (conn.h)
- *   conn_io.c     the read path and libevent callbacks, whatever the transport
- *   conn_send.c   the write path: send(), corking, onDrain, close once flushed
- *   conn_connect.c  connecting: lookup, failover, connect timeout, local bind
- *   conn_receive.c  receive() by pattern and receiveUntil (blocking style)
- *   conn_frame.c  frames cut from input in C: line ends, delimiters, and
- *                 the callback style's `framing`
+ *                 trampoline, Ctrl-C, the one check of seconds
+ *   object.c      what every object has: its type (metatable, __gc, type
+ *                 check), registry, anchors, the deferred-work queue,
+ *                 waiters, errors (object.h)
+ *   conn*.c       TCPConnection (conn.h lists its files)
  *   transport_tcp.c the plain stream below a connection (transport.h)
  *   transport_tls.c TLS below a connection; client sessions resumed
  *   listener_proxy.c  a proxyProtocol listener's clients until their header is read
  *   proxy.c       the PROXY protocol header reader (listeners)
- *   conn_props.c  TCPConnection as Lua sees it: properties, options
  *   listener.c    TCPListener
  *   event.c       TCPEvent, the immutable event objects handed to callbacks
  *   timer.c       evtcp.after timers
@@ -30,8 +24,9 @@
  *   socket.c      making sockets: listening (TCP, Unix), adopting, bound
  *   module.c      luaopen_evtcp_core
  *
- * Lua is only ever entered from libevent through loop_pcall(), on the main
- * thread, and never from __gc.
+ * Lua is entered from libevent only on the main thread, through
+ * loop_pcall() (callbacks) or loop_resume_thread() (a coroutine waiting in
+ * C), and never from __gc.
  */
 #ifndef EVTCP_H
 #define EVTCP_H
@@ -49,12 +44,6 @@
 #include <event2/dns.h>
 #include <event2/util.h>
 
-#define EVTCP_LOOP_MT     "evtcp.loop"
-#define EVTCP_CONN_MT     "evtcp.TCPConnection"
-#define EVTCP_LISTENER_MT "evtcp.TCPListener"
-#define EVTCP_EVENT_MT    "evtcp.TCPEvent"
-#define EVTCP_TIMER_MT    "evtcp.Timer"
-#define EVTCP_SIGNAL_MT   "evtcp.Signal"
 #define EVTCP_NSIG 32     /* signal numbers evtcp.signal may catch are below */
 
 #define EVTCP_REENTER_MSG "evtcp: the loop is already running (use a coroutine)"
@@ -71,6 +60,7 @@ enum {
 };
 
 typedef struct evtcp_loop evtcp_loop;
+#define LOOP_CLOSERS 8 /* files that keep state in the loop (loop_at_close) */
 typedef struct evtcp_linger evtcp_linger;
 
 #include "object.h"
@@ -104,6 +94,8 @@ struct evtcp_loop {
   void *cork_owner;        /* the connection corked, if any */
   uint64_t bytes_scanned;  /* input searched for line ends and delimiters (specs) */
   struct evtcp_linger *lingering; /* closed sockets read until the peer's FIN: linger.c */
+  void (*closers[LOOP_CLOSERS])(evtcp_loop *loop); /* loop_at_close */
+  int closer_count;
 };
 
 /* A Lua string with a NUL inside: C would read it cut at the NUL (a name
@@ -121,13 +113,14 @@ static inline int string_has_nul(lua_State *L, int idx) {
 /* ---- loop.c ---- */
 evtcp_loop *loop_get(lua_State *L);
 evtcp_loop *loop_get_unchecked(lua_State *L);
-void loop_open(lua_State *L);
+evtcp_loop *loop_open(lua_State *L);
+void loop_at_close(evtcp_loop *loop, void (*fn)(evtcp_loop *loop));
 int loop_pcall(evtcp_loop *loop, int nargs, int nresults);
 int loop_has_error(evtcp_loop *loop);
 #define EVTCP_MAX_SECONDS 1e9
-int seconds_ok(double s);
+int seconds_get(lua_State *L, int index, double *s);
+double seconds_check(lua_State *L, int arg, const char *what);
 struct timeval seconds_tv(double s);
-extern const char conn_methods_key, listener_methods_key;
 void loop_push_scheduler(lua_State *L, int i);
 int loop_is_spawned(lua_State *L);
 void loop_resume_thread(evtcp_loop *loop, lua_State *L);
@@ -180,10 +173,9 @@ typedef struct evtcp_failure {
 
 void failure_from_errno(evtcp_failure *f, int err, const char *component);
 void failure_from_dns(evtcp_failure *f, int gai_code);
-void failure_name_tls(evtcp_failure *f, unsigned long openssl_error);
+void failure_name_reason(evtcp_failure *f, const char *reason);
 void failure_set(evtcp_failure *f, evtcp_kind kind, int code, const char *component, const char *msg);
 void error_push(lua_State *L, const evtcp_failure *f);
-void error_append(lua_State *L, int obj_index, int err_index);
 void error_open(lua_State *L);
 
 /* ---- resolve.c ---- */
@@ -191,13 +183,13 @@ typedef void (*lookup_cb)(void *owner, int gai_code, struct evutil_addrinfo *add
 evtcp_lookup *lookup_start(evtcp_loop *loop, const char *host, const char *port,
                            lookup_cb cb, void *owner);
 void lookup_cancel(evtcp_lookup *lookup);
-void lookup_free_all(evtcp_loop *loop);
+void resolve_close(evtcp_loop *loop);
 
 /* ---- linger.c ---- */
 void linger_close(evtcp_loop *loop, evutil_socket_t fd);
-void linger_free_all(evtcp_loop *loop);
+void linger_close_all(evtcp_loop *loop);
 
-/* ---- tls.c, as the loop needs it ---- */
+/* ---- tls.c, as module.c needs it ---- */
 void tls_cache_free_all(evtcp_loop *loop);
 
 /* ---- resolver.c ---- */
@@ -218,15 +210,11 @@ void listener_open(lua_State *L);
 void timer_open(lua_State *L);
 void signal_open(lua_State *L);
 int signal_install(lua_State *L);
-void signal_free_all(evtcp_loop *loop);
+void signal_close_all(evtcp_loop *loop);
 void loop_signals_changed(evtcp_loop *loop); /* loop.c: Ctrl-C follows evtcp.signal("INT") */
 int listener_listen(lua_State *L);
 int timer_after(lua_State *L);
 int conn_connect(lua_State *L);
-struct evtcp_conn *check_conn(lua_State *L, int index);
-struct evtcp_conn *test_conn(lua_State *L, int index);
 int conn_adopt_accepted(lua_State *L);
-struct evtcp_listener;
-void listener_connection_gone(struct evtcp_listener *listener);
 
 #endif

@@ -78,6 +78,6 @@ void linger_close(evtcp_loop *loop, evutil_socket_t fd) {
 }
 
 /* lua_close: the sockets still lingering are closed now. */
-void linger_free_all(evtcp_loop *loop) {
+void linger_close_all(evtcp_loop *loop) {
   while (loop->lingering) linger_free(loop->lingering);
 }

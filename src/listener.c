@@ -24,40 +24,60 @@
 #include "conn.h"
 #include "proxy.h"
 #include "socket.h"
+#include "tls.h"
 
 #define ACCEPT_BACKOFF_MS 100
 #define PROXY_HEADER_TIMEOUT 10.0 /* seconds, when the listener has no readTimeout */
 
 #include "listener.h"
 
-const char listener_methods_key = 'M';
+static void listener_release_all(lua_State *L, evtcp_object *obj);
+
+static object_type listener_type = {"TCPListener", "TCPListener", listener_release_all, 1, 0};
 
 static evtcp_listener *check_listener(lua_State *L, int index) {
-  evtcp_listener *l = (evtcp_listener *)luaL_testudata(L, index, EVTCP_LISTENER_MT);
-  if (l == NULL) object_self_error(L, index, "TCPListener", &listener_methods_key);
-  return l;
+  return (evtcp_listener *)object_check(L, index, &listener_type);
 }
 
-void listener_connection_gone(evtcp_listener *l) {
-  if (l->connections > 0) l->connections--;
-}
-
-/* The local address of the listener's clients, when the listener is bound
- * to one address; left zeroed for a wildcard (the kernel is asked later). */
-void listener_local_address(evtcp_listener *l, evtcp_addr *out) {
+/* What a connection accepted from l starts with (conn_accepted, conn.h);
+ * local: the listener's address when it is bound to one, left zeroed for
+ * a wildcard (the kernel is asked later). */
+static void listener_describe(evtcp_listener *l, evutil_socket_t fd, const evtcp_addr *peer, conn_accepted *a) {
   static const unsigned char any6[16] = {0};
+  memset(a, 0, sizeof *a);
+  a->fd = fd;
+  a->peer = *peer;
   if (l->bound.sa.sa_family == AF_INET && l->bound.in.sin_addr.s_addr != htonl(INADDR_ANY))
-    *out = l->bound;
+    a->local = l->bound;
   else if (l->bound.sa.sa_family == AF_INET6 && memcmp(&l->bound.in6.sin6_addr, any6, 16) != 0)
-    *out = l->bound;
+    a->local = l->bound;
+  a->unix_path = l->unix_path;
+  a->transport = l->tls ? &transport_tls : &transport_tcp;
+  a->server = l->tls;
+  a->defaults = &l->defaults;
+  a->live = &l->connections;
 }
 
-SSL_CTX *listener_tls_context(evtcp_listener *l) {
-  return l->tls ? l->tls->ctx : NULL;
-}
-
-const char *listener_unix_path(evtcp_listener *l) {
-  return l->unix_path;
+/* Adopts the client fd (peer) as a connection with the handler at h of
+ * the main stack (conn_adopt_accepted, under loop_pcall): the connection
+ * on top, or nothing if it raised (the error is stored, the socket
+ * closed). Pops the handler. */
+static evtcp_conn *listener_adopt_fd(evtcp_listener *l, int h, evutil_socket_t fd, const evtcp_addr *peer) {
+  lua_State *L = l->obj.loop->L;
+  conn_accepted a;
+  h = lua_absindex(L, h);
+  listener_describe(l, fd, peer, &a);
+  lua_pushcfunction(L, conn_adopt_accepted);
+  object_push(L, &l->obj);
+  lua_pushvalue(L, h);
+  lua_pushlightuserdata(L, &a);
+  lua_remove(L, h);
+  if (loop_pcall(l->obj.loop, 3, 1) != LUA_OK) {
+    if (a.fd >= 0) evutil_closesocket(a.fd); /* not adopted */
+    return NULL;
+  }
+  l->connections++;
+  return (evtcp_conn *)lua_touserdata(L, -1);
 }
 
 /* Removes the socket file we bound, unless something else replaced it
@@ -101,28 +121,13 @@ static void listener_run_pending(evtcp_object *obj) {
 static void listener_adopt(evtcp_listener *l, evutil_socket_t fd, const evtcp_addr *peer) {
   lua_State *L = l->obj.loop->L;
   evtcp_notice n;
-  lua_pushcfunction(L, conn_adopt_accepted);  /* handler f */
-  lua_insert(L, -2);                           /* f handler */
-  object_push(L, &l->obj);
-  lua_insert(L, -2);                           /* f listener handler */
-  lua_pushinteger(L, fd);
-  lua_pushlightuserdata(L, (void *)peer);
-  if (loop_pcall(l->obj.loop, 4, 1) != LUA_OK) {
-    /* the error is stored; the socket was not adopted */
-    evutil_closesocket(fd);
+  evtcp_conn *c = listener_adopt_fd(l, -1, fd, peer);
+  if (c == NULL) return;
+  if (c->state != CONN_OPEN) { /* TLS: onConnection after the handshake */
+    lua_pop(L, 1);
     return;
   }
-  l->connections++;
-  notice_init(&n, EVT_CONNECTION);
-  {
-    evtcp_conn *c = (evtcp_conn *)lua_touserdata(L, -1);
-    if (c->state != CONN_OPEN) { /* TLS: onConnection after the handshake */
-      lua_pop(L, 1);
-      return;
-    }
-    n.peer = &c->peer.sa;
-    n.path = c->unix_path;
-  }
+  conn_notice(c, &n, EVT_CONNECTION);
   event_deliver(l->obj.loop, &n, 1, 0);
 }
 
@@ -134,7 +139,7 @@ void listener_report(evtcp_listener *l, const evtcp_failure *f) {
   object_push(L, &l->obj);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return; }
   error_push(L, f);
-  error_append(L, -2, -1);
+  object_append_error(L, -2, -1);
   notice_init(&n, EVT_ERROR);
   event_deliver(l->obj.loop, &n, 2, 0);
 }
@@ -268,7 +273,7 @@ static int listener_fd_in_use(lua_State *L, evtcp_loop *loop, evutil_socket_t fd
   lua_rawgeti(L, LUA_REGISTRYINDEX, loop->weak_ref);
   lua_pushnil(L);
   while (!found && lua_next(L, -2) != 0) {
-    evtcp_listener *other = (evtcp_listener *)luaL_testudata(L, -1, EVTCP_LISTENER_MT);
+    evtcp_listener *other = (evtcp_listener *)object_test(L, -1, &listener_type);
     found = other != NULL && !other->closed && other->lev != NULL && evconnlistener_get_fd(other->lev) == fd;
     lua_pop(L, 1);
   }
@@ -323,11 +328,9 @@ int listener_listen(lua_State *L) {
   lua_settop(L, 2);
   /* the userdata first, closed: whatever raises below (an option's
    * __index, memory), its __gc frees what was made so far */
-  l = (evtcp_listener *)object_new(L, loop, sizeof *l, UV_LISTENER_COUNT, listener_run_pending);
+  l = (evtcp_listener *)object_new(L, loop, sizeof *l, UV_LISTENER_COUNT, listener_run_pending, &listener_type);
   l->held_fd = -1;
   l->closed = 1; /* until the socket exists */
-  luaL_setmetatable(L, EVTCP_LISTENER_MT);
-  object_register(L, &l->obj, -1);
   lua_insert(L, 1); /* listener port options */
   kind = listen_check_target(L, &port, &adopt_fd);
   if (lua_getfield(L, 3, "address") != LUA_TNIL) {
@@ -351,21 +354,16 @@ int listener_listen(lua_State *L) {
   l->proxy = option_boolean(L, 3, "proxyProtocol");
   if (lua_getfield(L, 3, "tls") != LUA_TNIL) {
     evtcp_failure f;
-    if ((l->tls = (tls_server *)calloc(1, sizeof *l->tls)) == NULL) return luaL_error(L, "evtcp: out of memory");
-    if (tls_server_setup(L, -1, 2, l->tls, &f) != 0) return listener_fail_with(L, &f);
+    if (tls_server_setup(L, -1, 2, &l->tls, &f) != 0) return listener_fail_with(L, &f);
   }
   lua_pop(L, 1);
-  { /* defaults for accepted connections (noDelay, readTimeout, ...):
-     * checked now, so a mistake names listen, not a later accept */
-    evtcp_conn probe;
-    memset(&probe, 0, sizeof probe);
-    probe.read_timeout = -1;
-    conn_read_options(L, &probe, 3, 2, 0); /* framing is read last: nothing raises after it */
-    free(probe.framing);
-    /* the PROXY header must come within readTimeout too (a deadline for
-     * the whole header); 0 is none, as for the connection */
-    l->proxy_timeout = probe.read_timeout >= 0 ? probe.read_timeout : PROXY_HEADER_TIMEOUT;
-  }
+  /* the defaults of accepted connections (noDelay, readTimeout, ...),
+   * parsed once: a mistake names listen, not a later accept. framing is
+   * read last: nothing raises after it */
+  conn_options_read(L, 3, 2, &l->defaults);
+  /* the PROXY header must come within readTimeout too (a deadline for
+   * the whole header); 0 is none, as for the connection */
+  l->proxy_timeout = (l->defaults.given & OPT_READ_TIMEOUT) ? l->defaults.read_timeout : PROXY_HEADER_TIMEOUT;
   has_cb = lua_getfield(L, 3, "onConnection") != LUA_TNIL;
   lua_pop(L, 1);
   l->max_connections = max_conn;
@@ -429,17 +427,18 @@ static int listener_terminate(lua_State *L) {
 static int listener_take_held(lua_State *L) {
   evtcp_listener *l = check_listener(L, 1);
   evutil_socket_t fd = l->held_fd;
+  conn_accepted a;
   if (fd < 0) return 0;
   if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
   lua_settop(L, 2);
   l->held_fd = -1;
+  listener_describe(l, fd, &l->held_addr, &a);
   lua_pushcfunction(L, conn_adopt_accepted);
   lua_pushvalue(L, 1);
   lua_pushvalue(L, 2);
-  lua_pushinteger(L, fd);
-  lua_pushlightuserdata(L, &l->held_addr);
-  if (lua_pcall(L, 4, 1, 0) != LUA_OK) {
-    evutil_closesocket(fd);
+  lua_pushlightuserdata(L, &a);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+    if (a.fd >= 0) evutil_closesocket(a.fd);
     return lua_error(L);
   }
   l->connections++;
@@ -488,44 +487,34 @@ static int listener__tostring(lua_State *L) {
   return 1;
 }
 
-static int listener__gc(lua_State *L) {
-  evtcp_listener *l = (evtcp_listener *)lua_touserdata(L, 1);
-  if (l->obj.loop == NULL) return 0;
+/* __gc's own part (the object layer's skeleton). */
+static void listener_release_all(lua_State *L, evtcp_object *obj) {
+  evtcp_listener *l = (evtcp_listener *)obj;
+  (void)L;
   listener_release(l);
   tls_server_free(l->tls);
   l->tls = NULL;
+  conn_options_free(&l->defaults);
   free(l->unix_path);
   l->unix_path = NULL;
   l->closed = 1;
-  object_unregister(L, &l->obj);
-  l->obj.loop = NULL;
-  return 0;
 }
 
 static const luaL_Reg listener_methods[] = {
   {"terminate", listener_terminate},
   {"close", listener_terminate},
   {"_takeHeld", listener_take_held},
-  {"_addWaiter", object_add_waiter_lua},
-  {"_removeWaiter", object_remove_waiter_lua},
   {NULL, NULL}
 };
 
 void listener_open(lua_State *L) {
-  luaL_newmetatable(L, EVTCP_LISTENER_MT);
-  lua_pushcfunction(L, listener__gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, listener_terminate);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, listener__tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, listener__newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushliteral(L, "TCPListener");
-  lua_setfield(L, -2, "__metatable");
-  luaL_newlib(L, listener_methods);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &listener_methods_key); /* names for type errors */
+  static const luaL_Reg meta[] = {
+    {"__close", listener_terminate},
+    {"__tostring", listener__tostring},
+    {"__newindex", listener__newindex},
+    {NULL, NULL}
+  };
+  object_type_open(L, &listener_type, listener_methods, meta); /* mt methods */
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, listener__index, 1);
   lua_setfield(L, -3, "__index");

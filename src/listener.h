@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include "conn.h"
 #include "proxy.h"
+#include "tls.h"
 
 struct evtcp_listener;
 
@@ -54,9 +55,10 @@ typedef struct evtcp_listener {
   evutil_socket_t held_fd;      /* accepted, waiting for accept(); or -1 */
   evtcp_addr held_addr;
   evtcp_addr bound;
-  int connections;              /* live accepted connections */
+  int connections;              /* live accepted connections (each counts itself out) */
   int max_connections;          /* 0: unlimited */
   tls_server *tls;              /* a TLS server: contexts, ALPN, SNI */
+  conn_options defaults;        /* its options, for the connections it accepts */
   char *unix_path;              /* a Unix socket listener: "/path" or "@name" */
   dev_t file_dev;               /* the socket file we made, removed at the end */
   ino_t file_ino;

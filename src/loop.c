@@ -11,10 +11,13 @@
  * Objects (anchoring, the deferred-work queue, waiters) are object.c's;
  * `active` counts the anchored ones, and run() returns at zero.
  *
- * Entering Lua: every callback goes through loop_pcall(), which runs on the
- * main thread with a traceback handler. The first error is stored, the
- * dispatch is broken off, and run/step raise it in their caller; what was
- * left to do stays queued for the next run.
+ * Entering Lua from libevent: a callback goes through loop_pcall(), which
+ * runs it on the main thread with a traceback handler; a coroutine that
+ * waits in C (receive, send) is resumed by loop_resume_thread(). Either
+ * way an error is stored, the dispatch is broken off, and run/step raise
+ * it in their caller; what was left to do stays queued for the next run.
+ * The loop knows no other file: what they keep in it they free through
+ * loop_at_close.
  */
 #include "platform.h" /* first: feature macros */
 #include <signal.h>
@@ -23,6 +26,8 @@
 #include "evtcp.h"
 
 static const char loop_key = 'L';
+/* The loop is no evtcp_object: its __gc is its own (loop__gc). */
+static object_type loop_type = {"evtcp.loop", NULL, NULL, 0, 0};
 
 
 /* This state's loop, or NULL (no error): for finalizers and cancels that
@@ -231,10 +236,33 @@ static double check_timeout_arg(lua_State *L, int arg) {
   return t;
 }
 
-/* A duration evtcp's timeouts and timers accept: 0 up to (not including)
- * EVTCP_MAX_SECONDS; NaN is not one. */
-int seconds_ok(double s) {
-  return s >= 0 && s < EVTCP_MAX_SECONDS;
+/* The one check of a duration (timeouts, timers, options): 1 with the
+ * number at index in *s if it is 0 up to (not including)
+ * EVTCP_MAX_SECONDS, 0 for another number (NaN is not a duration), -1 for
+ * anything else. */
+int seconds_get(lua_State *L, int index, double *s) {
+  if (lua_type(L, index) != LUA_TNUMBER) return -1;
+  *s = lua_tonumber(L, index);
+  return *s >= 0 && *s < EVTCP_MAX_SECONDS;
+}
+
+/* A duration argument: -1 for nil or none, else the seconds; raises an
+ * argument error "<what> must be >= 0" or a type error. */
+double seconds_check(lua_State *L, int arg, const char *what) {
+  double s = -1;
+  int ok;
+  if (lua_isnoneornil(L, arg)) return -1;
+  if ((ok = seconds_get(L, arg, &s)) < 0) luaL_typeerror(L, arg, "number");
+  if (ok == 0) luaL_argerror(L, arg, lua_pushfstring(L, "%s must be >= 0", what));
+  return s;
+}
+
+/* ---- what other files keep in the loop, freed at lua_close ---- */
+
+/* Adds fn to what the loop's __gc calls, in order, before it frees the
+ * event_base: the files that keep state in the loop free it themselves. */
+void loop_at_close(evtcp_loop *loop, void (*fn)(evtcp_loop *loop)) {
+  if (loop->closer_count < LOOP_CLOSERS) loop->closers[loop->closer_count++] = fn;
 }
 
 /* Seconds as a struct timeval, capped at EVTCP_MAX_SECONDS (libevent's
@@ -323,27 +351,14 @@ static int loop_active_count(lua_State *L) {
 /* Frees libevent's objects at lua_close (or if the state drops the loop).
  * Every connection and listener has been finalized already; no Lua runs. */
 static int loop__gc(lua_State *L) {
-  evtcp_loop *loop = (evtcp_loop *)luaL_checkudata(L, 1, EVTCP_LOOP_MT);
+  evtcp_loop *loop = (evtcp_loop *)lua_touserdata(L, 1);
+  int i;
   if (loop->base == NULL) return 0;
   loop->closing = 1;
-  /* Cancelled lookups report back from the loop: let them (their C
-   * callbacks see `closing` and run no Lua), then free the resolver. */
-  {
-    int passes;
-    for (passes = 0; passes < 4 && loop->lookups != NULL; passes++)
-      event_base_loop(loop->base, EVLOOP_NONBLOCK);
-  }
-  if (loop->dns) {
-    evdns_base_free(loop->dns, 0);
-    loop->dns = NULL;
-  }
-  lookup_free_all(loop);
-  tls_cache_free_all(loop);
+  for (i = 0; i < loop->closer_count; i++) loop->closers[i](loop);
   if (loop->cork) evbuffer_free(loop->cork);
   if (loop->pending_ev) event_free(loop->pending_ev);
   if (loop->sigint_ev) event_free(loop->sigint_ev);
-  signal_free_all(loop);
-  linger_free_all(loop);
   event_base_free(loop->base);
   loop->base = NULL;
   return 0;
@@ -370,38 +385,28 @@ static const luaL_Reg loop_functions[] = {
   {NULL, NULL}
 };
 
-/* Creates this state's loop (once) and adds run/step/stop to the table on top. */
-void loop_open(lua_State *L) {
+/* Creates this state's loop (once) and adds run/step/stop to the table on
+ * top. Returns the loop if it was made now, NULL if it was there. */
+evtcp_loop *loop_open(lua_State *L) {
+  static const luaL_Reg meta[] = {{"__gc", loop__gc}, {NULL, NULL}};
   evtcp_loop *loop;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &loop_key);
   if (!lua_isnil(L, -1)) { /* required again in the same state */
     lua_pop(L, 1);
     luaL_setfuncs(L, loop_functions, 0);
-    return;
+    return NULL;
   }
   lua_pop(L, 1);
+  /* all zero: every list and pointer empty, base NULL (the closed state:
+   * __gc is safe whatever fails next) */
   loop = (evtcp_loop *)lua_newuserdatauv(L, sizeof *loop, 0);
-  memset(loop, 0, sizeof *loop); /* every list and pointer empty */
-  loop->base = NULL; /* closed state first: __gc is safe whatever fails */
-  loop->dns = NULL;
-  loop->pending_ev = NULL;
-  loop->sigint_ev = NULL;
-  loop->interrupted = 0;
-  memset(loop->signal_ev, 0, sizeof loop->signal_ev);
-  loop->pending_head = NULL;
-  loop->lookups = NULL;
-  loop->tls_sessions = NULL;
-  loop->cork = NULL;
-  loop->cork_owner = NULL;
+  memset(loop, 0, sizeof *loop);
   loop->lua_runs = 1; /* a connection's sent_run starts at 0: no run yet */
-  loop->running = loop->stop_requested = loop->active = loop->closing = 0;
-  loop->wait_seq = 0;
   loop->errors_head = 1;
   loop->errors_tail = 0;
-  luaL_newmetatable(L, EVTCP_LOOP_MT);
-  lua_pushcfunction(L, loop__gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
+  object_type_open(L, &loop_type, NULL, meta);
+  lua_pop(L, 2);
+  object_set_type(L, -1, &loop_type);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   loop->L = lua_tothread(L, -1);
   lua_pop(L, 1);
@@ -431,4 +436,5 @@ void loop_open(lua_State *L) {
     }
   }
   luaL_setfuncs(L, loop_functions, 0);
+  return loop;
 }

@@ -17,8 +17,15 @@ static const luaL_Reg core_functions[] = {
 LUALIB_API int luaopen_evtcp_core(lua_State *L);
 
 LUALIB_API int luaopen_evtcp_core(lua_State *L) {
+  evtcp_loop *loop;
   luaL_newlib(L, core_functions);
-  loop_open(L);     /* first: lua_close finalizes the loop last */
+  loop = loop_open(L); /* first: lua_close finalizes the loop last */
+  if (loop != NULL) { /* made now: what the files keep in it goes at lua_close */
+    loop_at_close(loop, resolve_close);
+    loop_at_close(loop, tls_cache_free_all);
+    loop_at_close(loop, signal_close_all);
+    loop_at_close(loop, linger_close_all);
+  }
   event_open(L);
   error_open(L);
   conn_open(L);

@@ -1,7 +1,7 @@
 /*
  * object.c - what every Lua-visible object of evtcp has in common (object.h):
  * the type check, the registry entry, anchors, the deferred-work queue, and
- * the coroutines waiting on it.
+ * the coroutines waiting on it, its `errors`.
  *
  * Anchoring: an object that must stay alive without Lua references (it still
  * has callbacks to run, output to flush, a coroutine waiting) holds a
@@ -17,33 +17,40 @@
 #include "evtcp.h"
 
 static void object_cancel_deferred(evtcp_object *obj);
+static void object_register(lua_State *L, evtcp_object *obj, int ud_index);
 
-/* The userdata at index if its metatable is the one stored in the registry
- * under the light-userdata key mt_key, else NULL. The per-message type
- * checks use this: luaL_testudata looks the metatable up by its name, which
- * costs a string hash and a strcmp on every call. */
-void *object_test(lua_State *L, int index, const void *mt_key) {
-  void *p = lua_touserdata(L, index);
-  int same = 0;
-  if (p != NULL && lua_getmetatable(L, index)) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, mt_key);
-    same = lua_rawequal(L, -1, -2);
+/* ---- types ---- */
+
+static const char type_key = 'T'; /* in a metatable: its object_type */
+
+/* The type of the value at index, if it is a userdata of ours. */
+static const object_type *object_type_of(lua_State *L, int index) {
+  const object_type *t = NULL;
+  if (lua_type(L, index) == LUA_TUSERDATA && lua_getmetatable(L, index)) {
+    if (lua_rawgetp(L, -1, &type_key) == LUA_TLIGHTUSERDATA) t = (const object_type *)lua_touserdata(L, -1);
     lua_pop(L, 2);
   }
-  return same ? p : NULL;
+  return t;
+}
+
+/* The userdata at index if it is of type t, else NULL. The type is a
+ * light userdata in the metatable: luaL_testudata looks the metatable up by
+ * its name, which costs a string hash and a strcmp on every message. */
+void *object_test(lua_State *L, int index, const object_type *t) {
+  return object_type_of(L, index) == t ? lua_touserdata(L, index) : NULL;
 }
 
 /* Raises "bad argument #arg to 'name' (tname expected, got ...)" for a
  * method called on the wrong object. The name is the call's, or, when the
  * call has none (pcall(conn.send, 42)), the method's key in the type's
- * method table (in the registry under methods_key): never '?'. */
-int object_self_error(lua_State *L, int arg, const char *tname, const void *methods_key) {
+ * method table: never '?'. */
+static int object_self_error(lua_State *L, int arg, const object_type *t) {
   lua_Debug ar;
   const char *name = NULL;
   const char *got = luaL_typename(L, arg); /* before anything is pushed */
   if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "nf", &ar)) { /* pushes the function */
     name = ar.name;
-    if (name == NULL && lua_rawgetp(L, LUA_REGISTRYINDEX, methods_key) == LUA_TTABLE) {
+    if (name == NULL && lua_rawgetp(L, LUA_REGISTRYINDEX, &t->methods_key) == LUA_TTABLE) {
       lua_pushnil(L);
       while (name == NULL && lua_next(L, -2)) {
         if (lua_rawequal(L, -1, -4) && lua_type(L, -2) == LUA_TSTRING) name = lua_tostring(L, -2);
@@ -52,22 +59,87 @@ int object_self_error(lua_State *L, int arg, const char *tname, const void *meth
     }
   }
   return luaL_error(L, "bad argument #%d to '%s' (%s expected, got %s)", arg, name ? name : "?",
-                    tname, got);
+                    t->name, got);
+}
+
+/* The type check of every method: the object of type t at index, or an
+ * argument error naming the method. */
+void *object_check(lua_State *L, int index, const object_type *t) {
+  void *p = object_test(L, index, t);
+  if (p == NULL) object_self_error(L, index, t);
+  return p;
+}
+
+/* The __gc of every evtcp_object (upvalue: its type): the type's release
+ * once, then the object leaves the registry. Runs no Lua. */
+static int object__gc(lua_State *L) {
+  const object_type *t = (const object_type *)lua_touserdata(L, lua_upvalueindex(1));
+  evtcp_object *obj = (evtcp_object *)lua_touserdata(L, 1);
+  if (obj == NULL || obj->loop == NULL) return 0; /* finalized already */
+  t->release(L, obj);
+  object_unregister(L, obj);
+  obj->loop = NULL;
+  return 0;
+}
+
+/* Makes type t's metatable and method table, and pushes both: meta's
+ * functions, __gc (the skeleton, when t has a release), __metatable (when
+ * locked), __index (the methods, unless meta has its own). [-0, +2] */
+void object_type_open(lua_State *L, object_type *t, const luaL_Reg *methods, const luaL_Reg *meta) {
+  lua_newtable(L);                                  /* mt */
+  lua_pushlightuserdata(L, t);
+  lua_rawsetp(L, -2, &type_key);
+  if (t->release != NULL) {
+    lua_pushlightuserdata(L, t);
+    lua_pushcclosure(L, object__gc, 1);
+    lua_setfield(L, -2, "__gc");
+  }
+  if (meta != NULL) luaL_setfuncs(L, meta, 0);
+  if (t->locked != NULL) {
+    lua_pushstring(L, t->locked);
+    lua_setfield(L, -2, "__metatable");
+  }
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, t);             /* for object_set_type */
+  lua_newtable(L);                                  /* mt methods */
+  if (methods != NULL) luaL_setfuncs(L, methods, 0);
+  if (t->waitable) {
+    static const luaL_Reg waiting[] = {
+      {"_addWaiter", object_add_waiter_lua}, {"_removeWaiter", object_remove_waiter_lua}, {NULL, NULL}
+    };
+    luaL_setfuncs(L, waiting, 0);
+  }
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &t->methods_key);
+  if (lua_getfield(L, -2, "__index") == LUA_TNIL) {
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -4, "__index");
+  }
+  lua_pop(L, 1);
+}
+
+/* Gives the value at index type t's metatable. */
+void object_set_type(lua_State *L, int index, const object_type *t) {
+  index = lua_absindex(L, index);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, t);
+  lua_setmetatable(L, index);
 }
 
 /* ---- object registry and anchoring ---- */
 
-/* Pushes a new userdata of size bytes, an evtcp_object first, with
- * uv_count uservalues: all zero (the caller's closed state), not anchored,
- * not yet registered (the metatable comes first, so __gc is set before
+/* Pushes a new userdata of type t and size bytes, an evtcp_object first,
+ * with uv_count uservalues: all zero (the caller's closed state), not
+ * anchored, registered, with its metatable (so __gc is set before
  * anything else can fail). [-0, +1] */
 void *object_new(lua_State *L, evtcp_loop *loop, size_t size, int uv_count,
-                 void (*run_pending)(evtcp_object *obj)) {
+                 void (*run_pending)(evtcp_object *obj), const object_type *t) {
   evtcp_object *obj = (evtcp_object *)lua_newuserdatauv(L, size, uv_count);
   memset(obj, 0, size);
-  obj->loop = loop;
   obj->anchor_ref = LUA_NOREF;
   obj->run_pending = run_pending;
+  object_set_type(L, -1, t);
+  obj->loop = loop;
+  object_register(L, obj, -1);
   return obj;
 }
 
@@ -83,7 +155,7 @@ void object_uv_table(lua_State *L, int index, int uv) {
 }
 
 /* Records the userdata at ud_index as the Lua side of obj. */
-void object_register(lua_State *L, evtcp_object *obj, int ud_index) {
+static void object_register(lua_State *L, evtcp_object *obj, int ud_index) {
   ud_index = lua_absindex(L, ud_index);
   lua_rawgeti(L, LUA_REGISTRYINDEX, obj->loop->weak_ref);
   lua_pushvalue(L, ud_index);
@@ -313,9 +385,8 @@ void object_wake(evtcp_object *obj, unsigned why) {
 }
 
 static evtcp_object *check_waitable(lua_State *L) {
-  /* a connection, the case on every message, is tested first and fast */
-  if (test_conn(L, 1) == NULL && luaL_testudata(L, 1, EVTCP_LISTENER_MT) == NULL)
-    luaL_typeerror(L, 1, "TCPConnection or TCPListener");
+  const object_type *t = object_type_of(L, 1);
+  if (t == NULL || !t->waitable) luaL_typeerror(L, 1, "TCPConnection or TCPListener");
   return (evtcp_object *)lua_touserdata(L, 1);
 }
 
@@ -334,5 +405,16 @@ int object_remove_waiter_lua(lua_State *L) {
   luaL_checkany(L, 2);
   object_remove_waiter(L, 1, 2);
   return 0;
+}
+
+/* Appends the error at err_index to the `errors` array of the object at
+ * obj_index, made on first use. [-0, +0, m] */
+void object_append_error(lua_State *L, int obj_index, int err_index) {
+  obj_index = lua_absindex(L, obj_index);
+  err_index = lua_absindex(L, err_index);
+  object_uv_table(L, obj_index, UV_ERRORS);
+  lua_pushvalue(L, err_index);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  lua_pop(L, 1);
 }
 

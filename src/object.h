@@ -5,20 +5,23 @@
  * A new type is a checklist:
  *   1. its struct starts with an evtcp_object;
  *   2. its constructor makes the userdata first with object_new() (zeroed:
- *      the closed state, that its __gc can free whatever fails next), sets
- *      what its closed state needs beyond zeros and the metatable, then
- *      object_register(); its tables in uservalues are made on first use
+ *      the closed state, with its metatable and registered, so that its
+ *      __gc frees whatever fails next), and sets at once what its closed
+ *      state needs beyond zeros; its tables in uservalues are made on first use
  *      (object_uv_table), so an object that never needs one pays nothing;
- *   3. its type check is object_test() against a light-userdata key under
- *      which the metatable is kept (no string hashing per call); methods
- *      report misuse with object_self_error();
+ *   3. it has one object_type, static in its file, whose metatable
+ *      object_type_open() makes (with the __gc skeleton, which calls the
+ *      type's release); its methods check self with object_check() (no
+ *      string hashing per call), other arguments with object_test();
  *   4. it anchors itself (object_anchor) for each reason it must outlive its
  *      Lua references, and lets go (object_unanchor) when the reason ends;
  *   5. methods never run Lua callbacks: they change state and object_defer()
  *      the object, whose run_pending the loop calls;
  *   6. a change a coroutine may wait for is announced with object_wake();
- *   7. its __gc frees what it owns without running Lua, then
- *      object_unregister().
+ *   7. its type's release frees what it owns without running Lua; the
+ *      skeleton calls it once, then unregisters the object.
+ * The layer knows no type above it: a type says what it is (waitable:
+ * coroutines may wait on it) in its object_type.
  */
 #ifndef EVTCP_OBJECT_H
 #define EVTCP_OBJECT_H
@@ -54,10 +57,23 @@ enum {
 /* Roles held by one waiter at a time per connection. */
 enum { WAIT_READER = 1, WAIT_WRITER = 2 };
 
+/* A type of object: its metatable is made by object_type_open and found
+ * again through the descriptor's address. */
+typedef struct object_type {
+  const char *name;        /* "TCPConnection": type errors */
+  const char *locked;      /* what getmetatable() answers instead, or NULL */
+  /* __gc's own part: frees what the object owns, runs no Lua. NULL: the
+   * userdata is not an evtcp_object, and has no __gc. */
+  void (*release)(lua_State *L, evtcp_object *obj);
+  unsigned waitable;       /* coroutines may wait on it: _addWaiter */
+  char methods_key;        /* its address keys the method table (names for errors) */
+} object_type;
+
 /* ---- object.c ---- */
+void object_type_open(lua_State *L, object_type *t, const luaL_Reg *methods, const luaL_Reg *meta);
+void object_set_type(lua_State *L, int index, const object_type *t);
 void *object_new(lua_State *L, evtcp_loop *loop, size_t size, int uv_count,
-                 void (*run_pending)(evtcp_object *obj));
-void object_register(lua_State *L, evtcp_object *obj, int ud_index);
+                 void (*run_pending)(evtcp_object *obj), const object_type *t);
 void object_uv_table(lua_State *L, int index, int uv);
 void object_unregister(lua_State *L, evtcp_object *obj);
 void object_push(lua_State *L, evtcp_object *obj);
@@ -70,7 +86,8 @@ void object_add_waiter(lua_State *L, int obj_index, int waiter_index, unsigned m
 void object_remove_waiter(lua_State *L, int obj_index, int waiter_index);
 int object_add_waiter_lua(lua_State *L);
 int object_remove_waiter_lua(lua_State *L);
-void *object_test(lua_State *L, int index, const void *mt_key);
-int object_self_error(lua_State *L, int arg, const char *tname, const void *methods_key);
+void *object_test(lua_State *L, int index, const object_type *t);
+void *object_check(lua_State *L, int index, const object_type *t);
+void object_append_error(lua_State *L, int obj_index, int err_index);
 
 #endif

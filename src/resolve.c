@@ -99,8 +99,17 @@ void lookup_cancel(evtcp_lookup *lk) {
   evdns_getaddrinfo_cancel(lk->request);
 }
 
-/* At lua_close, after evdns is gone: frees what it never reported. */
-void lookup_free_all(evtcp_loop *loop) {
+/* At lua_close (loop_at_close): cancelled lookups report back from the
+ * loop, so it runs a few times for them (their C callbacks see `closing`
+ * and run no Lua); then evdns goes, and what it never reported. */
+void resolve_close(evtcp_loop *loop) {
+  int passes;
+  for (passes = 0; passes < 4 && loop->lookups != NULL; passes++)
+    event_base_loop(loop->base, EVLOOP_NONBLOCK);
+  if (loop->dns) {
+    evdns_base_free(loop->dns, 0);
+    loop->dns = NULL;
+  }
   while (loop->lookups != NULL) {
     evtcp_lookup *lk = loop->lookups;
     loop->lookups = lk->next;

@@ -15,8 +15,6 @@
 #include <netinet/in.h>
 #include "evtcp.h"
 
-#define EVTCP_LOOKUP_MT "evtcp.Lookup"
-
 typedef struct evtcp_request {
   evtcp_object obj;
   evtcp_lookup *lookup;          /* in flight, or NULL */
@@ -24,6 +22,9 @@ typedef struct evtcp_request {
   int gai_code;
   unsigned due : 1;              /* answered, to deliver */
 } evtcp_request;
+
+static void request_release(lua_State *L, evtcp_object *obj);
+static object_type request_type = {"Lookup", NULL, request_release, 0, 0};
 
 static void request_on_answer(void *owner, int gai_code, struct evutil_addrinfo *addrs) {
   evtcp_request *r = (evtcp_request *)owner;
@@ -91,9 +92,7 @@ static int request_start(lua_State *L) {
   luaL_argcheck(L, !string_has_nul(L, 1), 1, "name must not contain a NUL byte");
   evtcp_request *r;
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  r = (evtcp_request *)object_new(L, loop, sizeof *r, 1, request_run_pending);
-  luaL_setmetatable(L, EVTCP_LOOKUP_MT);
-  object_register(L, &r->obj, -1);
+  r = (evtcp_request *)object_new(L, loop, sizeof *r, 1, request_run_pending, &request_type);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);
   object_anchor(&r->obj, ANCHOR_CONNECTING);
@@ -110,7 +109,7 @@ static void request_stop(evtcp_request *r) {
 
 /* request:cancel() -> true if fn will not run */
 static int request_cancel(lua_State *L) {
-  evtcp_request *r = (evtcp_request *)luaL_checkudata(L, 1, EVTCP_LOOKUP_MT);
+  evtcp_request *r = (evtcp_request *)object_check(L, 1, &request_type);
   int was = r->lookup != NULL || r->due;
   if (r->obj.loop == NULL) { lua_pushboolean(L, 0); return 1; }
   request_stop(r);
@@ -119,23 +118,15 @@ static int request_cancel(lua_State *L) {
   return 1;
 }
 
-static int request__gc(lua_State *L) {
-  evtcp_request *r = (evtcp_request *)lua_touserdata(L, 1);
-  if (r->obj.loop == NULL) return 0;
-  request_stop(r);
-  object_unregister(L, &r->obj);
-  r->obj.loop = NULL;
-  return 0;
+static void request_release(lua_State *L, evtcp_object *obj) {
+  (void)L;
+  request_stop((evtcp_request *)obj);
 }
 
 void resolver_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"cancel", request_cancel}, {NULL, NULL}};
-  luaL_newmetatable(L, EVTCP_LOOKUP_MT);
-  lua_pushcfunction(L, request__gc);
-  lua_setfield(L, -2, "__gc");
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  object_type_open(L, &request_type, methods, NULL);
+  lua_pop(L, 2);
   lua_pushcfunction(L, request_start);
   lua_setfield(L, -2, "lookup");
 }

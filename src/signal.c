@@ -13,9 +13,13 @@
 #include "evtcp.h"
 
 typedef struct evtcp_signal {
+  evtcp_object obj;
   int signo;
   int installed;    /* not cancelled */
 } evtcp_signal;
+
+static void signal_release(lua_State *L, evtcp_object *obj);
+static object_type signal_type = {"Signal", NULL, signal_release, 0, 0};
 
 static const char handlers_key = 'H'; /* registry: signo -> array of handles */
 
@@ -66,7 +70,7 @@ static void signal_on_signal(evutil_socket_t signo, short what, void *arg) {
   for (i = 1; i <= n && !loop_has_error(loop); i++) {
     evtcp_signal *s;
     lua_rawgeti(L, top + 2, i);
-    s = (evtcp_signal *)lua_touserdata(L, -1);
+    s = (evtcp_signal *)object_test(L, -1, &signal_type);
     if (s == NULL || !s->installed) { lua_pop(L, 1); continue; }
     lua_getiuservalue(L, -1, 1);   /* handle fn */
     lua_insert(L, -2);             /* fn handle */
@@ -97,10 +101,9 @@ int signal_install(lua_State *L) {
     loop->signal_ev[signo] = ev;
     loop_signals_changed(loop);
   }
-  s = (evtcp_signal *)lua_newuserdatauv(L, sizeof *s, 1);
+  s = (evtcp_signal *)object_new(L, loop, sizeof *s, 1, NULL, &signal_type);
   s->signo = signo;
   s->installed = 1;
-  luaL_setmetatable(L, EVTCP_SIGNAL_MT);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);
   handlers_push(L, signo);
@@ -113,7 +116,7 @@ int signal_install(lua_State *L) {
 /* handle:cancel() -> true if it removed the handler. The last handler of a
  * signal gone, the signal's previous disposition comes back. */
 static int signal_cancel(lua_State *L) {
-  evtcp_signal *s = (evtcp_signal *)luaL_checkudata(L, 1, EVTCP_SIGNAL_MT);
+  evtcp_signal *s = (evtcp_signal *)object_check(L, 1, &signal_type);
   evtcp_loop *loop;
   int i, n, j = 0;
   if (!s->installed) { lua_pushboolean(L, 0); return 1; }
@@ -139,8 +142,15 @@ static int signal_cancel(lua_State *L) {
   return 1;
 }
 
+/* An installed handle is held by the handlers' array: one collected was
+ * cancelled, or lua_close is finalizing everything. */
+static void signal_release(lua_State *L, evtcp_object *obj) {
+  (void)L;
+  ((evtcp_signal *)obj)->installed = 0;
+}
+
 /* Frees the signal events at lua_close, before the event_base. */
-void signal_free_all(evtcp_loop *loop) {
+void signal_close_all(evtcp_loop *loop) {
   int i;
   for (i = 0; i < EVTCP_NSIG; i++)
     if (loop->signal_ev[i]) { event_free(loop->signal_ev[i]); loop->signal_ev[i] = NULL; }
@@ -148,8 +158,6 @@ void signal_free_all(evtcp_loop *loop) {
 
 void signal_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"cancel", signal_cancel}, {NULL, NULL}};
-  luaL_newmetatable(L, EVTCP_SIGNAL_MT);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  object_type_open(L, &signal_type, methods, NULL);
+  lua_pop(L, 2);
 }

@@ -14,6 +14,9 @@ typedef struct evtcp_timer {
   int pending;
 } evtcp_timer;
 
+static void timer_release(lua_State *L, evtcp_object *obj);
+static object_type timer_type = {"Timer", NULL, timer_release, 0, 0};
+
 static void timer_on_fire(evutil_socket_t fd, short what, void *arg) {
   evtcp_timer *t = (evtcp_timer *)arg;
   lua_State *L = t->obj.loop->L;
@@ -30,14 +33,11 @@ static void timer_on_fire(evutil_socket_t fd, short what, void *arg) {
 /* evtcp.after(seconds, fn) -> handle; fn(handle) runs once from the loop. */
 int timer_after(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
-  double s = luaL_checknumber(L, 1);
+  double s = seconds_check(L, 1, "seconds");
   struct timeval tv;
   evtcp_timer *t;
-  luaL_argcheck(L, seconds_ok(s), 1, "seconds must be >= 0");
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  t = (evtcp_timer *)object_new(L, loop, sizeof *t, 1, NULL);
-  luaL_setmetatable(L, EVTCP_TIMER_MT);
-  object_register(L, &t->obj, -1);
+  t = (evtcp_timer *)object_new(L, loop, sizeof *t, 1, NULL, &timer_type);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, 1);
   t->ev = evtimer_new(loop->base, timer_on_fire, t);
@@ -51,7 +51,7 @@ int timer_after(lua_State *L) {
 
 /* handle:cancel() -> true if it stopped the timer */
 static int timer_cancel(lua_State *L) {
-  evtcp_timer *t = (evtcp_timer *)luaL_checkudata(L, 1, EVTCP_TIMER_MT);
+  evtcp_timer *t = (evtcp_timer *)object_check(L, 1, &timer_type);
   int was = t->pending;
   if (was) {
     event_del(t->ev);
@@ -62,23 +62,16 @@ static int timer_cancel(lua_State *L) {
   return 1;
 }
 
-static int timer__gc(lua_State *L) {
-  evtcp_timer *t = (evtcp_timer *)lua_touserdata(L, 1);
-  if (t->obj.loop == NULL) return 0;
+static void timer_release(lua_State *L, evtcp_object *obj) {
+  evtcp_timer *t = (evtcp_timer *)obj;
+  (void)L;
   if (t->ev) event_free(t->ev);
   t->ev = NULL;
   t->pending = 0; /* a later cancel() from another finalizer is a no-op */
-  object_unregister(L, &t->obj);
-  t->obj.loop = NULL;
-  return 0;
 }
 
 void timer_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"cancel", timer_cancel}, {NULL, NULL}};
-  luaL_newmetatable(L, EVTCP_TIMER_MT);
-  lua_pushcfunction(L, timer__gc);
-  lua_setfield(L, -2, "__gc");
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  object_type_open(L, &timer_type, methods, NULL);
+  lua_pop(L, 2);
 }

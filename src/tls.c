@@ -20,7 +20,7 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
-#include "tls.h"
+#include "tls_context.h"
 
 static int is_pem(const char *s) {
   return strncmp(s, "-----BEGIN", 10) == 0;
@@ -34,7 +34,7 @@ static void tls_failure(evtcp_failure *f, const char *doing) {
   ERR_error_string_n(e, reason, sizeof reason);
   snprintf(msg, sizeof msg, "%s: %s", doing, e ? reason : "unknown OpenSSL error");
   failure_set(f, KIND_TLS, (int)ERR_GET_REASON(e), "openssl", msg);
-  failure_name_tls(f, e);
+  failure_name_reason(f, e ? ERR_reason_error_string(e) : NULL);
   ERR_clear_error();
 }
 
@@ -205,7 +205,7 @@ SSL_CTX *tls_context_new(const tls_options *opts, int server, evtcp_failure *f) 
       tls_failure(f, "setting ALPN");
       goto fail;
     }
-    /* sessions go to the Lua state's cache (conn.c), not OpenSSL's */
+    /* sessions go to the Lua state's cache (below), not OpenSSL's */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
   }
   return ctx;
@@ -249,13 +249,12 @@ int tls_bev_failure(struct bufferevent *bev, evtcp_failure *f) {
   else
     snprintf(msg, sizeof msg, "%s", reason);
   failure_set(f, KIND_TLS, (int)ERR_GET_REASON(e), "openssl", msg);
-  failure_name_tls(f, e);
+  failure_name_reason(f, e ? ERR_reason_error_string(e) : NULL);
   return 1;
 }
 
 /* Pushes conn.tls: { protocol, cipher, peerCertificate = { subject, issuer } }. */
-void tls_push_info(lua_State *L, struct bufferevent *bev) {
-  SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+void tls_push_info(lua_State *L, SSL *ssl) {
   X509 *peer;
   char buf[512];
   if (ssl == NULL) { lua_pushnil(L); return; }
@@ -366,12 +365,14 @@ static size_t tls_check_sni(lua_State *L, int arg) {
   return n;
 }
 
-/* Fills s from the listener's tls table at index: the default context,
- * ALPN, the SNI contexts. Raises on misuse (s stays freeable by
+/* Makes *out from the listener's tls table at index: the default context,
+ * ALPN, the SNI contexts. Raises on misuse (*out stays freeable by
  * tls_server_free); returns -1 with f for what OpenSSL refused. */
-int tls_server_setup(lua_State *L, int index, int arg, tls_server *s, evtcp_failure *f) {
+int tls_server_setup(lua_State *L, int index, int arg, tls_server **out, evtcp_failure *f) {
   tls_options opts;
   size_t count = 0;
+  tls_server *s;
+  if ((s = *out = (tls_server *)calloc(1, sizeof *s)) == NULL) return luaL_error(L, "evtcp: out of memory");
   index = lua_absindex(L, index);
   tls_read_options(L, index, arg, &opts, 1);
   if (lua_getfield(L, index, "sni") != LUA_TNIL) count = tls_check_sni(L, arg);

@@ -1,51 +1,25 @@
 /*
- * tls.h - TLS contexts and sessions for connections and listeners (tls.c).
+ * tls.h - TLS as the rest of evtcp sees it: no OpenSSL type in sight.
+ * What TLS is made of (contexts, sessions, the link of a connection) is
+ * tls_context.h's, for tls.c and transport_tls.c alone.
  */
 #ifndef EVTCP_TLS_H
 #define EVTCP_TLS_H
 
-#include <openssl/ssl.h>
-#include <event2/bufferevent_ssl.h>
 #include "evtcp.h"
 
-/* The room for tls.alpn in wire format: a protocol name may be 255 bytes
- * (its length prefix is one byte), and a list several names. */
-#define TLS_ALPN_MAX 1024
+struct evtcp_conn;
 
-typedef struct tls_options {
-  const char *ca, *cert, *key, *server_name;
-  int verify;
-  unsigned char alpn[TLS_ALPN_MAX]; /* tls.alpn in ALPN's wire format: length-prefixed names */
-  size_t alpn_len;
-  unsigned config_hash;      /* tells apart client settings a session may be resumed under */
-} tls_options;
+/* A listener's TLS: contexts, ALPN, SNI (tls.c). */
+typedef struct tls_server tls_server;
 
-/* A listener's TLS: the default context and one per SNI name (tls.sni). */
-typedef struct tls_sni_entry {
-  char *name;                /* lower case; "*.example.test" for a wildcard */
-  SSL_CTX *ctx;
-} tls_sni_entry;
-
-typedef struct tls_server {
-  SSL_CTX *ctx;              /* the top-level cert: every name not in sni */
-  unsigned char alpn[TLS_ALPN_MAX]; /* the protocols accepted, the server's preference first */
-  size_t alpn_len;
-  tls_sni_entry *sni;
-  size_t sni_count;
-} tls_server;
-
-/* Client sessions kept for resumption, per Lua state (evtcp_loop). */
-struct tls_cached;
-
-void tls_read_options(lua_State *L, int index, int arg, tls_options *opts, int server);
-SSL_CTX *tls_context_new(const tls_options *opts, int server, evtcp_failure *f);
-SSL *tls_client_session(SSL_CTX *ctx, const char *host, int verify);
-int tls_server_setup(lua_State *L, int index, int arg, tls_server *s, evtcp_failure *f);
+int tls_server_setup(lua_State *L, int index, int arg, tls_server **out, evtcp_failure *f);
 void tls_server_free(tls_server *s);
-void tls_cache_put(evtcp_loop *loop, const char *key, SSL_SESSION *session);
-SSL_SESSION *tls_cache_get(evtcp_loop *loop, const char *key);
-void tls_cache_free_all(evtcp_loop *loop);
-int tls_bev_failure(struct bufferevent *bev, evtcp_failure *f);
-void tls_push_info(lua_State *L, struct bufferevent *bev);
+
+/* A client connection's `tls` option (transport_tls.c): the transport and
+ * its link set on c; a context OpenSSL refused is c->failure, reported
+ * once the connection starts. Raises on misuse; is_unix: a Unix socket,
+ * which has no name to check unless tls.serverName gives one. */
+void tls_client_setup(lua_State *L, struct evtcp_conn *c, int index, int arg, int is_unix);
 
 #endif

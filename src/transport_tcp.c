@@ -1,13 +1,13 @@
 /*
  * transport_tcp.c - the plain stream (transport.h): a TCP or Unix domain
- * socket read with our own event (read_ev) straight from the socket into a
+ * socket read with our own event (the link) straight from the socket into a
  * 64 KiB stack buffer and from there into the Lua string: one copy, many
  * KiB per wake-up (a bufferevent reads 4 KiB at a time). A send() with
  * nothing queued is written at once with sendmsg(); the bufferevent only
  * connects and queues what the kernel does not take.
  *
  * An accepted connection gets its bufferevent only when output first has
- * to be queued (conn_io.c): an idle or ping-pong connection never needs
+ * to be queued (conn_send.c): an idle or ping-pong connection never needs
  * one, and it is most of what a connection costs in memory.
  */
 #include "platform.h" /* first: feature macros */
@@ -16,7 +16,7 @@
 #include <sys/socket.h>
 #include "conn.h"
 
-/* read_ev: reads up to READ_ROUNDS chunks while the socket has data and the
+/* The read event: reads up to READ_ROUNDS chunks while the socket has data and the
  * program still wants it (a callback may close, pause or fail). */
 static void tcp_on_readable(evutil_socket_t fd, short what, void *arg) {
   evtcp_conn *c = (evtcp_conn *)arg;
@@ -45,7 +45,7 @@ static void tcp_on_readable(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* Accepted: OPEN at once, nothing to negotiate. */
-static int tcp_accept(evtcp_conn *c, SSL_CTX *server) {
+static int tcp_accept(evtcp_conn *c, const void *server) {
   (void)server;
   return conn_become_open(c);
 }
@@ -58,26 +58,23 @@ static int tcp_connect(evtcp_conn *c) {
   return 0;
 }
 
-static int tcp_open(evtcp_conn *c) {
-  c->read_ev = event_new(c->obj.loop->base, c->fd, EV_READ | EV_PERSIST, tcp_on_readable, c);
-  return c->read_ev ? 0 : -1;
-}
-
-/* The read timeout is the event's own: re-adding it restarts it. */
-static void tcp_start_reading(evtcp_conn *c) {
+/* The link is the read event, made when reading first starts; its
+ * timeout is the read timeout, which re-adding it restarts. */
+static void tcp_reading(evtcp_conn *c, int on) {
+  struct event *ev = (struct event *)c->link;
   struct timeval tv;
-  if (c->read_ev == NULL) { c->reading = 0; return; } /* OPEN failed half-way */
+  if (!on) {
+    if (ev) event_del(ev);
+    return;
+  }
+  if (ev == NULL && (ev = event_new(c->obj.loop->base, c->fd, EV_READ | EV_PERSIST, tcp_on_readable, c)) == NULL) {
+    c->reading = 0;
+    conn_fail(c, ENOMEM, "evtcp");
+    return;
+  }
+  c->link = ev;
   if (c->read_timeout > 0) tv = seconds_tv(c->read_timeout);
-  event_add(c->read_ev, c->read_timeout > 0 ? &tv : NULL);
-}
-
-static void tcp_stop_reading(evtcp_conn *c) {
-  event_del(c->read_ev);
-}
-
-/* Nothing is ever held back: every read is delivered as it comes. */
-static void tcp_deliver_backlog(evtcp_conn *c) {
-  (void)c;
+  event_add(ev, c->read_timeout > 0 ? &tv : NULL);
 }
 
 static ssize_t tcp_write_now(evtcp_conn *c, const struct iovec *iov, int count) {
@@ -88,22 +85,17 @@ static ssize_t tcp_write_now(evtcp_conn *c, const struct iovec *iov, int count) 
   return sendmsg(c->fd, &msg, EVTCP_MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
-/* The socket's FIN is the stream's end. */
-static void tcp_end_stream(evtcp_conn *c) {
-  (void)c;
-}
-
-/* Every event is the socket's own: the connection reads it as such. */
-static int tcp_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
-  (void)c; (void)what; (void)err; (void)f;
-  return 0;
+static void tcp_free_bev(struct bufferevent *bev) {
+  bufferevent_free(bev);
 }
 
 static void tcp_release(evtcp_conn *c) {
-  if (c->read_ev) { event_free(c->read_ev); c->read_ev = NULL; }
+  if (c->link) { event_free((struct event *)c->link); c->link = NULL; }
 }
 
+/* Every event is the socket's own: the connection reads it as such; the
+ * socket's FIN is the stream's end; there is no conn.tls. */
 const conn_transport transport_tcp = {
-  "tcp", 0, tcp_accept, tcp_connect, tcp_open, tcp_start_reading, tcp_stop_reading,
-  tcp_deliver_backlog, tcp_write_now, tcp_end_stream, tcp_explain, tcp_release
+  "tcp", 0, tcp_accept, NULL, tcp_connect, tcp_reading, tcp_write_now, NULL, NULL, NULL,
+  tcp_free_bev, tcp_release
 };

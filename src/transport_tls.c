@@ -4,7 +4,9 @@
  * connection takes chain by chain (conn_deliver_buffer); it carries the
  * read timeout; CONNECTING lasts until the handshake is done, on the server
  * side too, so onConnection means "handshake complete". Client sessions are
- * resumed from the Lua state's cache (tls.c).
+ * resumed from the Lua state's cache (tls.c). The SSL object is the
+ * bufferevent's (bufferevent_openssl_get_ssl), freed after it; the rest is
+ * the link.
  */
 #include "platform.h" /* first: feature macros */
 #include <errno.h>
@@ -16,6 +18,50 @@
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include "conn.h"
+#include "tls_context.h"
+
+/* A TLS connection's own state (c->link). */
+typedef struct tls_link {
+  SSL_CTX *ctx;              /* a client's, for each address tried; NULL on a server's side */
+  char *host;                /* a client's SNI and the name checked, or NULL */
+  char *session_key;         /* "host:port|name|verify|settings", its sessions' key */
+  unsigned config_hash;      /* ca, cert, key, alpn: sessions are per settings */
+  unsigned verify : 1;
+  unsigned write_reset : 1;  /* writing close_notify met the peer's reset */
+} tls_link;
+
+static tls_link *link_of(const evtcp_conn *c) {
+  return (tls_link *)c->link;
+}
+
+static SSL *ssl_of(const evtcp_conn *c) {
+  return c->bev ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+}
+
+/* ---- a client's `tls` option ---- */
+
+/* Reads the client's tls option at index into a new link: the transport
+ * is TLS from now on. A context OpenSSL refused (a file that cannot be
+ * read) is an error event, once started. */
+void tls_client_setup(lua_State *L, evtcp_conn *c, int index, int arg, int is_unix) {
+  tls_options opts;
+  evtcp_failure f;
+  tls_link *k;
+  tls_read_options(L, index, arg, &opts, 0);
+  if (is_unix && opts.verify && opts.server_name == NULL)
+    luaL_argerror(L, arg, "TLS over a Unix socket needs tls.serverName (the name the certificate is "
+                          "checked against), or tls.verify = false");
+  if ((k = (tls_link *)calloc(1, sizeof *k)) == NULL) luaL_error(L, "evtcp: out of memory");
+  c->transport = &transport_tls;
+  c->link = k;
+  k->verify = opts.verify != 0;
+  k->config_hash = opts.config_hash; /* for the session key: tls_dial */
+  if (opts.server_name && (k->host = strdup(opts.server_name)) == NULL) luaL_error(L, "evtcp: out of memory");
+  if ((k->ctx = tls_context_new(&opts, 0, &f)) == NULL) {
+    if ((c->failure = (evtcp_failure *)malloc(sizeof *c->failure)) == NULL) luaL_error(L, "evtcp: out of memory");
+    *c->failure = f;
+  }
+}
 
 /* The bufferevent decrypted input. */
 static void tls_on_readable(struct bufferevent *bev, void *arg) {
@@ -23,18 +69,18 @@ static void tls_on_readable(struct bufferevent *bev, void *arg) {
 }
 
 /* Handshake first: OPEN, and onConnection, once it is done. */
-static int tls_accept(evtcp_conn *c, SSL_CTX *server) {
-  SSL *ssl = SSL_new(server);
-  c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING, 0)
-               : NULL;
-  if (c->bev == NULL) { SSL_free(ssl); return -1; }
-  c->ssl = ssl;
-  object_anchor(&c->obj, ANCHOR_CONNECTING); /* the handshake is work in flight */
+static int tls_accept(evtcp_conn *c, const void *server) {
+  SSL *ssl = SSL_new(((const tls_server *)server)->ctx);
+  tls_link *k = (tls_link *)calloc(1, sizeof *k);
+  c->bev = ssl && k ? bufferevent_openssl_socket_new(c->obj.loop->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING, 0)
+                    : NULL;
+  if (c->bev == NULL) { SSL_free(ssl); free(k); return -1; }
+  c->link = k;
+  conn_handshaking(c);
   bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
   bufferevent_setcb(c->bev, tls_on_readable, conn_on_written, conn_on_bev_event, c);
   bufferevent_enable(c->bev, EV_READ | EV_WRITE);
   conn_bev_timeouts(c);
-  c->state = CONN_CONNECTING;
   return 0;
 }
 
@@ -43,32 +89,37 @@ static int tls_accept(evtcp_conn *c, SSL_CTX *server) {
  * the next connection to the same host, port and settings. */
 static int tls_on_new_session(SSL *ssl, SSL_SESSION *session) {
   evtcp_conn *c = (evtcp_conn *)SSL_get_app_data(ssl);
-  if (c == NULL || c->client->tls_session_key == NULL || c->obj.loop == NULL) return 0;
-  tls_cache_put(c->obj.loop, c->client->tls_session_key, session);
+  if (c == NULL || c->link == NULL || link_of(c)->session_key == NULL || c->obj.loop == NULL) return 0;
+  tls_cache_put(c->obj.loop, link_of(c)->session_key, session);
   return 1; /* the cache owns it */
 }
 
-/* A client connection's sessions: keyed per host, port, name verified and
- * settings, since a resumed session skips verification and so must have
- * passed the same one. Returns 0, or -1 without memory. */
-int tls_client_begin(evtcp_conn *c, const char *host, int port) {
-  const char *name = c->client->tls_host ? c->client->tls_host : "";
-  size_t size = strlen(host) + strlen(name) + 32;
-  char *key = (char *)malloc(size);
-  if (key == NULL) return -1;
-  snprintf(key, size, "%s:%d|%s|%d|%08x", host, port, name, c->tls_verify, c->client->tls_config_hash);
-  c->client->tls_session_key = key;
-  SSL_CTX_sess_set_new_cb(c->client->tls_ctx, tls_on_new_session);
+/* A client starts: the name checked is the one dialled unless serverName
+ * gave one (a Unix socket has none), and its sessions are keyed per host,
+ * port, name verified and settings, since a resumed session skips
+ * verification and so must have passed the same one. Returns 0, or -1
+ * without memory. */
+static int tls_dial(evtcp_conn *c, const char *host, int port) {
+  tls_link *k = link_of(c);
+  const char *name;
+  size_t size;
+  if (k->host == NULL && c->unix_path == NULL && (k->host = strdup(host)) == NULL) return -1;
+  name = k->host ? k->host : "";
+  size = strlen(host) + strlen(name) + 32;
+  if ((k->session_key = (char *)malloc(size)) == NULL) return -1;
+  snprintf(k->session_key, size, "%s:%d|%s|%d|%08x", host, port, name, k->verify, k->config_hash);
+  SSL_CTX_sess_set_new_cb(k->ctx, tls_on_new_session);
   return 0;
 }
 
 /* A client session for the next address, resuming a cached session. */
 static SSL *tls_client_ssl(evtcp_conn *c) {
-  SSL *ssl = tls_client_session(c->client->tls_ctx, c->client->tls_host, c->tls_verify);
+  tls_link *k = link_of(c);
+  SSL *ssl = tls_client_session(k->ctx, k->host, k->verify);
   SSL_SESSION *cached;
   if (ssl == NULL) return NULL;
   SSL_set_app_data(ssl, c);
-  if (c->client->tls_session_key && (cached = tls_cache_get(c->obj.loop, c->client->tls_session_key)) != NULL)
+  if (k->session_key && (cached = tls_cache_get(c->obj.loop, k->session_key)) != NULL)
     SSL_set_session(ssl, cached);
   return ssl;
 }
@@ -78,35 +129,23 @@ static int tls_connect(evtcp_conn *c) {
   c->bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, 0)
                : NULL;
   if (c->bev == NULL) { SSL_free(ssl); return conn_note_failure(c, ENOMEM, "evtcp"); }
-  c->ssl = ssl;
   /* a peer that closes without close_notify is an end, not an error */
   bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
   bufferevent_setcb(c->bev, tls_on_readable, conn_on_written, conn_on_bev_event, c);
   return 0;
 }
 
-/* The bufferevent is there already and reads. */
-static int tls_open(evtcp_conn *c) {
-  (void)c;
-  return 0;
-}
-
-static void tls_start_reading(evtcp_conn *c) {
+/* The bufferevent reads; decrypted input it kept while reading was
+ * paused is reported by no new read, so the loop delivers it. */
+static void tls_reading(evtcp_conn *c, int on) {
+  if (!on) {
+    bufferevent_disable(c->bev, EV_READ);
+    conn_bev_timeouts(c);
+    return;
+  }
   conn_bev_timeouts(c);
   bufferevent_enable(c->bev, EV_READ);
-  if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
-    c->backlog_due = 1; /* decrypted while paused: no new read will report it */
-    object_defer(&c->obj);
-  }
-}
-
-static void tls_stop_reading(evtcp_conn *c) {
-  bufferevent_disable(c->bev, EV_READ);
-  conn_bev_timeouts(c);
-}
-
-static void tls_deliver_backlog(evtcp_conn *c) {
-  if (c->reading && c->bev) tls_on_readable(c->bev, c);
+  if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) conn_due(c, DUE_BACKLOG);
 }
 
 /* close_notify: TLS's own end of the stream, before the FIN. SSL_shutdown
@@ -114,9 +153,10 @@ static void tls_deliver_backlog(evtcp_conn *c) {
  * there, and the next read sees only an end. Kept, so that end is
  * reported as the reset it is (tls_explain). */
 static void tls_end_stream(evtcp_conn *c) {
-  if (c->ssl && SSL_shutdown(c->ssl) < 0 && SSL_get_error(c->ssl, -1) == SSL_ERROR_SYSCALL &&
+  SSL *ssl = ssl_of(c);
+  if (ssl && SSL_shutdown(ssl) < 0 && SSL_get_error(ssl, -1) == SSL_ERROR_SYSCALL &&
       (errno == ECONNRESET || errno == EPIPE))
-    c->tls_write_reset = 1;
+    link_of(c)->write_reset = 1;
   ERR_clear_error();
 }
 
@@ -127,7 +167,7 @@ static int tls_was_reset(const evtcp_conn *c) {
 #if defined(__linux__) && defined(TCP_INFO)
   struct tcp_info info;
   socklen_t len = sizeof info;
-  if (c->fd < 0 || c->write_shut_done || c->unix_path ||
+  if (c->fd < 0 || c->fin_sent || c->unix_path ||
       getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0)
     return 0;
   return info.tcpi_state == TCP_CLOSE;
@@ -139,7 +179,8 @@ static int tls_was_reset(const evtcp_conn *c) {
 
 /* An end without the peer's close_notify (a FIN, or worse). */
 static int tls_dirty_end(const evtcp_conn *c) {
-  return c->ssl == NULL || !(SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN);
+  SSL *ssl = ssl_of(c);
+  return ssl == NULL || !(SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN);
 }
 
 static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
@@ -157,7 +198,7 @@ static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
   if (what & BEV_EVENT_ERROR) return !reset && tls_bev_failure(c->bev, f);
   if (!(what & BEV_EVENT_EOF) || (what & BEV_EVENT_WRITING)) return 0;
   /* the peer's end, as read */
-  if (c->tls_write_reset || (reset && tls_dirty_end(c)) || tls_was_reset(c)) {
+  if (link_of(c)->write_reset || (reset && tls_dirty_end(c)) || tls_was_reset(c)) {
     /* a reset can come as an end: libevent's dirty shutdown (an end
      * without close_notify) is any failed read, ECONNRESET included;
      * SSL_shutdown may have taken the error first; or a write inside
@@ -172,14 +213,34 @@ static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
   return 0;
 }
 
+static void tls_push_conn_info(lua_State *L, evtcp_conn *c) {
+  SSL *ssl = ssl_of(c);
+  if (ssl == NULL) lua_pushnil(L);
+  else tls_push_info(L, ssl);
+}
+
+/* The SSL object goes after its bufferevent, which may still use it. */
+static void tls_free_bev(struct bufferevent *bev) {
+  SSL *ssl = bufferevent_openssl_get_ssl(bev);
+  bufferevent_free(bev);
+  SSL_free(ssl);
+}
+
 /* A graceful close sends close_notify; a reset or a failure does not. */
 static void tls_release(evtcp_conn *c) {
-  if (c->ssl && c->state == CONN_CLOSING && !c->aborted && c->failure == NULL &&
-      SSL_is_init_finished(c->ssl))
-    SSL_shutdown(c->ssl);
+  tls_link *k = link_of(c);
+  SSL *ssl = ssl_of(c);
+  if (k == NULL) return;
+  if (ssl && c->state == CONN_CLOSING && !c->aborted && c->failure == NULL && SSL_is_init_finished(ssl))
+    SSL_shutdown(ssl);
+  if (k->ctx) SSL_CTX_free(k->ctx);
+  free(k->host);
+  free(k->session_key);
+  free(k);
+  c->link = NULL;
 }
 
 const conn_transport transport_tls = {
-  "tls", 1, tls_accept, tls_connect, tls_open, tls_start_reading, tls_stop_reading,
-  tls_deliver_backlog, NULL, tls_end_stream, tls_explain, tls_release
+  "tls", 1, tls_accept, tls_dial, tls_connect, tls_reading, NULL, tls_end_stream, tls_explain,
+  tls_push_conn_info, tls_free_bev, tls_release
 };
