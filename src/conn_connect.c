@@ -1,7 +1,7 @@
 /*
  * conn_connect.c - a client connection on its way to OPEN: the lookup, one
  * attempt per address (failover to the next), the connect timeout, local
- * bind, the client's options, and evtcp.connect itself. The rest of the state machine is in conn.c.
+ * bind, the client's options, and evtcp.connect itself.
  */
 #include "platform.h" /* first: feature macros */
 #include <errno.h>

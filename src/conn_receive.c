@@ -41,6 +41,31 @@ static int receive_arg_error(lua_State *L, int arg, const char *msg) {
   return luaL_error(L, "bad argument #%d to 'receive' (%s)", arg, msg);
 }
 
+/* receive("l") or receive("a") (the pattern at 2, "*l" as LuaSocket
+ * spells it too): its results, or 0 while it needs more input. */
+static int conn_read_pattern(lua_State *L, evtcp_conn *c, size_t have) {
+  const char *p = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (p == NULL)
+    return receive_arg_error(L, 2, lua_pushfstring(L, "pattern expected, got %s", luaL_typename(L, 2)));
+  if (*p == '*') p++;
+  if (*p == 'l') {
+    size_t line, eol;
+    if (conn_find_line(c, have, &line, &eol)) {
+      conn_input_take(L, c, line);
+      evbuffer_drain(c->input, eol);
+      return 1;
+    }
+    return have >= c->high_water ? conn_too_long(L, c) : 0;
+  }
+  if (*p == 'a') {
+    /* everything until a clean close; a reset is an error, with partial */
+    if (!conn_input_may_grow(c) && c->failure == NULL) { conn_input_take(L, c, have); return 1; }
+    conn_input_allow_more(c);
+    return 0;
+  }
+  return receive_arg_error(L, 2, lua_pushfstring(L, "invalid pattern '%s'", lua_tostring(L, 2)));
+}
+
 /* Reads what the arguments ask for: stack (conn, pattern, timeout,
  * delimiter); a delimiter (receiveUntil) wins over the pattern. */
 static int conn_read_now(lua_State *L, evtcp_conn *c) {
@@ -79,25 +104,8 @@ static int conn_read_now(lua_State *L, evtcp_conn *c) {
     if ((lua_Integer)have >= n) { conn_input_take(L, c, (size_t)n); return 1; }
     if ((size_t)n > c->high_water) conn_input_allow_more(c); /* past the mark */
   } else {
-    const char *p = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
-    if (p == NULL)
-      return receive_arg_error(L, 2, lua_pushfstring(L, "pattern expected, got %s", luaL_typename(L, 2)));
-    if (*p == '*') p++;
-    if (*p == 'l') {
-      size_t line, eol;
-      if (conn_find_line(c, have, &line, &eol)) {
-        conn_input_take(L, c, line);
-        evbuffer_drain(c->input, eol);
-        return 1;
-      }
-      if (have >= c->high_water) return conn_too_long(L, c);
-    } else if (*p == 'a') {
-      /* everything until a clean close; a reset is an error, with partial */
-      if (!conn_input_may_grow(c) && c->failure == NULL) { conn_input_take(L, c, have); return 1; }
-      conn_input_allow_more(c);
-    } else {
-      return receive_arg_error(L, 2, lua_pushfstring(L, "invalid pattern '%s'", lua_tostring(L, 2)));
-    }
+    int n = conn_read_pattern(L, c, have);
+    if (n > 0) return n;
   }
   if (conn_input_may_grow(c)) return -1;
   lua_pushnil(L);

@@ -178,74 +178,92 @@ void conn_uncork(evtcp_conn *c) {
   }
   /* all written: what waited for it (a close, a shutdown) goes on, and
    * onDrain comes from the loop. Not a close after the peer's FIN before
-   * onEnd: conn_flushed waits for end_due. */
+   * onEnd: conn_flushed waits for conn_end_due. */
   if (conn_buffered(c) == 0) conn_flushed(c, 0);
+}
+
+/* The strings of one send() gathered for one sendmsg(): the stack index
+ * of each, so what the kernel does not take is queued by reference. */
+typedef struct send_batch {
+  struct iovec iov[SEND_IOV_MAX];
+  int slot[SEND_IOV_MAX];
+  int count;
+  size_t total;
+} send_batch;
+
+/* Writes the batch at once; what the kernel does not take is queued, in
+ * order. Raises nothing: a failure fails the connection. */
+static void conn_write_batch(lua_State *L, evtcp_conn *c, const send_batch *b) {
+  struct evbuffer *out;
+  size_t written;
+  int i;
+  ssize_t n;
+  c->sent_run = c->obj.loop->lua_runs;
+  c->bytes_sent += b->total;
+  n = c->transport->write_now(c, b->iov, b->count);
+  if (n < 0) {
+    int err = EVUTIL_SOCKET_ERROR();
+    if (!io_would_block(err)) {
+      c->bytes_sent -= b->total; /* never written */
+      conn_fail(c, err, "evtcp");
+      return;
+    }
+    n = 0;
+  }
+  if ((size_t)n == b->total) {
+    if (conn_handler_has(L, "onDrain")) conn_due(c, DUE_DRAIN);
+    return;
+  }
+  /* the kernel took n bytes: queue the rest, in order */
+  if ((out = conn_output_queue(c)) == NULL) { conn_fail(c, ENOMEM, "evtcp"); return; }
+  written = (size_t)n;
+  for (i = 0; i < b->count; i++) {
+    if (written >= b->iov[i].iov_len) { written -= b->iov[i].iov_len; continue; }
+    if (conn_queue(L, c, out, b->slot[i], (char *)b->iov[i].iov_base + written,
+                   b->iov[i].iov_len - written) != 0) {
+      conn_fail(c, ENOMEM, "evtcp");
+      return;
+    }
+    written = 0;
+  }
+  c->drain_wanted = 1;
+  object_anchor(&c->obj, ANCHOR_OUTPUT);
 }
 
 static void conn_write(lua_State *L, evtcp_conn *c, int first, int count) {
   struct evbuffer *out = c->bev ? bufferevent_get_output(c->bev) : NULL;
-  struct iovec iov[SEND_IOV_MAX];
-  int slot[SEND_IOV_MAX];          /* the stack index of each iov's string */
-  size_t total = 0, len, written;
-  int i, k = 0;
+  send_batch b;
+  int i;
   /* A coroutine that sends again before it waits (answering pipelined
    * requests, say) has its later small sends queued, and the bufferevent
    * writes them together: one sendmsg per reply cost a pipelining server 5x
    * (bench/, real clients). The first send of each run still goes at once,
    * so a request-reply exchange pays no extra wake-up, and so does a send
    * of 4 KiB or more (a proxy's chunks), which one syscall serves well. */
-  ssize_t (*write_now)(evtcp_conn *, const struct iovec *, int) = c->transport->write_now;
-  int direct = write_now != NULL && (out == NULL || evbuffer_get_length(out) == 0) && count <= SEND_IOV_MAX;
+  int direct = c->transport->write_now != NULL && (out == NULL || evbuffer_get_length(out) == 0) &&
+               count <= SEND_IOV_MAX;
   if (c->corked) { /* gathered, written by conn_uncork */
     conn_queue_args(L, c, c->obj.loop->cork, first, count);
     return;
   }
   if (direct) {
+    b.count = 0;
+    b.total = 0;
     for (i = first; i < first + count; i++) {
+      size_t len;
       const char *s = lua_tolstring(L, i, &len);
       if (len == 0) continue;
-      iov[k].iov_base = (void *)s;
-      iov[k].iov_len = len;
-      slot[k] = i;
-      total += len;
-      k++;
+      b.iov[b.count].iov_base = (void *)s;
+      b.iov[b.count].iov_len = len;
+      b.slot[b.count++] = i;
+      b.total += len;
     }
-    if (k == 0) return;
-    if (total < QUEUE_BY_REFERENCE && c->sent_run == c->obj.loop->lua_runs && lua_isyieldable(L))
+    if (b.count == 0) return;
+    if (b.total < QUEUE_BY_REFERENCE && c->sent_run == c->obj.loop->lua_runs && lua_isyieldable(L))
       direct = 0; /* coalesce */
   }
   if (direct) {
-    ssize_t n;
-    c->sent_run = c->obj.loop->lua_runs;
-    c->bytes_sent += total;
-    n = write_now(c, iov, k);
-    if (n < 0) {
-      int err = EVUTIL_SOCKET_ERROR();
-      if (!io_would_block(err)) {
-        c->bytes_sent -= total; /* never written */
-        conn_fail(c, err, "evtcp");
-        return;
-      }
-      n = 0;
-    }
-    if ((size_t)n == total) {
-      if (conn_handler_has(L, "onDrain")) conn_due(c, DUE_DRAIN);
-      return;
-    }
-    /* the kernel took n bytes: queue the rest, in order */
-    if ((out = conn_output_queue(c)) == NULL) { conn_fail(c, ENOMEM, "evtcp"); return; }
-    written = (size_t)n;
-    for (i = 0; i < k; i++) {
-      if (written >= iov[i].iov_len) { written -= iov[i].iov_len; continue; }
-      if (conn_queue(L, c, out, slot[i], (char *)iov[i].iov_base + written,
-                     iov[i].iov_len - written) != 0) {
-        conn_fail(c, ENOMEM, "evtcp");
-        return;
-      }
-      written = 0;
-    }
-    c->drain_wanted = 1;
-    object_anchor(&c->obj, ANCHOR_OUTPUT);
+    conn_write_batch(L, c, &b);
     return;
   }
   if ((out = conn_output_queue(c)) == NULL) luaL_error(L, "evtcp: out of memory");

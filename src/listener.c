@@ -312,17 +312,96 @@ static listen_kind listen_check_target(lua_State *L, lua_Integer *port, lua_Inte
   return LISTEN_TCP;
 }
 
+/* What listen() was asked for, beyond the listener's own settings. */
+typedef struct listen_request {
+  listen_kind kind;
+  lua_Integer port, fd;
+  const char *address;         /* NULL: every address */
+  int backlog, reuse_port, v6only;
+} listen_request;
+
+/* Reads listen's options (the table at 3) into r and l; raises naming the
+ * first bad one. Returns 0, or -1 with f for TLS settings OpenSSL refused. */
+static int listen_read_options(lua_State *L, evtcp_listener *l, listen_request *r, evtcp_failure *f) {
+  if (lua_getfield(L, 3, "address") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 2, "option 'address' must be a string");
+    if (r->kind != LISTEN_TCP) luaL_argerror(L, 2, "option 'address' applies to a TCP port only");
+    if (string_has_nul(L, -1)) luaL_argerror(L, 2, "option 'address' must not contain a NUL byte");
+    r->address = lua_tostring(L, -1); /* kept on the stack while it is used */
+  }
+  /* absent: as many as the system allows (the kernel caps the value at
+   * net.core.somaxconn; libevent's own default for -1 is only 128) */
+  r->backlog = option_integer(L, 3, "backlog", 65535, 1, 65535);
+  l->max_connections = option_integer(L, 3, "maxConnections", 0, 1, 1 << 30);
+  r->v6only = option_boolean(L, 3, "ipv6Only");
+  r->reuse_port = option_boolean(L, 3, "reusePort");
+  /* the connect timeout of connect/dial: read by the connection options
+   * and ignored on an accepted connection, so it did nothing here */
+  if (lua_getfield(L, 3, "timeout") != LUA_TNIL)
+    luaL_argerror(L, 2, "option 'timeout' is a connect timeout, for connect and dial; a listener has none "
+                        "(readTimeout and writeTimeout apply to accepted connections)");
+  lua_pop(L, 1);
+  l->proxy = option_boolean(L, 3, "proxyProtocol");
+  if (lua_getfield(L, 3, "tls") != LUA_TNIL && tls_server_setup(L, -1, 2, &l->tls, f) != 0) return -1;
+  lua_pop(L, 1);
+  /* the defaults of accepted connections (noDelay, readTimeout, ...),
+   * parsed once: a mistake names listen, not a later accept. framing is
+   * read last: nothing raises after it */
+  conn_options_read(L, 3, 2, &l->defaults);
+  /* the PROXY header must come within readTimeout too (a deadline for
+   * the whole header); 0 is none, as for the connection */
+  l->proxy_timeout = (l->defaults.given & OPT_READ_TIMEOUT) ? l->defaults.read_timeout : PROXY_HEADER_TIMEOUT;
+  return 0;
+}
+
+/* The listening socket r asks for, or -1 with *err (and *why, a message
+ * of its own, or NULL). */
+static evutil_socket_t listen_socket(lua_State *L, evtcp_listener *l, const listen_request *r, int *err,
+                                     const char **why) {
+  evutil_socket_t fd;
+  *why = NULL;
+  if (r->kind == LISTEN_UNIX) {
+    struct stat file;
+    if ((l->unix_path = strdup(lua_tostring(L, 2) + 5)) == NULL) luaL_error(L, "evtcp: out of memory");
+    fd = socket_listen_unix(lua_tostring(L, 2), r->backlog, &file, err);
+    if (fd >= 0 && file.st_ino != 0) { /* from here on, listener_release removes it */
+      l->file_dev = file.st_dev;
+      l->file_ino = file.st_ino;
+      l->owns_file = 1;
+    }
+  } else if (r->kind == LISTEN_FD) {
+    if (listener_fd_in_use(L, l->obj.loop, (evutil_socket_t)r->fd)) {
+      *err = EBUSY;
+      *why = lua_pushfstring(L, "fd %d is already a listener's", (int)r->fd);
+      return -1;
+    }
+    fd = socket_adopt_listening((evutil_socket_t)r->fd, &l->unix_path, err);
+    if (fd < 0 && *err == EINVAL) *why = lua_pushfstring(L, "fd %d is not a listening stream socket", (int)r->fd);
+  } else {
+    struct sockaddr_storage ss;
+    int sslen;
+    const char *address = r->address ? r->address : "0.0.0.0";
+    if (sockaddr_parse(address, (int)r->port, &ss, &sslen) != 0) {
+      *err = EADDRNOTAVAIL;
+      *why = lua_pushfstring(L, "not an IP address of this machine: %s", address);
+      return -1;
+    }
+    fd = socket_listen_ip((struct sockaddr *)&ss, sslen, r->reuse_port, r->v6only, r->backlog, err);
+  }
+  return fd;
+}
+
 /* evtcp.listen(port [, options]) -> listener | nil, message, errCode
  * port: a number, "unix:/path" / "unix:@name", or nil with options.fd. */
 int listener_listen(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
-  lua_Integer port = 0, adopt_fd = -1;
-  const char *address = NULL;
-  int backlog, reuse_port, v6only, max_conn, has_cb, err = 0;
+  listen_request r;
+  evtcp_failure f;
+  const char *why;
+  int has_cb, err = 0;
   unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
   evtcp_listener *l;
   evutil_socket_t fd;
-  listen_kind kind;
   if (lua_isnoneornil(L, 2)) { lua_settop(L, 1); lua_newtable(L); }
   luaL_argexpected(L, lua_istable(L, 2) || lua_isuserdata(L, 2), 2, "table");
   lua_settop(L, 2);
@@ -332,69 +411,18 @@ int listener_listen(lua_State *L) {
   l->held_fd = -1;
   l->closed = 1; /* until the socket exists */
   lua_insert(L, 1); /* listener port options */
-  kind = listen_check_target(L, &port, &adopt_fd);
-  if (lua_getfield(L, 3, "address") != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 2, "option 'address' must be a string");
-    if (kind != LISTEN_TCP) luaL_argerror(L, 2, "option 'address' applies to a TCP port only");
-    if (string_has_nul(L, -1)) luaL_argerror(L, 2, "option 'address' must not contain a NUL byte");
-    address = lua_tostring(L, -1);
-  }
-  /* absent: as many as the system allows (the kernel caps the value at
-   * net.core.somaxconn; libevent's own default for -1 is only 128) */
-  backlog = option_integer(L, 3, "backlog", 65535, 1, 65535);
-  max_conn = option_integer(L, 3, "maxConnections", 0, 1, 1 << 30);
-  v6only = option_boolean(L, 3, "ipv6Only");
-  reuse_port = option_boolean(L, 3, "reusePort");
-  /* the connect timeout of connect/dial: read by the connection options
-   * and ignored on an accepted connection, so it did nothing here */
-  if (lua_getfield(L, 3, "timeout") != LUA_TNIL)
-    luaL_argerror(L, 2, "option 'timeout' is a connect timeout, for connect and dial; a listener has none "
-                        "(readTimeout and writeTimeout apply to accepted connections)");
-  lua_pop(L, 1);
-  l->proxy = option_boolean(L, 3, "proxyProtocol");
-  if (lua_getfield(L, 3, "tls") != LUA_TNIL) {
-    evtcp_failure f;
-    if (tls_server_setup(L, -1, 2, &l->tls, &f) != 0) return listener_fail_with(L, &f);
-  }
-  lua_pop(L, 1);
-  /* the defaults of accepted connections (noDelay, readTimeout, ...),
-   * parsed once: a mistake names listen, not a later accept. framing is
-   * read last: nothing raises after it */
-  conn_options_read(L, 3, 2, &l->defaults);
-  /* the PROXY header must come within readTimeout too (a deadline for
-   * the whole header); 0 is none, as for the connection */
-  l->proxy_timeout = (l->defaults.given & OPT_READ_TIMEOUT) ? l->defaults.read_timeout : PROXY_HEADER_TIMEOUT;
+  memset(&r, 0, sizeof r);
+  r.fd = -1;
+  r.kind = listen_check_target(L, &r.port, &r.fd);
+  if (listen_read_options(L, l, &r, &f) != 0) return listener_fail_with(L, &f);
   has_cb = lua_getfield(L, 3, "onConnection") != LUA_TNIL;
   lua_pop(L, 1);
-  l->max_connections = max_conn;
-  if (kind == LISTEN_UNIX) {
-    if ((l->unix_path = strdup(lua_tostring(L, 2) + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
-    struct stat file;
-    fd = socket_listen_unix(lua_tostring(L, 2), backlog, &file, &err);
-    if (fd >= 0 && file.st_ino != 0) { /* from here on, listener_release removes it */
-      l->file_dev = file.st_dev;
-      l->file_ino = file.st_ino;
-      l->owns_file = 1;
-    }
-  } else if (kind == LISTEN_FD) {
-    if (listener_fd_in_use(L, loop, (evutil_socket_t)adopt_fd))
-      return listener_fail_msg(L, EBUSY, lua_pushfstring(L, "fd %d is already a listener's", (int)adopt_fd));
-    fd = socket_adopt_listening((evutil_socket_t)adopt_fd, &l->unix_path, &err);
-    if (fd < 0 && err == EINVAL)
-      return listener_fail_msg(L, EINVAL, lua_pushfstring(L, "fd %d is not a listening stream socket", (int)adopt_fd));
-  } else {
-    struct sockaddr_storage ss;
-    int sslen;
-    if (address == NULL) address = "0.0.0.0";
-    if (sockaddr_parse(address, (int)port, &ss, &sslen) != 0)
-      return listener_fail_msg(L, EADDRNOTAVAIL, lua_pushfstring(L, "not an IP address of this machine: %s", address));
-    fd = socket_listen_ip((struct sockaddr *)&ss, sslen, reuse_port, v6only, backlog, &err);
-  }
-  if (fd < 0) return listener_fail(L, err);
+  if ((fd = listen_socket(L, l, &r, &err, &why)) < 0)
+    return why ? listener_fail_msg(L, err, why) : listener_fail(L, err);
   /* backlog 0: the socket listens already */
   l->lev = evconnlistener_new(loop->base, listener_on_accept, l, flags, 0, fd);
   if (l->lev == NULL) {
-    if (kind != LISTEN_FD) evutil_closesocket(fd);
+    if (r.kind != LISTEN_FD) evutil_closesocket(fd);
     return listener_fail(L, ENOMEM);
   }
   evconnlistener_set_error_cb(l->lev, listener_on_error);

@@ -18,6 +18,8 @@
 
 static void object_cancel_deferred(evtcp_object *obj);
 static void object_register(lua_State *L, evtcp_object *obj, int ud_index);
+static int object_add_waiter_lua(lua_State *L);
+static int object_remove_waiter_lua(lua_State *L);
 
 /* ---- types ---- */
 
@@ -392,7 +394,7 @@ static evtcp_object *check_waitable(lua_State *L) {
 
 /* obj:_addWaiter(fn, mask [, role]) and obj:_removeWaiter(fn), for the Lua
  * layer's waits on connections and listeners alike. */
-int object_add_waiter_lua(lua_State *L) {
+static int object_add_waiter_lua(lua_State *L) {
   evtcp_object *obj = check_waitable(L);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   if (obj->loop == NULL) return 0; /* collected: nothing will change */
@@ -400,7 +402,7 @@ int object_add_waiter_lua(lua_State *L) {
   return 0;
 }
 
-int object_remove_waiter_lua(lua_State *L) {
+static int object_remove_waiter_lua(lua_State *L) {
   check_waitable(L);
   luaL_checkany(L, 2);
   object_remove_waiter(L, 1, 2);

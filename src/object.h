@@ -84,8 +84,6 @@ void object_run_pending(evutil_socket_t fd, short what, void *arg);
 void object_wake(evtcp_object *obj, unsigned why);
 void object_add_waiter(lua_State *L, int obj_index, int waiter_index, unsigned mask, unsigned role);
 void object_remove_waiter(lua_State *L, int obj_index, int waiter_index);
-int object_add_waiter_lua(lua_State *L);
-int object_remove_waiter_lua(lua_State *L);
 void *object_test(lua_State *L, int index, const object_type *t);
 void *object_check(lua_State *L, int index, const object_type *t);
 void object_append_error(lua_State *L, int obj_index, int err_index);

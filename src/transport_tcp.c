@@ -68,8 +68,7 @@ static void tcp_reading(evtcp_conn *c, int on) {
     return;
   }
   if (ev == NULL && (ev = event_new(c->obj.loop->base, c->fd, EV_READ | EV_PERSIST, tcp_on_readable, c)) == NULL) {
-    c->reading = 0;
-    conn_fail(c, ENOMEM, "evtcp");
+    conn_fail(c, ENOMEM, "evtcp"); /* stops reading: nothing to stop */
     return;
   }
   c->link = ev;
