@@ -33,9 +33,11 @@ static void timer_on_fire(evutil_socket_t fd, short what, void *arg) {
 /* evtcp.after(seconds, fn) -> handle; fn(handle) runs once from the loop. */
 int timer_after(lua_State *L) {
   evtcp_loop *loop = loop_get(L);
-  double s = seconds_check(L, 1, "seconds");
+  double s;
   struct timeval tv;
   evtcp_timer *t;
+  luaL_checknumber(L, 1); /* required: seconds_check takes nil as "none" */
+  s = seconds_check(L, 1, "seconds");
   luaL_checktype(L, 2, LUA_TFUNCTION);
   t = (evtcp_timer *)object_new(L, loop, sizeof *t, 1, NULL, &timer_type);
   lua_pushvalue(L, 2);
