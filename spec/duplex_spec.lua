@@ -211,6 +211,20 @@ describe("blocking style", function()
       accepted:close() c:close() l:terminate()
     end)
 
+    it("the listener's options are read once, by listen: a later change to its table is not seen", function()
+      local opts = { address = "127.0.0.1", noDelay = true }
+      local l = assert(evtcp.listen(0, opts))
+      opts.noDelay = "yes" -- would be an option error if it were read again
+      opts.keepAlive = 9
+      local c = evtcp.connect("127.0.0.1", l.port, { onData = function() end })
+      local accepted
+      H.go(function() accepted = l:accept(5) end)
+      H.run_until(function() return accepted and c.localPort end, "accepted")
+      local fd = assert(sockopt.find(l.port, c.localPort))
+      assert.are.same({ 1, 0 }, { sockopt.get(fd, "nodelay"), sockopt.get(fd, "keepalive") })
+      accepted:close() c:close() l:terminate()
+    end)
+
     it("the listener's readTimeout reaches accepted connections", function()
       local l = assert(evtcp.listen(0, { address = "127.0.0.1", readTimeout = 0.2 }))
       local err

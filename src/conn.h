@@ -249,8 +249,6 @@ void conn_on_peer_eof(evtcp_conn *c);
 void conn_finish_input(evtcp_conn *c);
 int conn_deliver_kept(evtcp_conn *c);
 void conn_kept_input_due(evtcp_conn *c);
-size_t conn_input_limit(const evtcp_conn *c);
-void conn_input_grew(evtcp_conn *c);
 void conn_input_drained(evtcp_conn *c);
 void conn_input_allow_more(evtcp_conn *c);
 void conn_input_take(lua_State *L, evtcp_conn *c, size_t n);

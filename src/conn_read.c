@@ -45,13 +45,13 @@ void conn_update_read_timeout(evtcp_conn *c) {
 
 /* How much input may be kept before reading pauses: highWaterMark, or a
  * whole frame of a byte count framing when that is larger. */
-size_t conn_input_limit(const evtcp_conn *c) {
+static size_t conn_input_limit(const evtcp_conn *c) {
   if (c->framing && c->framing->size > c->high_water) return c->framing->size;
   return c->high_water;
 }
 
 /* Input was added for receive(): hold reading at the limit, wake the reader. */
-void conn_input_grew(evtcp_conn *c) {
+static void conn_input_grew(evtcp_conn *c) {
   if (evbuffer_get_length(c->input) >= conn_input_limit(c)) {
     c->input_full = 1;
     conn_stop_reading(c);

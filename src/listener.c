@@ -58,6 +58,16 @@ static void listener_describe(evtcp_listener *l, evutil_socket_t fd, const evtcp
   a->live = &l->connections;
 }
 
+/* Pushes the call that adopts the client a describes with the handler at
+ * h: conn_adopt_accepted, the listener, the handler, a. [-0, +4] */
+static void listener_push_adoption(lua_State *L, evtcp_listener *l, int h, conn_accepted *a) {
+  h = lua_absindex(L, h);
+  lua_pushcfunction(L, conn_adopt_accepted);
+  object_push(L, &l->obj);
+  lua_pushvalue(L, h);
+  lua_pushlightuserdata(L, a);
+}
+
 /* Adopts the client fd (peer) as a connection with the handler at h of
  * the main stack (conn_adopt_accepted, under loop_pcall): the connection
  * on top, or nothing if it raised (the error is stored, the socket
@@ -67,10 +77,7 @@ static evtcp_conn *listener_adopt_fd(evtcp_listener *l, int h, evutil_socket_t f
   conn_accepted a;
   h = lua_absindex(L, h);
   listener_describe(l, fd, peer, &a);
-  lua_pushcfunction(L, conn_adopt_accepted);
-  object_push(L, &l->obj);
-  lua_pushvalue(L, h);
-  lua_pushlightuserdata(L, &a);
+  listener_push_adoption(L, l, h, &a);
   lua_remove(L, h);
   if (loop_pcall(l->obj.loop, 3, 1) != LUA_OK) {
     if (a.fd >= 0) evutil_closesocket(a.fd); /* not adopted */
@@ -461,10 +468,7 @@ static int listener_take_held(lua_State *L) {
   lua_settop(L, 2);
   l->held_fd = -1;
   listener_describe(l, fd, &l->held_addr, &a);
-  lua_pushcfunction(L, conn_adopt_accepted);
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, 2);
-  lua_pushlightuserdata(L, &a);
+  listener_push_adoption(L, l, 2, &a);
   if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
     if (a.fd >= 0) evutil_closesocket(a.fd);
     return lua_error(L);
