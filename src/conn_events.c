@@ -8,9 +8,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-#include <sys/uio.h>
-#include <netinet/tcp.h>
 #include "conn.h"
 
 /* The bufferevent's timeouts: write always, read only where the
