@@ -17,10 +17,21 @@
 ---@field port integer? the remote port
 ---@field error evtcp.Error? for "error"
 
+---@class evtcp.PeerCertificate
+---@field subject string
+---@field issuer string
+---@field subjectAltNames string[] "DNS:name", "IP:addr", "email:x", "URI:u"
+---@field fingerprint string SHA-256 of the DER certificate, lower-case hex (64 digits)
+---@field serial string lower-case hex
+---@field notBefore integer epoch seconds
+---@field notAfter integer epoch seconds
+---@field pem string
+
 ---@class evtcp.TLSInfo
 ---@field protocol string
 ---@field cipher string
----@field peerCertificate { subject: string, issuer: string }?
+---@field peerCertificate evtcp.PeerCertificate?
+---@field peerChain string[]? the PEM texts of the chain the peer sent, its own certificate first
 ---@field alpn string? the protocol ALPN chose
 ---@field resumed boolean true when the TLS session was resumed
 
@@ -31,7 +42,13 @@
 ---@field cert string? path or PEM text
 ---@field key string? path or PEM text
 ---@field alpn string[]? protocols offered (clients) or accepted (listeners), in preference order
----@field sni table<string, {cert: string, key: string}>? listeners: the certificate for each name
+---@field sni table<string, {cert: string, key: string, password: string?}>? listeners: the certificate for each name
+---@field ciphers string? OpenSSL cipher list for TLS 1.2
+---@field ciphersuites string? TLS 1.3 suites, colon-separated
+---@field minVersion "1.2"|"1.3"?
+---@field maxVersion "1.2"|"1.3"?
+---@field password string? of an encrypted key
+---@field crl string? path or PEM text: revocation lists checked with ca
 
 ---@class evtcp.Handler
 ---@field onConnection fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?

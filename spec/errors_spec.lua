@@ -228,8 +228,13 @@ describe("errors", function()
       assert.is_nil(addrs)
       assert.are.same({ "dns", "EAI_NONAME" }, { err.kind, err.errName })
       assert.are.equal("EVTCP_IO", require("evtcp.core").newError("io", "evtcp", "x").errName)
-      -- TLS settings OpenSSL refuses: errno EINVAL, OpenSSL's reason in the object
+      -- a TLS file that cannot be read: the system's errno, naming the file
       none, msg, code, obj = evtcp.listen(0, { tls = { cert = "/nonexistent/cert.pem", key = "/nonexistent/key.pem" } })
+      assert.is_nil(none)
+      assert.are.same({ "tls", 2, "ENOENT", "evtcp", msg }, { obj.kind, code, obj.errName, obj.componentSignature, obj.message })
+      assert.matches("'/nonexistent/cert.pem'", msg)
+      -- TLS settings OpenSSL refuses: errno EINVAL, OpenSSL's reason in the object
+      none, msg, code, obj = evtcp.listen(0, { tls = { cert = "/etc/passwd", key = "/etc/passwd" } })
       assert.is_nil(none)
       assert.are.equal(msg, obj.message)
       assert.are.equal(22, code)

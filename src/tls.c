@@ -1,5 +1,6 @@
 /*
- * tls.c - TLS contexts from the `tls` option, and what conn.tls shows.
+ * tls.c - TLS contexts from the `tls` option (read by tls_options.c), and a
+ * listener's TLS: ALPN selection and certificates by SNI.
  *
  * A client context verifies the peer by default (the system's CA store,
  * or `ca`); `verify = false` is the only way to skip it. The host name
@@ -15,7 +16,9 @@
 #include "platform.h" /* first: feature macros */
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -38,156 +41,165 @@ static void tls_failure(evtcp_failure *f, const char *doing) {
   ERR_clear_error();
 }
 
-/* FNV-1a over n bytes, continuing from h. */
-static unsigned hash_bytes(unsigned h, const unsigned char *p, size_t n) {
-  while (n--) h = (h ^ *p++) * 16777619u;
-  return h * 16777619u;
+/* A path that cannot be read, told in the system's words and naming the
+ * file (OpenSSL would say "system lib"). Returns 1 if so. */
+static int tls_file_unreadable(evtcp_failure *f, const char *field, const char *path) {
+  char msg[sizeof f->message];
+  if (is_pem(path) || access(path, R_OK) == 0) return 0;
+  failure_from_errno(f, errno, "evtcp");
+  snprintf(msg, sizeof msg, "tls.%s '%.150s': %.80s", field, path, f->message);
+  memcpy(f->message, msg, sizeof msg);
+  f->kind = KIND_TLS;
+  return 1;
 }
 
-/* FNV-1a, continuing from h; NULL hashes as nothing. */
-static unsigned hash_string(unsigned h, const char *s) {
-  for (; s && *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
-  return h * 16777619u;
+/* What OpenSSL refused of tls.<field>, naming the file (or saying it was
+ * PEM text). Returns 0 for the caller's goto. */
+static int tls_field_failure(evtcp_failure *f, const char *field, const char *value) {
+  char doing[200];
+  if (value == NULL || is_pem(value)) snprintf(doing, sizeof doing, "loading tls.%s (PEM text)", field);
+  else snprintf(doing, sizeof doing, "loading tls.%s '%.150s'", field, value);
+  tls_failure(f, doing);
+  return 0;
 }
 
-/* tls.alpn: an array of protocol names (1..255 bytes each) in the wire
- * format OpenSSL takes. */
-static void tls_read_alpn(lua_State *L, int index, int arg, tls_options *opts) {
-  lua_Integer i, n;
-  opts->alpn_len = 0;
-  if (lua_getfield(L, index, "alpn") == LUA_TNIL) { lua_pop(L, 1); return; }
-  if (!lua_istable(L, -1)) luaL_argerror(L, arg, "option 'tls.alpn' must be an array of protocol names");
-  n = (lua_Integer)lua_rawlen(L, -1);
-  if (n == 0) luaL_argerror(L, arg, "option 'tls.alpn' must name at least one protocol");
-  for (i = 1; i <= n; i++) {
-    size_t len;
-    const char *name;
-    if (lua_rawgeti(L, -1, i) != LUA_TSTRING) luaL_argerror(L, arg, "option 'tls.alpn' must hold strings");
-    name = lua_tolstring(L, -1, &len);
-    if (len == 0 || len > 255) luaL_argerror(L, arg, "option 'tls.alpn': a protocol name is 1 to 255 bytes");
-    if (opts->alpn_len + 1 + len > sizeof opts->alpn)
-      luaL_argerror(L, arg, lua_pushfstring(L, "option 'tls.alpn' is too long (%d bytes in all, each name "
-                                               "with its length byte)", (int)sizeof opts->alpn));
-    opts->alpn[opts->alpn_len++] = (unsigned char)len;
-    memcpy(opts->alpn + opts->alpn_len, name, len);
-    opts->alpn_len += len;
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
+/* The passphrase of an encrypted key: tls.password, or none at all - never
+ * OpenSSL's default, which would ask on the terminal and block the loop. */
+static int tls_password(char *buf, int size, int rwflag, void *userdata) {
+  const char *password = (const char *)userdata;
+  size_t n = password ? strlen(password) : 0;
+  (void)rwflag;
+  if (n > (size_t)size) n = (size_t)size;
+  if (n > 0) memcpy(buf, password, n);
+  return (int)n;
 }
 
-/* Reads the option table at index into opts; raises an argument error
- * naming the bad field. `tls = true` gives the defaults. */
-void tls_read_options(lua_State *L, int index, int arg, tls_options *opts, int server) {
-  static const char *const fields[] = {"ca", "cert", "key", "serverName"};
-  opts->alpn_len = 0;
-  size_t i;
-  memset(opts, 0, sizeof *opts);
-  opts->verify = !server;
-  if (lua_type(L, index) == LUA_TBOOLEAN) {
-    if (server) luaL_argerror(L, arg, "option 'tls' must be a table with cert and key");
-    return;
+/* Every PEM certificate in text into the verify store; how many. */
+static int load_pem_ca(SSL_CTX *ctx, const char *text) {
+  X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+  BIO *bio = BIO_new_mem_buf(text, -1);
+  X509 *x;
+  int n = 0;
+  while (bio && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+    n += X509_STORE_add_cert(store, x) == 1;
+    X509_free(x);
   }
-  if (!lua_istable(L, index)) luaL_argerror(L, arg, "option 'tls' must be true or a table");
-  index = lua_absindex(L, index);
-  for (i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-    int t = lua_getfield(L, index, fields[i]);
-    if (t != LUA_TNIL && t != LUA_TSTRING)
-      luaL_argerror(L, arg, lua_pushfstring(L, "option 'tls.%s' must be a string", fields[i]));
-    if (string_has_nul(L, -1)) /* a path or name read cut at the NUL */
-      luaL_argerror(L, arg, lua_pushfstring(L, "option 'tls.%s' must not contain a NUL byte", fields[i]));
-    lua_pop(L, 1);
-  }
-  if (lua_getfield(L, index, "verify") != LUA_TNIL) {
-    if (!lua_isboolean(L, -1)) luaL_argerror(L, arg, "option 'tls.verify' must be a boolean");
-    opts->verify = lua_toboolean(L, -1);
-  }
-  lua_pop(L, 1);
-  /* the strings stay referenced by the option table while we use them */
-  lua_getfield(L, index, "ca");
-  opts->ca = lua_tostring(L, -1);
-  lua_getfield(L, index, "cert");
-  opts->cert = lua_tostring(L, -1);
-  lua_getfield(L, index, "key");
-  opts->key = lua_tostring(L, -1);
-  lua_getfield(L, index, "serverName");
-  opts->server_name = lua_tostring(L, -1);
-  lua_pop(L, 4);
-  tls_read_alpn(L, index, arg, opts);
-  opts->config_hash = hash_bytes(hash_string(hash_string(hash_string(2166136261u, opts->ca), opts->cert),
-                                             opts->key), opts->alpn, opts->alpn_len);
-  if ((opts->cert == NULL) != (opts->key == NULL))
-    luaL_argerror(L, arg, "option 'tls' needs both cert and key, or neither");
-  if (server && opts->cert == NULL) luaL_argerror(L, arg, "option 'tls' of a listener needs cert and key");
+  BIO_free(bio);
+  ERR_clear_error(); /* the end of the PEM text reads as an error */
+  return n;
 }
 
 static int load_ca(SSL_CTX *ctx, const char *ca) {
-  if (is_pem(ca)) {
-    BIO *bio = BIO_new_mem_buf(ca, -1);
-    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-    X509 *x;
-    int n = 0;
-    if (bio == NULL) return 0;
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-      if (X509_STORE_add_cert(store, x) == 1) n++;
-      X509_free(x);
-    }
-    BIO_free(bio);
-    ERR_clear_error(); /* the end of the PEM text reads as an error */
-    return n > 0;
-  } else {
-    struct stat st;
-    if (stat(ca, &st) == 0 && S_ISDIR(st.st_mode))
-      return SSL_CTX_load_verify_locations(ctx, NULL, ca) == 1;
-    return SSL_CTX_load_verify_locations(ctx, ca, NULL) == 1;
-  }
+  struct stat st;
+  if (is_pem(ca)) return load_pem_ca(ctx, ca) > 0;
+  if (stat(ca, &st) == 0 && S_ISDIR(st.st_mode)) return SSL_CTX_load_verify_locations(ctx, NULL, ca) == 1;
+  return SSL_CTX_load_verify_locations(ctx, ca, NULL) == 1;
 }
 
-static int load_cert_and_key(SSL_CTX *ctx, const char *cert, const char *key) {
+/* tls.cert: a chain file, or PEM text whose first certificate is ours
+ * and the rest its chain. */
+static int load_cert(SSL_CTX *ctx, const char *cert) {
+  BIO *bio;
+  X509 *x;
   int ok;
-  if (is_pem(cert)) {
-    BIO *bio = BIO_new_mem_buf(cert, -1);
-    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
-    ok = x != NULL && SSL_CTX_use_certificate(ctx, x) == 1;
-    X509_free(x);
-    /* the rest of the chain, if any */
-    while (ok && bio && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
-      if (SSL_CTX_add_extra_chain_cert(ctx, x) != 1) { X509_free(x); ok = 0; }
+  if (!is_pem(cert)) return SSL_CTX_use_certificate_chain_file(ctx, cert) == 1;
+  bio = BIO_new_mem_buf(cert, -1);
+  x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+  ok = x != NULL && SSL_CTX_use_certificate(ctx, x) == 1;
+  X509_free(x);
+  while (ok && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+    if (SSL_CTX_add_extra_chain_cert(ctx, x) != 1) { X509_free(x); ok = 0; } /* else the chain owns it */
+  ERR_clear_error(); /* the end of the PEM text reads as an error */
+  BIO_free(bio);
+  return ok;
+}
+
+static int load_key(SSL_CTX *ctx, const char *key, const char *password) {
+  BIO *bio;
+  EVP_PKEY *pk;
+  int ok;
+  if (!is_pem(key)) return SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1;
+  bio = BIO_new_mem_buf(key, -1);
+  pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, tls_password, (void *)password) : NULL;
+  ok = pk != NULL && SSL_CTX_use_PrivateKey(ctx, pk) == 1;
+  EVP_PKEY_free(pk);
+  BIO_free(bio);
+  return ok;
+}
+
+/* tls.crl: the revocation lists (a file or PEM text), checked for the
+ * peer's own certificate against the CA that verifies it. */
+static int load_crl(SSL_CTX *ctx, const char *crl) {
+  X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+  int n = 0;
+  if (is_pem(crl)) {
+    BIO *bio = BIO_new_mem_buf(crl, -1);
+    X509_CRL *x;
+    while (bio && (x = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL)) != NULL) {
+      n += X509_STORE_add_crl(store, x) == 1;
+      X509_CRL_free(x);
     }
+    BIO_free(bio);
     ERR_clear_error();
-    BIO_free(bio);
   } else {
-    ok = SSL_CTX_use_certificate_chain_file(ctx, cert) == 1;
+    X509_LOOKUP *lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+    n = lookup ? X509_load_crl_file(lookup, crl, X509_FILETYPE_PEM) : 0;
   }
-  if (!ok) return 0;
-  if (is_pem(key)) {
-    BIO *bio = BIO_new_mem_buf(key, -1);
-    EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
-    ok = pk != NULL && SSL_CTX_use_PrivateKey(ctx, pk) == 1;
-    EVP_PKEY_free(pk);
-    BIO_free(bio);
-  } else {
-    ok = SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1;
+  return n > 0 && X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK) == 1;
+}
+
+/* The files of opts (ca, crl, cert, key) into ctx; 0 with f on failure. */
+static int tls_load_files(SSL_CTX *ctx, const tls_options *opts, int server, evtcp_failure *f) {
+  const char *const fields[] = {"ca", "crl", "cert", "key"};
+  const char *const values[] = {opts->ca, opts->crl, opts->cert, opts->key};
+  size_t i;
+  for (i = 0; i < 4; i++)
+    if (values[i] && tls_file_unreadable(f, fields[i], values[i])) return 0;
+  if (opts->ca) {
+    if (!load_ca(ctx, opts->ca)) return tls_field_failure(f, "ca", opts->ca);
+  } else if (!server && opts->verify && SSL_CTX_set_default_verify_paths(ctx) != 1) {
+    tls_failure(f, "loading the system's CA store");
+    return 0;
   }
-  return ok && SSL_CTX_check_private_key(ctx) == 1;
+  if (opts->crl && !load_crl(ctx, opts->crl)) return tls_field_failure(f, "crl", opts->crl);
+  if (opts->cert == NULL) return 1;
+  if (!load_cert(ctx, opts->cert)) return tls_field_failure(f, "cert", opts->cert);
+  if (!load_key(ctx, opts->key, opts->password)) return tls_field_failure(f, "key", opts->key);
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    tls_failure(f, "tls.key does not match tls.cert");
+    return 0;
+  }
+  return 1;
+}
+
+/* Protocol versions and ciphers; 0 with f when OpenSSL takes none. */
+static int tls_set_protocols(SSL_CTX *ctx, const tls_options *opts, evtcp_failure *f) {
+  SSL_CTX_set_min_proto_version(ctx, opts->min_version ? opts->min_version : TLS1_2_VERSION);
+  if (opts->max_version) SSL_CTX_set_max_proto_version(ctx, opts->max_version);
+  if (opts->ciphers && SSL_CTX_set_cipher_list(ctx, opts->ciphers) != 1) {
+    tls_failure(f, "tls.ciphers");
+    return 0;
+  }
+  if (opts->ciphersuites && SSL_CTX_set_ciphersuites(ctx, opts->ciphersuites) != 1) {
+    tls_failure(f, "tls.ciphersuites");
+    return 0;
+  }
+  return 1;
 }
 
 /* Makes a context for opts; NULL with f filled in on failure. */
 SSL_CTX *tls_context_new(const tls_options *opts, int server, evtcp_failure *f) {
   SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+  int ok;
   if (ctx == NULL) { tls_failure(f, "creating the TLS context"); return NULL; }
-  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   /* an idle connection gives its 2 x ~17 KiB record buffers back (bench/) */
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-  if (opts->ca) {
-    if (!load_ca(ctx, opts->ca)) { tls_failure(f, "loading the CA certificates"); goto fail; }
-  } else if (!server && opts->verify) {
-    if (SSL_CTX_set_default_verify_paths(ctx) != 1) { tls_failure(f, "loading the system's CA store"); goto fail; }
-  }
-  if (opts->cert && !load_cert_and_key(ctx, opts->cert, opts->key)) {
-    tls_failure(f, "loading the certificate and key");
-    goto fail;
-  }
+  /* the password is the option table's: only while the files load */
+  SSL_CTX_set_default_passwd_cb(ctx, tls_password);
+  SSL_CTX_set_default_passwd_cb_userdata(ctx, (void *)opts->password);
+  ok = tls_set_protocols(ctx, opts, f) && tls_load_files(ctx, opts, server, f);
+  SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+  if (!ok) goto fail;
 #ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
   /* OpenSSL 3 reports a peer that closes without close_notify as an SSL
    * error, which libevent's allow_dirty_shutdown does not recognize: an
@@ -253,45 +265,6 @@ int tls_bev_failure(struct bufferevent *bev, evtcp_failure *f) {
   return 1;
 }
 
-/* Pushes conn.tls: { protocol, cipher, peerCertificate = { subject, issuer } }. */
-void tls_push_info(lua_State *L, SSL *ssl) {
-  X509 *peer;
-  char buf[512];
-  if (ssl == NULL) { lua_pushnil(L); return; }
-  lua_createtable(L, 0, 5);
-  lua_pushstring(L, SSL_get_version(ssl));
-  lua_setfield(L, -2, "protocol");
-  lua_pushstring(L, SSL_get_cipher_name(ssl));
-  lua_setfield(L, -2, "cipher");
-  {
-    const unsigned char *proto = NULL;
-    unsigned len = 0;
-    SSL_get0_alpn_selected(ssl, &proto, &len);
-    if (len > 0) {
-      lua_pushlstring(L, (const char *)proto, len);
-      lua_setfield(L, -2, "alpn");
-    }
-  }
-  lua_pushboolean(L, SSL_session_reused(ssl));
-  lua_setfield(L, -2, "resumed");
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-  peer = SSL_get1_peer_certificate(ssl);
-#else
-  peer = SSL_get_peer_certificate(ssl); /* OpenSSL 1.1.1: the same, older name */
-#endif
-  if (peer) {
-    lua_createtable(L, 0, 2);
-    X509_NAME_oneline(X509_get_subject_name(peer), buf, sizeof buf);
-    lua_pushstring(L, buf);
-    lua_setfield(L, -2, "subject");
-    X509_NAME_oneline(X509_get_issuer_name(peer), buf, sizeof buf);
-    lua_pushstring(L, buf);
-    lua_setfield(L, -2, "issuer");
-    lua_setfield(L, -2, "peerCertificate");
-    X509_free(peer);
-  }
-}
-
 /* ---- servers: ALPN selection and certificates by SNI ---- */
 
 /* The server's first protocol that the client offers too; none is a fatal
@@ -343,6 +316,21 @@ static void tls_server_callbacks(tls_server *s, SSL_CTX *ctx) {
   if (s->alpn_len > 0) SSL_CTX_set_alpn_select_cb(ctx, tls_select_alpn, s);
 }
 
+/* An entry of tls.sni (at the top, its name below it) takes cert, key
+ * and password: the rest (ca, versions, ...) is the top level's. */
+static void tls_check_sni_keys(lua_State *L, int arg) {
+  lua_pushnil(L);
+  while (lua_next(L, -2) != 0) {
+    const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+    lua_pop(L, 1);
+    if (strcmp(key, "cert") != 0 && strcmp(key, "key") != 0 && strcmp(key, "password") != 0) {
+      const char *name = lua_tostring(L, -3);
+      luaL_argerror(L, arg, lua_pushfstring(L, "option 'tls.sni[\"%s\"]' has no key '%s' (it takes cert, key "
+                                               "and password)", name, luaL_tolstring(L, -1, NULL)));
+    }
+  }
+}
+
 /* Checks tls.sni (at the top of the stack) before anything is made. */
 static size_t tls_check_sni(lua_State *L, int arg) {
   size_t n = 0;
@@ -353,6 +341,7 @@ static size_t tls_check_sni(lua_State *L, int arg) {
     if (lua_type(L, -2) != LUA_TSTRING || (lua_tolstring(L, -2, &len), len == 0 || len > 253))
       luaL_argerror(L, arg, "option 'tls.sni': each key must be a host name");
     if (!lua_istable(L, -1)) luaL_argerror(L, arg, "option 'tls.sni': each name needs a table { cert=, key= }");
+    tls_check_sni_keys(L, arg);
     /* both fields pushed before either is checked: the name stays at -4 */
     lua_getfield(L, -1, "cert");
     lua_getfield(L, -2, "key");
@@ -399,6 +388,8 @@ int tls_server_setup(lua_State *L, int index, int arg, tls_server **out, evtcp_f
     one.cert = lua_tostring(L, -1);
     lua_getfield(L, -2, "key");
     one.key = lua_tostring(L, -1);
+    if (lua_getfield(L, -3, "password") == LUA_TSTRING) one.password = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the entry keeps it */
     if ((e->name = (char *)malloc(len + 1)) == NULL) { failure_from_errno(f, ENOMEM, "evtcp"); lua_pop(L, 5); return -1; }
     for (i = 0; i <= len; i++) e->name[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
     s->sni_count++;
@@ -427,56 +418,4 @@ void tls_server_free(tls_server *s) {
   free(s->sni);
   SSL_CTX_free(s->ctx);
   free(s);
-}
-
-/* ---- clients: sessions kept for resumption ---- */
-
-#define TLS_CACHE_MAX 128 /* host:port pairs per Lua state; the oldest go first */
-
-struct tls_cached {
-  struct tls_cached *next;
-  SSL_SESSION *session;
-  char key[1];              /* "host:port|settings", allocated to length */
-};
-
-/* Keeps session (ours now) for key, replacing the one it had; the newest
- * first, and past TLS_CACHE_MAX the oldest (the last) goes. */
-void tls_cache_put(evtcp_loop *loop, const char *key, SSL_SESSION *session) {
-  struct tls_cached **p, *e;
-  size_t n = 0;
-  for (e = loop->tls_sessions; e != NULL; e = e->next)
-    if (strcmp(e->key, key) == 0) {
-      SSL_SESSION_free(e->session);
-      e->session = session;
-      return;
-    }
-  e = (struct tls_cached *)malloc(sizeof *e + strlen(key));
-  if (e == NULL) { SSL_SESSION_free(session); return; }
-  strcpy(e->key, key);
-  e->session = session;
-  e->next = loop->tls_sessions;
-  loop->tls_sessions = e;
-  for (p = &loop->tls_sessions; *p != NULL && ++n < TLS_CACHE_MAX; p = &(*p)->next) {}
-  if (*p != NULL && (*p)->next != NULL) { /* one too many: drop the tail */
-    e = (*p)->next;
-    (*p)->next = NULL;
-    SSL_SESSION_free(e->session);
-    free(e);
-  }
-}
-
-SSL_SESSION *tls_cache_get(evtcp_loop *loop, const char *key) {
-  struct tls_cached *e;
-  for (e = loop->tls_sessions; e != NULL; e = e->next)
-    if (strcmp(e->key, key) == 0) return SSL_SESSION_is_resumable(e->session) ? e->session : NULL;
-  return NULL;
-}
-
-void tls_cache_free_all(evtcp_loop *loop) {
-  while (loop->tls_sessions != NULL) {
-    struct tls_cached *e = loop->tls_sessions;
-    loop->tls_sessions = e->next;
-    SSL_SESSION_free(e->session);
-    free(e);
-  }
 }

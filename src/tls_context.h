@@ -15,7 +15,9 @@
 
 typedef struct tls_options {
   const char *ca, *cert, *key, *server_name;
+  const char *ciphers, *ciphersuites, *password, *crl;
   int verify;
+  int min_version, max_version; /* TLS1_2_VERSION, TLS1_3_VERSION, or 0: not given */
   unsigned char alpn[TLS_ALPN_MAX]; /* tls.alpn in ALPN's wire format: length-prefixed names */
   size_t alpn_len;
   unsigned config_hash;      /* tells apart client settings a session may be resumed under */
