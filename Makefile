@@ -39,14 +39,14 @@ CORE = $(BUILD)/evtcp/core.so
 # Debian packages, per target: the build's (make, make demo), the specs'
 # and their real peers (make test, sanitize, fuzz, stress), the bench's.
 BUILD_DEPS = gcc libc6-dev lua5.4 liblua5.4-dev libevent-dev libssl-dev pkg-config
-TEST_DEPS  = $(BUILD_DEPS) luarocks lua-busted lua-socket clang socat netcat-openbsd redis-server \
+TEST_DEPS  = $(BUILD_DEPS) luarocks lua-busted lua-socket clang socat netcat-openbsd redis-server postgresql \
              python3 lua-luv haproxy strace lua-check git
 BENCH_DEPS = $(TEST_DEPS) nodejs redis-tools wrk
 DEPS      ?= $(TEST_DEPS)
 # Packages that Debian starts as services when they are installed: the
 # specs start their own, in temp dirs, so the system's are stopped and
 # disabled again right after the install.
-SERVICES   = redis-server haproxy
+SERVICES   = redis-server haproxy postgresql
 
 .PHONY: all checkout warnings lint deps build-deps test-deps bench-deps test demo install sanitize fuzz stress bench bench-quick clean
 
@@ -106,7 +106,7 @@ warnings:
 # has everything pays one dpkg query.
 deps:
 	@if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then \
-	  echo "evtcp: no apt-get here; skipping the install step (needs: Lua 5.4 with headers, libevent 2.1 with libevent_openssl, OpenSSL, busted; the specs also use socat, redis-server, python3, luv, haproxy)"; \
+	  echo "evtcp: no apt-get here; skipping the install step (needs: Lua 5.4 with headers, libevent 2.1 with libevent_openssl, OpenSSL, busted; the specs also use socat, redis-server, postgresql, python3, luv, haproxy)"; \
 	  exit 0; \
 	fi; \
 	missing=$$(for p in $(DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

@@ -54,6 +54,7 @@
 ---@field onConnection fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
 ---@field onData fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
 ---@field onEnd fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
+---@field onUpgrade fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)? startTLS's handshake is done
 ---@field onDrain fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
 ---@field onShutdown fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
 ---@field onError fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
@@ -106,6 +107,15 @@
 ---@field tls evtcp.TLSInfo?
 ---@field framing "line"|integer|{ delimiter: string }|nil
 local TCPConnection = {}
+
+--- Upgrades this open plain connection to TLS on the same socket (a client's
+--- or a server's by how it was made). Waits in a coroutine or at the top
+--- level; in a plain callback returns true at once and onUpgrade follows.
+--- Buffered unread input fails it (kind "tls"): a STARTTLS injection.
+---@param tlsOptions evtcp.TLSOptions|true|nil
+---@return true|nil ok
+---@return evtcp.Error? err
+function TCPConnection:startTLS(tlsOptions) end
 
 ---@param ... string|number
 ---@return true|nil ok

@@ -52,6 +52,7 @@ function H.recorder(extra)
   rec.onShutdown = note("onShutdown")
   rec.onError = note("onError")
   rec.onTerminate = note("onTerminate")
+  rec.onUpgrade = note("onUpgrade")
   for k, v in pairs(extra or {}) do
     if not k:match("^on") or k == "onDrain" then rec[k] = v end
   end
@@ -239,6 +240,72 @@ function H.self_signed()
     .. "-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1"):format(dir)
   assert(os.execute(H.peer .. "sh -c " .. ("%q"):format(cmd) .. " >/dev/null 2>&1"), "openssl failed")
   return { cert = dir .. "/cert.pem", key = dir .. "/key.pem" }, dir
+end
+
+--- Runs cmd (a shell command: a peer program) in the background while the
+-- loop runs, for at most `limit` seconds; returns its output (stdout and
+-- stderr) and its exit status. ours: cmd runs evtcp itself (an example),
+-- which keeps the environment (under `make sanitize`, the sanitizer's).
+function H.peer_run(cmd, limit, ours)
+  limit = limit or 20
+  local script, out = os.tmpname(), os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(("timeout %d sh -c %s >%s 2>&1\necho \"exit=$?\" >>%s\ntouch %s.done\n")
+    :format(limit, ("'%s'"):format(cmd:gsub("'", "'\\''")), out, out, out))
+  f:close()
+  os.execute((ours and "" or H.peer) .. "sh " .. script .. " &")
+  H.run_until(function()
+    local done = io.open(out .. ".done")
+    if done then done:close() end
+    return done ~= nil
+  end, "the peer to finish", limit + 10)
+  local text = H.read(out)
+  os.remove(script)
+  os.remove(out)
+  os.remove(out .. ".done")
+  return text, tonumber(text:match("exit=(%d+)%s*$"))
+end
+
+--- A real PostgreSQL server in a new temp dir on a free port of
+-- 127.0.0.1, with ssl = on and the certificate tls ({ cert =, key = }),
+-- that takes clients only over TLS (scram-sha-256; without TLS: rejected).
+-- Run as the postgres user when we are root (postgres refuses root).
+-- Returns { port =, dir =, stop = fn }.
+function H.postgres(tls)
+  local p = io.popen("ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1")
+  local bin = p:read("l")
+  p:close()
+  assert(bin, "PostgreSQL is not installed (make test-deps installs it)")
+  local dir = os.tmpname()
+  os.remove(dir)
+  local port = H.free_port()
+  local as = ""
+  local function sh(cmd)
+    assert(os.execute(H.peer .. "sh -c " .. ("%q"):format(cmd) .. " >>" .. dir .. "/setup.log 2>&1"),
+      "failed: " .. cmd .. " (see " .. dir .. "/setup.log)")
+  end
+  assert(os.execute("mkdir -p " .. dir))
+  if io.popen("id -u"):read("l") == "0" then
+    as = "runuser -u postgres -- "
+    sh("chown postgres " .. dir)
+  end
+  sh(as .. bin .. "/initdb -D " .. dir .. "/data -U postgres -A trust")
+  sh(("cp %s %s/data/server.crt && cp %s %s/data/server.key && chmod 600 %s/data/server.key"):format(
+    tls.cert, dir, tls.key, dir, dir))
+  if as ~= "" then sh("chown postgres " .. dir .. "/data/server.crt " .. dir .. "/data/server.key") end
+  local f = assert(io.open(dir .. "/data/pg_hba.conf", "w"))
+  f:write("local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 127.0.0.1/32 reject\n")
+  f:close()
+  sh(as .. bin .. "/pg_ctl -D " .. dir .. "/data -l " .. dir .. "/server.log -w -t 60 -o " ..
+    ("'-p %d -k %s -c listen_addresses=127.0.0.1 -c ssl=on'"):format(port, dir) .. " start")
+  return {
+    port = port,
+    dir = dir,
+    stop = function()
+      os.execute(H.peer .. as .. bin .. "/pg_ctl -D " .. dir .. "/data -m immediate stop >/dev/null 2>&1")
+      os.execute("rm -rf " .. dir)
+    end,
+  }
 end
 
 function H.has_ipv6()

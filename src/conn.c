@@ -375,6 +375,7 @@ static void conn_release_all(lua_State *L, evtcp_object *obj) {
   if (c->input) { evbuffer_free(c->input); c->input = NULL; }
   free(c->unix_path);
   c->unix_path = NULL;
+  if (c->client) free(c->client->host);
   free(c->client);
   c->client = NULL;
   free(c->framing);
@@ -391,6 +392,7 @@ static const luaL_Reg conn_methods[] = {
   {"pause", conn_pause},
   {"resume", conn_resume},
   {"setTimeouts", conn_set_timeouts},
+  {"startTLS", conn_start_tls},
   {"_read", conn_read},
   {"receive", conn_receive},
   {"receiveUntil", conn_receive_until},

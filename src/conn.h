@@ -7,6 +7,7 @@
  *   conn_events.c   libevent's events (connected, timeouts, errors), OPEN
  *   conn_connect.c  a client on its way to OPEN
  *   conn_receive.c  receive() by pattern and receiveUntil (blocking style)
+ *   conn_upgrade.c  startTLS: a live connection's transport replaced
  *   conn_frame.c    frame ends in the input; the `framing` option
  *   conn_options.c  the options of a handler table, parsed once, applied
  *   conn_props.c    the properties and the metatable
@@ -50,6 +51,10 @@
  *     output (`output`, conn_output):
  *       OUTPUT_OPEN --shutdown()--> OUTPUT_SHUTTING --flushed--> OUTPUT_SHUT
  *         (`fin_sent`: our FIN, after TLS's close_notify; reading goes on)
+ *     `upgrading` (conn_upgrade.c): startTLS() replaced the plain transport
+ *       by TLS on the same socket; until the handshake is done no input is
+ *       delivered and sends queue encrypted; then onUpgrade. A failure
+ *       ends the connection as any other.
  *       OUTPUT_OPEN or SHUT(TING) --close()--> OUTPUT_CLOSING --flushed--> CLOSING
  *       `drain_wanted`: a send() queued bytes, onDrain once flushed.
  *       `corked`: sends gather in loop->cork while a batch of frames is
@@ -153,6 +158,7 @@ typedef struct conn_client {
   double connect_timeout;         /* < 0: none */
   struct bufferevent *retired_bev;/* a failed address's, freed from the loop */
   evutil_socket_t retired_fd;
+  char *host;                     /* the name dialled: what startTLS verifies */
   int bind_port;                  /* localPort, 0: the system's; -1: no local bind */
   evtcp_addr bind_addr;           /* localAddress (family 0: none) */
 } conn_client;
@@ -187,6 +193,7 @@ typedef struct evtcp_conn {
   unsigned fin_sent : 1;          /* our FIN is sent */
   unsigned corked : 1;            /* sends go to loop->cork */
   unsigned aborted : 1;           /* reset(): no close_notify */
+  unsigned upgrading : 1;         /* startTLS(): OPEN, the handshake not yet done */
   unsigned no_delay : 1;          /* settings, from here on */
   unsigned allow_half_open : 1;   /* after the peer's FIN, the program closes */
   evutil_socket_t fd;             /* the socket, once connected or accepted; -1.
@@ -268,6 +275,10 @@ void conn_bev_timeouts(evtcp_conn *c);
 
 /* conn_connect.c */
 void conn_try_next_address(evtcp_conn *c);
+
+/* conn_upgrade.c: startTLS */
+int conn_start_tls(lua_State *L);
+void conn_upgrade_done(evtcp_conn *c);
 
 /* conn_frame.c */
 ev_ssize_t conn_find_delimiter(evtcp_conn *c, size_t have, const char *delim, size_t dlen);

@@ -150,6 +150,7 @@ static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) 
     return;
   }
   host = sockaddr_unbracket(host, bare, sizeof bare); /* "[::1]" as in URLs */
+  if ((c->client->host = strdup(host)) == NULL) luaL_error(L, "evtcp: out of memory");
   if (c->transport->dial && c->transport->dial(c, host, port) != 0) luaL_error(L, "evtcp: out of memory");
   conn_start(L, c, host, port);
 }

@@ -93,6 +93,10 @@ void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
     return;
   }
   if (c->state != CONN_OPEN) return;
+  if (c->upgrading && (what & BEV_EVENT_CONNECTED)) { /* startTLS's handshake */
+    conn_upgrade_done(c);
+    return;
+  }
   if (what & BEV_EVENT_TIMEOUT) {
     failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp",
                 (what & BEV_EVENT_READING) ? "read timeout" : "write timeout");

@@ -83,7 +83,8 @@ static void conn_push_property(lua_State *L, evtcp_conn *c, conn_property p) {
     break;
   case PROP_REMOTE_PORT: if (!push_addr(L, &c->peer, 1)) lua_pushnil(L); break;
   case PROP_TLS:
-    if (c->transport->push_info && c->state == CONN_OPEN) c->transport->push_info(L, c);
+    /* (not while startTLS's handshake runs: nothing is negotiated yet) */
+    if (c->transport->push_info && c->state == CONN_OPEN && !c->upgrading) c->transport->push_info(L, c);
     else lua_pushnil(L);
     break;
   case PROP_COUNT: lua_pushnil(L); break;

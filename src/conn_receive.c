@@ -203,7 +203,8 @@ int conn_state_name(lua_State *L) {
   else lua_pushliteral(L, "closed");
   lua_pushinteger(L, (lua_Integer)c->high_water);
   lua_pushboolean(L, c->was_open);
-  return 3;
+  lua_pushboolean(L, c->upgrading);
+  return 4;
 }
 
 /* conn:_flags() -> the internal state in words, for the fuzzer's reports */

@@ -18,6 +18,7 @@ size_t conn_buffered(const evtcp_conn *c) {
   size_t n = c->early ? evbuffer_get_length(c->early) : 0;
   if (c->corked) n += evbuffer_get_length(c->obj.loop->cork);
   if (c->bev) n += evbuffer_get_length(bufferevent_get_output(c->bev));
+  if (c->transport->pending) n += c->transport->pending(c);
   return n;
 }
 

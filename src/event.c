@@ -28,11 +28,12 @@ typedef struct evtcp_event {
 } evtcp_event;
 
 static const char *const type_names[EVT_COUNT] = {
-  "connection", "data", "error", "close", "terminate", "drain", "end"
+  "connection", "data", "error", "close", "terminate", "drain", "end", "upgrade"
 };
 
 const char *const event_callback_names[EVT_COUNT] = {
-  "onConnection", "onData", "onError", "onShutdown", "onTerminate", "onDrain", "onEnd"
+  "onConnection", "onData", "onError", "onShutdown", "onTerminate", "onDrain", "onEnd",
+  "onUpgrade"
 };
 
 /* An event is no evtcp_object: nothing to free, no __gc. */

@@ -128,7 +128,7 @@ void loop_resume_thread(evtcp_loop *loop, lua_State *L);
 
 /* ---- event.c ---- */
 typedef enum {
-  EVT_CONNECTION, EVT_DATA, EVT_ERROR, EVT_CLOSE, EVT_TERMINATE, EVT_DRAIN, EVT_END,
+  EVT_CONNECTION, EVT_DATA, EVT_ERROR, EVT_CLOSE, EVT_TERMINATE, EVT_DRAIN, EVT_END, EVT_UPGRADE,
   EVT_COUNT
 } evtcp_event_type;
 

@@ -111,21 +111,25 @@ static void loop_check_not_running(lua_State *L, evtcp_loop *loop) {
 
 static const char scheduler_key = 'S';
 
-/* core.setScheduler(spawned, receive): the weak set of coroutines started by
- * evtcp.spawn, and the Lua layer's receive (timeouts, other contexts). */
+/* core.setScheduler(spawned, receive, upgrade): the weak set of coroutines
+ * started by evtcp.spawn, the Lua layer's receive (timeouts, other
+ * contexts) and its wait for startTLS's handshake. */
 static int loop_set_scheduler(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  lua_settop(L, 2);
-  lua_createtable(L, 2, 0);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  lua_createtable(L, 3, 0);
   lua_insert(L, 1);
+  lua_rawseti(L, 1, 3);
   lua_rawseti(L, 1, 2);
   lua_rawseti(L, 1, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &scheduler_key);
   return 0;
 }
 
-/* Pushes item i of the scheduler (1: the spawned set, 2: receive). */
+/* Pushes item i of the scheduler (1: the spawned set, 2: receive, 3: the
+ * upgrade wait). */
 void loop_push_scheduler(lua_State *L, int i) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &scheduler_key) != LUA_TTABLE)
     luaL_error(L, "evtcp: the Lua layer is not loaded");

@@ -354,18 +354,19 @@ static size_t tls_check_sni(lua_State *L, int arg) {
   return n;
 }
 
-/* Makes *out from the listener's tls table at index: the default context,
- * ALPN, the SNI contexts. Raises on misuse (*out stays freeable by
- * tls_server_free); returns -1 with f for what OpenSSL refused. */
+/* Makes *out from the tls table at index of a listener (or of startTLS on
+ * an accepted connection): the default context, ALPN, the SNI contexts.
+ * Raises on misuse before anything is made; returns -1 with f for what
+ * OpenSSL refused (*out, if set, for tls_server_free). */
 int tls_server_setup(lua_State *L, int index, int arg, tls_server **out, evtcp_failure *f) {
   tls_options opts;
   size_t count = 0;
   tls_server *s;
-  if ((s = *out = (tls_server *)calloc(1, sizeof *s)) == NULL) return luaL_error(L, "evtcp: out of memory");
   index = lua_absindex(L, index);
   tls_read_options(L, index, arg, &opts, 1);
   if (lua_getfield(L, index, "sni") != LUA_TNIL) count = tls_check_sni(L, arg);
   lua_pop(L, 1);
+  if ((s = *out = (tls_server *)calloc(1, sizeof *s)) == NULL) return luaL_error(L, "evtcp: out of memory");
   memcpy(s->alpn, opts.alpn, opts.alpn_len);
   s->alpn_len = opts.alpn_len;
   if ((s->ctx = tls_context_new(&opts, 1, f)) == NULL) return -1;

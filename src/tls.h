@@ -22,4 +22,13 @@ void tls_server_free(tls_server *s);
  * which has no name to check unless tls.serverName gives one. */
 void tls_client_setup(lua_State *L, struct evtcp_conn *c, int index, int arg, int is_unix);
 
+/* startTLS (conn_upgrade.c): the plain transport of an OPEN connection is
+ * replaced by TLS on the same socket, a client's if c dialled, else a
+ * server's; the tls table at index as its options. Raises on misuse
+ * before anything changes; -1 with f when OpenSSL refused the settings
+ * (nothing changed); 0 when the handshake is under way (or failed without
+ * memory: c is then failing). What the plain transport still had queued
+ * goes first, in the clear. */
+int tls_upgrade(lua_State *L, struct evtcp_conn *c, int index, int arg, evtcp_failure *f);
+
 #endif

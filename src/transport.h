@@ -68,6 +68,9 @@ typedef struct conn_transport {
    * and returns 1 (while CONNECTING, a failure that is final: no other
    * address is tried); 0 leaves it to the connection. err: the socket's. */
   int (*explain)(struct evtcp_conn *c, short what, int err, struct evtcp_failure *f);
+  /* Optional. Output bytes it holds beyond the bufferevent's (TLS, while
+   * the plain output of before startTLS still flushes). */
+  size_t (*pending)(const struct evtcp_conn *c);
   /* Optional. Pushes conn.tls (NULL: nil). */
   void (*push_info)(lua_State *L, struct evtcp_conn *c);
   /* Frees one of its bufferevents (the connection's, or a failed

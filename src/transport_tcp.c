@@ -32,7 +32,9 @@ static void tcp_on_readable(evutil_socket_t fd, short what, void *arg) {
     ssize_t n = recv(fd, buf, sizeof buf, 0);
     if (n > 0) {
       conn_deliver_data(c, buf, (size_t)n);
-      if (!c->reading || loop_has_error(c->obj.loop) || (size_t)n < sizeof buf) return;
+      /* (after a startTLS, the socket is TLS's: this event is gone) */
+      if (!c->reading || c->transport != &transport_tcp || loop_has_error(c->obj.loop) || (size_t)n < sizeof buf)
+        return;
     } else if (n == 0) {
       conn_on_peer_eof(c);
       return;
@@ -95,6 +97,6 @@ static void tcp_release(evtcp_conn *c) {
 /* Every event is the socket's own: the connection reads it as such; the
  * socket's FIN is the stream's end; there is no conn.tls. */
 const conn_transport transport_tcp = {
-  "tcp", 0, tcp_accept, NULL, tcp_connect, tcp_reading, tcp_write_now, NULL, NULL, NULL,
+  "tcp", 0, tcp_accept, NULL, tcp_connect, tcp_reading, tcp_write_now, NULL, NULL, NULL, NULL,
   tcp_free_bev, tcp_release
 };

@@ -23,6 +23,8 @@
 /* A TLS connection's own state (c->link). */
 typedef struct tls_link {
   SSL_CTX *ctx;              /* a client's, for each address tried; NULL on a server's side */
+  tls_server *server;        /* startTLS on an accepted connection: its own settings */
+  struct bufferevent *plain; /* startTLS: the plain output still flushing, in the clear */
   char *host;                /* a client's SNI and the name checked, or NULL */
   char *session_key;         /* "host:port|name|verify|settings", its sessions' key */
   unsigned config_hash;      /* ca, cert, key, alpn: sessions are per settings */
@@ -40,24 +42,35 @@ static SSL *ssl_of(const evtcp_conn *c) {
 
 /* ---- a client's `tls` option ---- */
 
-/* Reads the client's tls option at index into a new link: the transport
- * is TLS from now on. A context OpenSSL refused (a file that cannot be
- * read) is an error event, once started. */
-void tls_client_setup(lua_State *L, evtcp_conn *c, int index, int arg, int is_unix) {
+/* A client's link from the tls option at index. Raises on misuse, before
+ * anything is made; a context OpenSSL refused leaves ctx NULL and f set. */
+static tls_link *tls_client_link(lua_State *L, int index, int arg, int is_unix, evtcp_failure *f) {
   tls_options opts;
-  evtcp_failure f;
   tls_link *k;
   tls_read_options(L, index, arg, &opts, 0);
   if (is_unix && opts.verify && opts.server_name == NULL)
     luaL_argerror(L, arg, "TLS over a Unix socket needs tls.serverName (the name the certificate is "
                           "checked against), or tls.verify = false");
   if ((k = (tls_link *)calloc(1, sizeof *k)) == NULL) luaL_error(L, "evtcp: out of memory");
-  c->transport = &transport_tls;
-  c->link = k;
   k->verify = opts.verify != 0;
   k->config_hash = opts.config_hash; /* for the session key: tls_dial */
-  if (opts.server_name && (k->host = strdup(opts.server_name)) == NULL) luaL_error(L, "evtcp: out of memory");
-  if ((k->ctx = tls_context_new(&opts, 0, &f)) == NULL) {
+  if (opts.server_name && (k->host = strdup(opts.server_name)) == NULL) {
+    free(k);
+    luaL_error(L, "evtcp: out of memory");
+  }
+  k->ctx = tls_context_new(&opts, 0, f);
+  return k;
+}
+
+/* Reads the client's tls option at index into a new link: the transport
+ * is TLS from now on. A context OpenSSL refused (a file that cannot be
+ * read) is an error event, once started. */
+void tls_client_setup(lua_State *L, evtcp_conn *c, int index, int arg, int is_unix) {
+  evtcp_failure f;
+  tls_link *k = tls_client_link(L, index, arg, is_unix, &f);
+  c->transport = &transport_tls;
+  c->link = k;
+  if (k->ctx == NULL) {
     if ((c->failure = (evtcp_failure *)malloc(sizeof *c->failure)) == NULL) luaL_error(L, "evtcp: out of memory");
     *c->failure = f;
   }
@@ -185,7 +198,7 @@ static int tls_dirty_end(const evtcp_conn *c) {
 
 static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
   int reset = err == ECONNRESET || err == EPIPE;
-  if (c->state == CONN_CONNECTING) {
+  if (c->state == CONN_CONNECTING || c->upgrading) {
     /* an EOF or a reset here is the peer aborting the handshake: the TCP
      * connection was up (a refusal would be ECONNREFUSED) */
     if (tls_bev_failure(c->bev, f)) return 1;
@@ -213,6 +226,99 @@ static int tls_explain(evtcp_conn *c, short what, int err, evtcp_failure *f) {
   return 0;
 }
 
+/* ---- startTLS: TLS over a live plain connection ---- */
+
+static size_t tls_pending(const evtcp_conn *c) {
+  const tls_link *k = link_of(c);
+  return k && k->plain ? evbuffer_get_length(bufferevent_get_output(k->plain)) : 0;
+}
+
+/* The TLS bufferevent takes the socket: the handshake starts. */
+static void tls_upgrade_attach(evtcp_conn *c) {
+  bufferevent_setfd(c->bev, c->fd);
+  bufferevent_enable(c->bev, c->reading ? EV_READ | EV_WRITE : EV_WRITE);
+  conn_bev_timeouts(c);
+}
+
+/* The plain output of before startTLS has left, in the clear: its
+ * bufferevent goes, TLS starts; a close() that waited for it goes on. */
+static void tls_plain_flushed(struct bufferevent *bev, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  if (evbuffer_get_length(bufferevent_get_output(bev)) > 0) return;
+  link_of(c)->plain = NULL;
+  transport_tcp.free_bev(bev);
+  tls_upgrade_attach(c);
+  conn_on_written(c->bev, c);
+}
+
+static void tls_plain_event(struct bufferevent *bev, short what, void *arg) {
+  evtcp_conn *c = (evtcp_conn *)arg;
+  int err = EVUTIL_SOCKET_ERROR();
+  evtcp_failure f;
+  (void)bev;
+  if (what & BEV_EVENT_TIMEOUT) {
+    failure_set(&f, KIND_TIMEOUT, ETIMEDOUT, "evtcp", "write timeout");
+    conn_end(c, &f, 0);
+  } else {
+    conn_fail(c, err ? err : EPIPE, "libevent");
+  }
+}
+
+/* The new link from the options at index, for this side; NULL with f
+ * when OpenSSL refused them. */
+static tls_link *tls_upgrade_link(lua_State *L, evtcp_conn *c, int index, int arg, evtcp_failure *f) {
+  tls_link *k;
+  tls_server *s = NULL;
+  if (c->client) {
+    k = tls_client_link(L, index, arg, c->unix_path != NULL, f);
+    if (k->ctx == NULL) { free(k->host); free(k); return NULL; }
+    return k;
+  }
+  if (tls_server_setup(L, index, arg, &s, f) != 0) { tls_server_free(s); return NULL; }
+  if ((k = (tls_link *)calloc(1, sizeof *k)) == NULL) {
+    tls_server_free(s);
+    failure_from_errno(f, ENOMEM, "evtcp");
+    return NULL;
+  }
+  k->server = s;
+  return k;
+}
+
+int tls_upgrade(lua_State *L, evtcp_conn *c, int index, int arg, evtcp_failure *f) {
+  tls_link *k = tls_upgrade_link(L, c, index, arg, f);
+  struct bufferevent *old = c->bev, *bev;
+  SSL *ssl;
+  if (k == NULL) return -1;
+  c->transport->release(c); /* the plain transport's read event */
+  c->transport = &transport_tls;
+  c->link = k;
+  if (c->client)
+    ssl = tls_dial(c, c->client->host, sockaddr_port(&c->peer.sa)) == 0 ? tls_client_ssl(c) : NULL;
+  else
+    ssl = SSL_new(k->server->ctx);
+  /* no socket yet: it is given once the plain output has left */
+  bev = ssl ? bufferevent_openssl_socket_new(c->obj.loop->base, -1, ssl,
+                                             c->client ? BUFFEREVENT_SSL_CONNECTING : BUFFEREVENT_SSL_ACCEPTING, 0)
+            : NULL;
+  if (bev == NULL) {
+    SSL_free(ssl);
+    conn_fail(c, ENOMEM, "evtcp");
+    return 0;
+  }
+  bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+  bufferevent_setcb(bev, tls_on_readable, conn_on_written, conn_on_bev_event, c);
+  c->bev = bev;
+  if (old && evbuffer_get_length(bufferevent_get_output(old)) > 0) {
+    k->plain = old;
+    bufferevent_setcb(old, NULL, tls_plain_flushed, tls_plain_event, c);
+    bufferevent_enable(old, EV_WRITE);
+  } else {
+    if (old) transport_tcp.free_bev(old);
+    tls_upgrade_attach(c);
+  }
+  return 0;
+}
+
 static void tls_push_conn_info(lua_State *L, evtcp_conn *c) {
   SSL *ssl = ssl_of(c);
   if (ssl == NULL) lua_pushnil(L);
@@ -234,6 +340,8 @@ static void tls_release(evtcp_conn *c) {
   if (ssl && c->state == CONN_CLOSING && !c->aborted && c->failure == NULL && SSL_is_init_finished(ssl))
     SSL_shutdown(ssl);
   if (k->ctx) SSL_CTX_free(k->ctx);
+  if (k->plain) transport_tcp.free_bev(k->plain);
+  tls_server_free(k->server);
   free(k->host);
   free(k->session_key);
   free(k);
@@ -242,5 +350,5 @@ static void tls_release(evtcp_conn *c) {
 
 const conn_transport transport_tls = {
   "tls", 1, tls_accept, tls_dial, tls_connect, tls_reading, NULL, tls_end_stream, tls_explain,
-  tls_push_conn_info, tls_free_bev, tls_release
+  tls_pending, tls_push_conn_info, tls_free_bev, tls_release
 };

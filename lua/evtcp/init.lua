@@ -268,7 +268,21 @@ local function receive(conn, pattern, timeout, delimiter)
   end
 end
 
-core.setScheduler(spawned, receive)
+--- conn:startTLS's wait (the core calls it in a coroutine or at the top
+-- level): true once the handshake is done, or nil and why it failed.
+local function upgrade_wait(conn)
+  wait_until(conn, function()
+    local state, _, _, upgrading = conn:_state()
+    return state ~= "open" or not upgrading
+  end)
+  local state, _, _, upgrading = conn:_state()
+  if state == "open" and not upgrading then return true end
+  conn:wait()
+  local errors = conn.errors
+  return nil, errors[#errors] or core.newError("tls", "evtcp", "the connection closed during the TLS upgrade")
+end
+
+core.setScheduler(spawned, receive, upgrade_wait)
 
 --- evtcp.resolve(name [, timeout]) -> { ip, ... } | nil, errorObject
 -- The addresses of a host name (IPv4 and IPv6, in the resolver's order,
