@@ -50,6 +50,11 @@
 ---@field password string? of an encrypted key
 ---@field crl string? path or PEM text: revocation lists checked with ca
 
+---@class evtcp.KeepAlive
+---@field idle integer? seconds before the first probe (nil: the system's)
+---@field interval integer? seconds between probes
+---@field count integer? unanswered probes that fail the connection
+
 ---@class evtcp.Handler
 ---@field onConnection fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
 ---@field onData fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
@@ -63,7 +68,9 @@
 ---@field timeout number?
 ---@field readTimeout number?
 ---@field writeTimeout number?
----@field keepAlive number|boolean?
+---@field keepAlive number|boolean|evtcp.KeepAlive?
+---@field userTimeout number? seconds: TCP_USER_TIMEOUT
+---@field fastOpen boolean? the first data in the SYN (TCP_FASTOPEN_CONNECT)
 ---@field highWaterMark integer?
 ---@field allowHalfOpen boolean?
 ---@field framing "line"|integer|{ delimiter: string }?
@@ -83,8 +90,10 @@
 ---@field proxyProtocol boolean?
 ---@field maxConnections integer?
 ---@field tls evtcp.TLSOptions?
+---@field fastOpen integer? TCP Fast Open's queue length
 ---@field noDelay boolean?
----@field keepAlive number|boolean?
+---@field keepAlive number|boolean|evtcp.KeepAlive?
+---@field userTimeout number?
 ---@field readTimeout number?
 ---@field writeTimeout number?
 ---@field highWaterMark integer?
@@ -95,7 +104,9 @@
 ---@field closed boolean
 ---@field errors evtcp.Error[]
 ---@field noDelay boolean
----@field keepAlive number|boolean
+---@field keepAlive number|boolean|evtcp.KeepAlive
+---@field userTimeout number?
+---@field fd integer? the socket, while there is one
 ---@field remoteAddress string?
 ---@field remotePort integer?
 ---@field localAddress string?
@@ -116,6 +127,20 @@ local TCPConnection = {}
 ---@return true|nil ok
 ---@return evtcp.Error? err
 function TCPConnection:startTLS(tlsOptions) end
+
+--- Sets a socket option by name ("rcvbuf", "sndbuf", "linger", "tos", "ttl",
+--- "quickack", "mark", "bindToDevice", "nodelay", "keepalive", "reuseaddr").
+---@param name string
+---@param value integer|boolean|string
+---@return true|nil ok
+---@return string? err
+function TCPConnection:setOption(name, value) end
+
+--- Reads a socket option back from the socket.
+---@param name string
+---@return integer|boolean|string|nil value
+---@return string? err
+function TCPConnection:getOption(name) end
 
 ---@param ... string|number
 ---@return true|nil ok

@@ -5,7 +5,9 @@
  *
  *   sockopt.find(localPort, remotePort) -> fd | nil
  *   sockopt.get(fd, name)               -> integer
- *     name: "nodelay", "keepalive", "keepidle", "linger" (seconds, -1 off)
+ *     name: "nodelay", "keepalive", "keepidle", "keepintvl", "keepcnt",
+ *     "user_timeout" (ms), "fastopen" (a listener's queue), "fastopen_connect",
+ *     "rcvbuf", "tos", "tclass", "ttl", "mark", "v6only", "linger" (seconds, -1 off)
  *   sockopt.listening(port)             -> fd of a listening socket on port | nil
  *   sockopt.fds()                       -> number of open descriptors
  *   sockopt.heap()                      -> bytes malloc has handed out
@@ -29,6 +31,7 @@
 #include <sys/un.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/ip.h>
 #include <netinet/tcp.h>
 #include <lua.h>
 #include <lauxlib.h>
@@ -80,6 +83,16 @@ static int sockopt_get(lua_State *L) {
   else if (strcmp(name, "keepalive") == 0) rc = getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &v, &len);
   else if (strcmp(name, "keepidle") == 0) rc = getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, &len);
   else if (strcmp(name, "v6only") == 0) rc = getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v, &len);
+  else if (strcmp(name, "keepintvl") == 0) rc = getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, &len);
+  else if (strcmp(name, "keepcnt") == 0) rc = getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &v, &len);
+  else if (strcmp(name, "user_timeout") == 0) rc = getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &v, &len);
+  else if (strcmp(name, "fastopen") == 0) rc = getsockopt(fd, IPPROTO_TCP, TCP_FASTOPEN, &v, &len);
+  else if (strcmp(name, "fastopen_connect") == 0) rc = getsockopt(fd, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, &v, &len);
+  else if (strcmp(name, "rcvbuf") == 0) rc = getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, &len);
+  else if (strcmp(name, "tos") == 0) rc = getsockopt(fd, IPPROTO_IP, IP_TOS, &v, &len);
+  else if (strcmp(name, "tclass") == 0) rc = getsockopt(fd, IPPROTO_IPV6, IPV6_TCLASS, &v, &len);
+  else if (strcmp(name, "ttl") == 0) rc = getsockopt(fd, IPPROTO_IP, IP_TTL, &v, &len);
+  else if (strcmp(name, "mark") == 0) rc = getsockopt(fd, SOL_SOCKET, SO_MARK, &v, &len);
   else if (strcmp(name, "linger") == 0) {
     struct linger lg;
     len = sizeof lg;

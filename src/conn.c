@@ -393,6 +393,8 @@ static const luaL_Reg conn_methods[] = {
   {"resume", conn_resume},
   {"setTimeouts", conn_set_timeouts},
   {"startTLS", conn_start_tls},
+  {"setOption", conn_set_option},
+  {"getOption", conn_get_option},
   {"_read", conn_read},
   {"receive", conn_receive},
   {"receiveUntil", conn_receive_until},

@@ -137,14 +137,24 @@ enum { FRAME_PARTIAL, FRAME_WHOLE, FRAME_TOO_LONG };
  * `given` says which the table had; only those are applied. */
 enum {
   OPT_NO_DELAY = 1, OPT_HALF_OPEN = 2, OPT_TIMEOUT = 4, OPT_READ_TIMEOUT = 8,
-  OPT_WRITE_TIMEOUT = 16, OPT_KEEP_ALIVE = 32, OPT_HIGH_WATER = 64, OPT_FRAMING = 128
+  OPT_WRITE_TIMEOUT = 16, OPT_KEEP_ALIVE = 32, OPT_HIGH_WATER = 64, OPT_FRAMING = 128,
+  OPT_USER_TIMEOUT = 256
 };
+
+/* TCP keepalive: idle seconds before the first probe (-1 the system's, 0
+ * off), then a probe every `interval` seconds, `count` unanswered ones
+ * failing the connection (0: the system's). */
+typedef struct conn_keepalive {
+  int idle;
+  unsigned short interval, count;
+} conn_keepalive;
 
 typedef struct conn_options {
   unsigned given;                 /* OPT_* bits */
   int no_delay, allow_half_open;
   double connect_timeout, read_timeout, write_timeout; /* seconds; 0: none */
-  int keep_alive;                 /* seconds, -1 the system's, 0 off */
+  conn_keepalive keep_alive;
+  unsigned user_timeout_ms;       /* TCP_USER_TIMEOUT; 0: the system's */
   size_t high_water;
   conn_framing *framing;          /* owned; NULL: raw chunks */
 } conn_options;
@@ -196,6 +206,7 @@ typedef struct evtcp_conn {
   unsigned upgrading : 1;         /* startTLS(): OPEN, the handshake not yet done */
   unsigned no_delay : 1;          /* settings, from here on */
   unsigned allow_half_open : 1;   /* after the peer's FIN, the program closes */
+  unsigned fast_open : 1;         /* a client's first data goes in the SYN */
   evutil_socket_t fd;             /* the socket, once connected or accepted; -1.
                                    * Always ours: closed by conn_release, so __gc
                                    * closes it at once (libevent defers its own) */
@@ -213,7 +224,8 @@ typedef struct evtcp_conn {
   double read_timeout, write_timeout; /* <= 0: none (0 is "no timeout", as everywhere) */
   size_t high_water;
   evtcp_addr peer, local;
-  int keep_alive;                 /* seconds, -1 the system's, 0: off */
+  conn_keepalive keep_alive;      /* idle -1: the system's, 0: off */
+  unsigned user_timeout_ms;       /* TCP_USER_TIMEOUT; 0: the system's */
   char *unix_path;                /* a Unix socket: its path ("/p" or "@name"), else NULL */
   conn_client *client;            /* client connections only, else NULL */
   conn_framing *framing;          /* onData's frames; NULL: chunks as they come */
@@ -295,8 +307,15 @@ void conn_options_free(conn_options *o);
 int conn_options_apply(evtcp_conn *c, const conn_options *o, int copy_framing);
 void conn_apply_socket_options(evtcp_conn *c);
 void conn_set_no_delay(evtcp_conn *c, int on);
-void conn_set_keep_alive(evtcp_conn *c, int seconds);
-int conn_keep_alive_value(lua_State *L, int index, int *seconds);
+void conn_set_keep_alive(evtcp_conn *c, const conn_keepalive *k);
+const char *conn_keep_alive_value(lua_State *L, int index, conn_keepalive *k);
+void conn_push_keep_alive(lua_State *L, const evtcp_conn *c);
+void conn_set_user_timeout(evtcp_conn *c, unsigned ms);
+const char *conn_user_timeout_value(lua_State *L, int index, unsigned *ms);
+
+/* conn_sockopt.c: setOption / getOption by name */
+int conn_set_option(lua_State *L);
+int conn_get_option(lua_State *L);
 
 /* conn_receive.c */
 int conn_read(lua_State *L);

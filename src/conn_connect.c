@@ -9,18 +9,37 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include "conn.h"
 #include "socket.h"
 #include "tls.h"
 
 /* ---- connecting ---- */
 
-/* A non-blocking socket of family bound to localAddress/localPort, or -1
- * with *err (an address of the other family fails this address only). */
-static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *err) {
+/* fastOpen: the first data goes in the SYN (TCP_FASTOPEN_CONNECT: the
+ * connect completes at once and the SYN leaves with the first write). Off
+ * where the system has no such option, or refuses it. */
+static void conn_fast_open(evutil_socket_t fd) {
+#ifdef TCP_FASTOPEN_CONNECT
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_FASTOPEN_CONNECT, &one, sizeof one);
+#else
+  (void)fd;
+#endif
+}
+
+/* A non-blocking socket of family, for fastOpen, bound to
+ * localAddress/localPort if given; or -1 with *err (an address of the
+ * other family fails this address only). */
+static evutil_socket_t conn_own_socket(const evtcp_conn *c, int family, int *err) {
   evtcp_addr a;
   socklen_t len;
   evutil_socket_t fd;
+  if (c->client->bind_port < 0) {
+    if ((fd = socket_new(family, err)) >= 0 && c->fast_open) conn_fast_open(fd);
+    return fd;
+  }
   memset(&a, 0, sizeof a);
   if (c->client->bind_addr.sa.sa_family != 0) {
     if (c->client->bind_addr.sa.sa_family != family) { *err = EAFNOSUPPORT; return -1; }
@@ -30,6 +49,7 @@ static evutil_socket_t conn_bound_socket(const evtcp_conn *c, int family, int *e
   if (family == AF_INET) { a.in.sin_port = htons((unsigned short)c->client->bind_port); len = sizeof a.in; }
   else { a.in6.sin6_port = htons((unsigned short)c->client->bind_port); len = sizeof a.in6; }
   if ((fd = socket_new(family, err)) < 0) return -1;
+  if (c->fast_open) conn_fast_open(fd);
   if (bind(fd, &a.sa, len) != 0) {
     *err = errno;
     evutil_closesocket(fd);
@@ -46,9 +66,10 @@ static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
   if (sa->sa_family != AF_UNIX)
     memcpy(&c->peer, sa, (size_t)len < sizeof c->peer ? (size_t)len : sizeof c->peer);
   c->state = CONN_CONNECTING;
-  if (c->client->bind_port >= 0) { /* localAddress / localPort: our own socket, bound */
+  if (c->client->bind_port >= 0 || (c->fast_open && sa->sa_family != AF_UNIX)) {
+    /* localAddress / localPort, fastOpen: our own socket */
     int err = 0;
-    evutil_socket_t fd = conn_bound_socket(c, sa->sa_family, &err);
+    evutil_socket_t fd = conn_own_socket(c, sa->sa_family, &err);
     if (fd < 0 || bufferevent_setfd(c->bev, fd) != 0) {
       if (fd >= 0) evutil_closesocket(fd);
       conn_free_bev(c, &c->bev, &c->fd);
@@ -187,6 +208,11 @@ static void conn_client_options(lua_State *L, evtcp_conn *c, int is_unix) {
   conn_options_read(L, 3, 3, &o);
   conn_options_apply(c, &o, 0); /* the framing moves into c */
   conn_read_local_bind(L, c, 3, 3);
+  if (lua_getfield(L, 3, "fastOpen") != LUA_TNIL) {
+    if (!lua_isboolean(L, -1)) luaL_argerror(L, 3, "option 'fastOpen' must be a boolean");
+    c->fast_open = lua_toboolean(L, -1) && !is_unix; /* a Unix socket has no SYN */
+  }
+  lua_pop(L, 1);
   if (is_unix && c->client->bind_port >= 0)
     luaL_argerror(L, 3, "localAddress and localPort do not apply to a Unix socket");
   if (lua_getfield(L, 3, "tls") != LUA_TNIL && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1)))

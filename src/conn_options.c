@@ -1,6 +1,7 @@
 /*
  * conn_options.c - the options of a handler table (noDelay, allowHalfOpen,
- * timeout, readTimeout, writeTimeout, keepAlive, highWaterMark, framing),
+ * timeout, readTimeout, writeTimeout, keepAlive, userTimeout, highWaterMark,
+ * framing),
  * parsed once into a conn_options (conn.h) and applied in one place; and
  * the socket options they set.
  *
@@ -41,17 +42,77 @@ static int option_boolean(lua_State *L, int h, int arg, const char *name, int *o
   return t != LUA_TNIL;
 }
 
-/* The keepAlive value at index: 1 with *seconds (-1 for true, the
- * system's idle time; 0 for false or nil), 0 if it is no such value. */
-int conn_keep_alive_value(lua_State *L, int index, int *seconds) {
-  int t = lua_type(L, index);
-  if (t == LUA_TNUMBER) {
-    lua_Number s = lua_tonumber(L, index);
-    *seconds = (int)s;
-    return s >= 1 && s <= 32767;
+/* A whole number of seconds (or probes) in 1..max at index, else -1. */
+static int small_count(lua_State *L, int index, int max) {
+  lua_Number n;
+  if (lua_type(L, index) != LUA_TNUMBER) return -1;
+  n = lua_tonumber(L, index);
+  return n >= 1 && n <= max && n == (lua_Number)(int)n ? (int)n : -1;
+}
+
+/* keepAlive = { idle = s, interval = s, count = n }: each optional. */
+static const char *keep_alive_table(lua_State *L, int index, conn_keepalive *k) {
+  static const char *const keys[] = {"idle", "interval", "count"};
+  int i, v[3];
+  lua_pushnil(L);
+  while (lua_next(L, index) != 0) {
+    lua_pop(L, 1);
+    for (i = 0; i < 3 && !(lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), keys[i]) == 0); i++) {}
+    if (i == 3) { lua_pop(L, 1); return "takes only idle, interval and count"; }
   }
-  *seconds = t == LUA_TBOOLEAN && lua_toboolean(L, index) ? -1 : 0;
-  return t == LUA_TBOOLEAN || t == LUA_TNIL;
+  for (i = 0; i < 3; i++) {
+    lua_getfield(L, index, keys[i]);
+    v[i] = lua_isnil(L, -1) ? 0 : small_count(L, -1, i == 2 ? 127 : 32767);
+    lua_pop(L, 1);
+    if (v[i] < 0) return i == 2 ? "count must be 1..127 probes" : i == 0 ? "idle must be 1..32767 seconds"
+                                                                       : "interval must be 1..32767 seconds";
+  }
+  k->idle = v[0] ? v[0] : -1;
+  k->interval = (unsigned short)v[1];
+  k->count = (unsigned short)v[2];
+  return NULL;
+}
+
+/* The keepAlive value at index into *k: seconds (the idle time), true
+ * (the system's times), false or nil (off), or a table { idle, interval,
+ * count }. NULL, or what is wrong with it. */
+const char *conn_keep_alive_value(lua_State *L, int index, conn_keepalive *k) {
+  int t = lua_type(L, index);
+  index = lua_absindex(L, index);
+  memset(k, 0, sizeof *k);
+  if (t == LUA_TTABLE) return keep_alive_table(L, index, k);
+  if (t == LUA_TNUMBER) {
+    k->idle = small_count(L, index, 32767);
+    return k->idle < 0 ? "must be 1..32767 seconds, a boolean or { idle, interval, count }" : NULL;
+  }
+  k->idle = t == LUA_TBOOLEAN && lua_toboolean(L, index) ? -1 : 0;
+  return t == LUA_TBOOLEAN || t == LUA_TNIL ? NULL : "must be a number of seconds, a boolean or { idle, interval, count }";
+}
+
+/* conn.keepAlive as given: the seconds, a boolean, or the table. */
+void conn_push_keep_alive(lua_State *L, const evtcp_conn *c) {
+  const conn_keepalive *k = &c->keep_alive;
+  if (k->interval == 0 && k->count == 0) {
+    if (k->idle > 0) lua_pushinteger(L, k->idle);
+    else lua_pushboolean(L, k->idle != 0);
+    return;
+  }
+  lua_createtable(L, 0, 3);
+  if (k->idle > 0) { lua_pushinteger(L, k->idle); lua_setfield(L, -2, "idle"); }
+  if (k->interval) { lua_pushinteger(L, k->interval); lua_setfield(L, -2, "interval"); }
+  if (k->count) { lua_pushinteger(L, k->count); lua_setfield(L, -2, "count"); }
+}
+
+/* userTimeout: seconds (whole milliseconds are what the kernel keeps), 0
+ * or nil the system's. NULL, or what is wrong with it. */
+const char *conn_user_timeout_value(lua_State *L, int index, unsigned *ms) {
+  double s;
+  int ok = lua_isnil(L, index) ? (s = 0, 1) : seconds_get(L, index, &s);
+  if (ok < 0) return "must be a number of seconds";
+  if (ok == 0 || s > 2147483.0) return "must be 0..2147483 seconds";
+  *ms = (unsigned)(s * 1000.0 + 0.5);
+  if (s > 0 && *ms == 0) *ms = 1;
+  return NULL;
 }
 
 static void option_high_water(lua_State *L, int h, int arg, conn_options *o) {
@@ -78,13 +139,18 @@ void conn_options_read(lua_State *L, int h, int arg, conn_options *o) {
   if (option_seconds(L, h, arg, "readTimeout", &o->read_timeout)) o->given |= OPT_READ_TIMEOUT;
   if (option_seconds(L, h, arg, "writeTimeout", &o->write_timeout)) o->given |= OPT_WRITE_TIMEOUT;
   if (lua_getfield(L, h, "keepAlive") != LUA_TNIL) {
-    int t = lua_type(L, -1);
-    if (!conn_keep_alive_value(L, -1, &o->keep_alive))
-      option_error(L, arg, "keepAlive", t == LUA_TNUMBER ? "must be 1..32767 seconds or false"
-                                                          : "must be a number of seconds or false");
+    const char *why = conn_keep_alive_value(L, -1, &o->keep_alive);
+    if (why) option_error(L, arg, "keepAlive", why);
     o->given |= OPT_KEEP_ALIVE;
   }
   lua_pop(L, 1);
+  if (lua_getfield(L, h, "userTimeout") != LUA_TNIL) {
+    const char *why = conn_user_timeout_value(L, -1, &o->user_timeout_ms);
+    if (why) option_error(L, arg, "userTimeout", why);
+    o->given |= OPT_USER_TIMEOUT;
+  }
+  lua_pop(L, 1);
+
   option_high_water(L, h, arg, o);
   if (lua_getfield(L, h, "framing") != LUA_TNIL) {
     const char *why;
@@ -109,6 +175,7 @@ int conn_options_apply(evtcp_conn *c, const conn_options *o, int copy_framing) {
   if (o->given & OPT_READ_TIMEOUT) c->read_timeout = o->read_timeout;
   if (o->given & OPT_WRITE_TIMEOUT) c->write_timeout = o->write_timeout;
   if (o->given & OPT_KEEP_ALIVE) c->keep_alive = o->keep_alive;
+  if (o->given & OPT_USER_TIMEOUT) c->user_timeout_ms = o->user_timeout_ms;
   if (o->given & OPT_HIGH_WATER) c->high_water = o->high_water;
   if (o->given & OPT_FRAMING) {
     conn_framing *f = o->framing;
@@ -134,14 +201,34 @@ void conn_set_no_delay(evtcp_conn *c, int on) {
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
 }
 
-/* Keepalive: seconds of idle before probes, -1 the system's, 0 off. */
-void conn_set_keep_alive(evtcp_conn *c, int seconds) {
-  int on = seconds != 0;
-  c->keep_alive = seconds;
+/* Keepalive: probes after idle seconds (-1 the system's, 0 off), every
+ * interval seconds, count of them (0: the system's). */
+void conn_set_keep_alive(evtcp_conn *c, const conn_keepalive *k) {
+  int on = k->idle != 0, v;
+  c->keep_alive = *k;
   if (c->fd < 0 || c->state != CONN_OPEN || c->unix_path != NULL) return;
   setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
+  if (!on) return;
 #ifdef EVTCP_TCP_KEEPIDLE
-  if (seconds > 0) setsockopt(c->fd, IPPROTO_TCP, EVTCP_TCP_KEEPIDLE, &seconds, sizeof seconds);
+  if (k->idle > 0) setsockopt(c->fd, IPPROTO_TCP, EVTCP_TCP_KEEPIDLE, &k->idle, sizeof k->idle);
+#endif
+#ifdef TCP_KEEPINTVL
+  if ((v = k->interval) > 0) setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, sizeof v);
+#endif
+#ifdef TCP_KEEPCNT
+  if ((v = k->count) > 0) setsockopt(c->fd, IPPROTO_TCP, TCP_KEEPCNT, &v, sizeof v);
+#endif
+  (void)v;
+}
+
+/* TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the
+ * connection fails (ETIMEDOUT: kind "timeout"). Where the system has no
+ * such option it is kept, not applied. */
+void conn_set_user_timeout(evtcp_conn *c, unsigned ms) {
+  c->user_timeout_ms = ms;
+#ifdef TCP_USER_TIMEOUT
+  if (c->fd >= 0 && c->state == CONN_OPEN && c->unix_path == NULL)
+    setsockopt(c->fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
 #endif
 }
 
@@ -149,5 +236,6 @@ void conn_set_keep_alive(evtcp_conn *c, int seconds) {
  * defaults costs a system call (listening sockets have SO_KEEPALIVE off). */
 void conn_apply_socket_options(evtcp_conn *c) {
   if (c->no_delay) conn_set_no_delay(c, 1);
-  if (c->keep_alive != 0) conn_set_keep_alive(c, c->keep_alive);
+  if (c->keep_alive.idle != 0) conn_set_keep_alive(c, &c->keep_alive);
+  if (c->user_timeout_ms != 0) conn_set_user_timeout(c, c->user_timeout_ms);
 }

@@ -18,12 +18,13 @@
 typedef enum {
   PROP_CLOSED, PROP_ERRORS, PROP_NO_DELAY, PROP_KEEP_ALIVE, PROP_REMOTE_ADDRESS, PROP_REMOTE_PORT,
   PROP_LOCAL_ADDRESS, PROP_LOCAL_PORT, PROP_BUFFERED_AMOUNT, PROP_HANDLER, PROP_TLS, PROP_BYTES_READ,
-  PROP_BYTES_WRITTEN, PROP_FRAMING, PROP_COUNT
+  PROP_BYTES_WRITTEN, PROP_FRAMING, PROP_USER_TIMEOUT, PROP_FD, PROP_COUNT
 } conn_property;
 
 static const char *const property_names[PROP_COUNT] = {
   "closed", "errors", "noDelay", "keepAlive", "remoteAddress", "remotePort", "localAddress",
-  "localPort", "bufferedAmount", "handler", "tls", "bytesRead", "bytesWritten", "framing"
+  "localPort", "bufferedAmount", "handler", "tls", "bytesRead", "bytesWritten", "framing",
+  "userTimeout", "fd"
 };
 
 /* ---- properties ---- */
@@ -74,8 +75,7 @@ static void conn_push_property(lua_State *L, evtcp_conn *c, conn_property p) {
   case PROP_LOCAL_PORT: if (!push_local_addr(L, c, 1)) lua_pushnil(L); break;
   case PROP_NO_DELAY: lua_pushboolean(L, c->no_delay); break;
   case PROP_KEEP_ALIVE:
-    if (c->keep_alive > 0) lua_pushinteger(L, c->keep_alive);
-    else lua_pushboolean(L, c->keep_alive != 0);
+    conn_push_keep_alive(L, c);
     break;
   case PROP_REMOTE_ADDRESS:
     if (c->unix_path != NULL) lua_pushstring(L, c->unix_path);
@@ -85,6 +85,14 @@ static void conn_push_property(lua_State *L, evtcp_conn *c, conn_property p) {
   case PROP_TLS:
     /* (not while startTLS's handshake runs: nothing is negotiated yet) */
     if (c->transport->push_info && c->state == CONN_OPEN && !c->upgrading) c->transport->push_info(L, c);
+    else lua_pushnil(L);
+    break;
+  case PROP_USER_TIMEOUT:
+    if (c->user_timeout_ms) lua_pushnumber(L, c->user_timeout_ms / 1000.0);
+    else lua_pushnil(L);
+    break;
+  case PROP_FD: /* the socket while the connection has one */
+    if (c->fd >= 0 && conn_is_live(c)) lua_pushinteger(L, (lua_Integer)c->fd);
     else lua_pushnil(L);
     break;
   case PROP_COUNT: lua_pushnil(L); break;
@@ -151,10 +159,18 @@ static int conn__newindex(lua_State *L) {
     return 0;
   }
   if (key != NULL && strcmp(key, "keepAlive") == 0) {
-    int seconds;
-    if (lua_isnil(L, 3) || !conn_keep_alive_value(L, 3, &seconds))
-      return luaL_error(L, "evtcp: TCPConnection.keepAlive must be 1..32767 seconds or a boolean");
-    conn_set_keep_alive(c, seconds);
+    conn_keepalive k;
+    const char *why = lua_isnil(L, 3) ? "must be a number of seconds, a boolean or { idle, interval, count }"
+                                      : conn_keep_alive_value(L, 3, &k);
+    if (why) return luaL_error(L, "evtcp: TCPConnection.keepAlive %s", why);
+    conn_set_keep_alive(c, &k);
+    return 0;
+  }
+  if (key != NULL && strcmp(key, "userTimeout") == 0) {
+    unsigned ms;
+    const char *why = conn_user_timeout_value(L, 3, &ms);
+    if (why) return luaL_error(L, "evtcp: TCPConnection.userTimeout %s", why);
+    conn_set_user_timeout(c, ms);
     return 0;
   }
   if (key != NULL && is_reserved(L, 2))

@@ -324,7 +324,7 @@ typedef struct listen_request {
   listen_kind kind;
   lua_Integer port, fd;
   const char *address;         /* NULL: every address */
-  int backlog, reuse_port, v6only;
+  socket_listen_options sock;
 } listen_request;
 
 /* Reads listen's options (the table at 3) into r and l; raises naming the
@@ -338,10 +338,13 @@ static int listen_read_options(lua_State *L, evtcp_listener *l, listen_request *
   }
   /* absent: as many as the system allows (the kernel caps the value at
    * net.core.somaxconn; libevent's own default for -1 is only 128) */
-  r->backlog = option_integer(L, 3, "backlog", 65535, 1, 65535);
+  r->sock.backlog = option_integer(L, 3, "backlog", 65535, 1, 65535);
   l->max_connections = option_integer(L, 3, "maxConnections", 0, 1, 1 << 30);
-  r->v6only = option_boolean(L, 3, "ipv6Only");
-  r->reuse_port = option_boolean(L, 3, "reusePort");
+  r->sock.v6only = option_boolean(L, 3, "ipv6Only");
+  r->sock.reuse_port = option_boolean(L, 3, "reusePort");
+  /* TCP Fast Open: how many connections may wait with data from their SYN */
+  r->sock.fast_open = option_integer(L, 3, "fastOpen", 0, 1, 65535);
+  if (r->sock.fast_open && r->kind != LISTEN_TCP) luaL_argerror(L, 2, "option 'fastOpen' applies to a TCP port only");
   /* the connect timeout of connect/dial: read by the connection options
    * and ignored on an accepted connection, so it did nothing here */
   if (lua_getfield(L, 3, "timeout") != LUA_TNIL)
@@ -370,7 +373,7 @@ static evutil_socket_t listen_socket(lua_State *L, evtcp_listener *l, const list
   if (r->kind == LISTEN_UNIX) {
     struct stat file;
     if ((l->unix_path = strdup(lua_tostring(L, 2) + 5)) == NULL) luaL_error(L, "evtcp: out of memory");
-    fd = socket_listen_unix(lua_tostring(L, 2), r->backlog, &file, err);
+    fd = socket_listen_unix(lua_tostring(L, 2), r->sock.backlog, &file, err);
     if (fd >= 0 && file.st_ino != 0) { /* from here on, listener_release removes it */
       l->file_dev = file.st_dev;
       l->file_ino = file.st_ino;
@@ -393,7 +396,7 @@ static evutil_socket_t listen_socket(lua_State *L, evtcp_listener *l, const list
       *why = lua_pushfstring(L, "not an IP address of this machine: %s", address);
       return -1;
     }
-    fd = socket_listen_ip((struct sockaddr *)&ss, sslen, r->reuse_port, r->v6only, r->backlog, err);
+    fd = socket_listen_ip((struct sockaddr *)&ss, sslen, &r->sock, err);
   }
   return fd;
 }

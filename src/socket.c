@@ -32,13 +32,12 @@ evutil_socket_t socket_new(int family, int *err) {
  * evconnlistener_new_bind: libevent 2.1 sets SO_REUSEPORT only on Linux,
  * and turns SO_KEEPALIVE on for the listening socket, which accepted
  * sockets would inherit. Returns the socket, or -1 with *err set. */
-evutil_socket_t socket_listen_ip(const struct sockaddr *sa, int len, int reuse_port, int v6only,
-                                 int backlog, int *err) {
+evutil_socket_t socket_listen_ip(const struct sockaddr *sa, int len, const socket_listen_options *o, int *err) {
   int one = 1;
   evutil_socket_t fd = socket_new(sa->sa_family, err);
   if (fd < 0) return -1;
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) goto fail;
-  if (reuse_port) {
+  if (o->reuse_port) {
 #ifdef SO_REUSEPORT
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) goto fail;
 #else
@@ -47,9 +46,18 @@ evutil_socket_t socket_listen_ip(const struct sockaddr *sa, int len, int reuse_p
 #endif
   }
   /* IPv6: dual-stack unless ipv6Only, whatever the system's default */
-  if (sa->sa_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) != 0)
+  if (sa->sa_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &o->v6only, sizeof o->v6only) != 0)
     goto fail;
-  if (bind(fd, sa, (socklen_t)len) != 0 || listen(fd, backlog) != 0) goto fail;
+  if (bind(fd, sa, (socklen_t)len) != 0) goto fail;
+  if (o->fast_open > 0) {
+#ifdef TCP_FASTOPEN
+    if (setsockopt(fd, IPPROTO_TCP, TCP_FASTOPEN, &o->fast_open, sizeof o->fast_open) != 0) goto fail;
+#else
+    errno = ENOPROTOOPT; /* no TCP Fast Open here */
+    goto fail;
+#endif
+  }
+  if (listen(fd, o->backlog) != 0) goto fail;
   return fd;
 fail:
   *err = errno;
