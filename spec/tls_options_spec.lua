@@ -78,7 +78,8 @@ end
 -- openssl s_client against a listener with stls: its output and status.
 local function s_client(stls, flags)
   local l = H.server(function() return echo_rec() end, { tls = stls })
-  local text, status = H.peer_run(("openssl s_client -connect 127.0.0.1:%d -CAfile %s %s </dev/null"):format(l.port, path("ca.pem"), flags))
+  local text, status = H.peer_run(("openssl s_client -connect 127.0.0.1:%d -CAfile %s %s </dev/null")
+    :format(l.port, path("ca.pem"), flags))
   l:terminate()
   return text, status
 end
