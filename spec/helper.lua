@@ -147,6 +147,13 @@ end
 -- preloaded for lua5.4.
 H.peer = "env -u LD_PRELOAD -u ASAN_OPTIONS -u LSAN_OPTIONS "
 
+--- Runs a shell command as a peer (outside the sanitizer), quietly; fails
+-- the spec if it fails.
+function H.sh(cmd)
+  local ok = os.execute(H.peer .. "sh -c " .. ("%q"):format(cmd) .. " >/dev/null 2>&1")
+  assert(ok, "failed: " .. cmd)
+end
+
 --- Runs a Lua 5.4 child with the module on its paths; returns ok, output.
 function H.lua_child(code)
   local path = os.tmpname()

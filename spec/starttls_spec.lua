@@ -158,6 +158,51 @@ describe("startTLS", function()
     end)
   end)
 
+  describe("ends after the upgrade, while the other side still sends", function()
+    for _, how in ipairs({ "close", "reset", "shutdown" }) do
+      it(how .. "() over the upgraded connection ends both sides, the server's send sees it", function()
+        local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))
+        local server = {}
+        evtcp.spawn(function()
+          local s = l:accept(10)
+          assert(s:receive("l", 5) == "STARTTLS")
+          s:send("GO\n")
+          assert(s:startTLS(server_tls()))
+          local chunk = ("x"):rep(16384)
+          for _ = 1, 2000 do -- 32 MiB at most: the client ends long before
+            local ok, err = s:send(chunk)
+            if not ok then server.send_err = err break end
+          end
+          s:wait(10)
+          server.closed, server.errors = s.closed, s.errors
+        end)
+        local client
+        H.go(function()
+          local c = assert(evtcp.dial("127.0.0.1", l.port))
+          c:send("STARTTLS\n")
+          assert.are.equal("GO", c:receive("l", 5))
+          assert.is_true(c:startTLS({ ca = tls.cert, serverName = "localhost" }))
+          assert.are.equal(1000, #c:receive(1000, 5)) -- the server is sending
+          c[how](c)
+          if how == "shutdown" then -- our side only: the server's bytes still come, over TLS
+            assert.are.equal(50000, #c:receive(50000, 5))
+            c:close()
+          end
+          c:wait(10)
+          client = { closed = c.closed, errors = c.errors }
+        end, 30)
+        H.run_until(function() return server.closed end, "the server's end", 20)
+        l:terminate()
+        assert.is_true(client.closed)
+        assert.are.same({}, client.errors) -- our own close, shutdown or reset is no error of ours
+        assert.are.equal("closed", server.send_err)
+        if how == "reset" then
+          assert.are.equal("reset", server.errors[1] and server.errors[1].kind)
+        end
+      end)
+    end
+  end)
+
   describe("refuses plaintext buffered before the handshake (STARTTLS injection)", function()
     it("on the server: a command slipped in after STARTTLS, in the same write", function()
       local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))

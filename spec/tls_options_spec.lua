@@ -7,10 +7,7 @@ local H = require("helper")
 local dir = os.tmpname()
 os.remove(dir)
 
-local function sh(cmd)
-  local ok = os.execute(H.peer .. "sh -c " .. ("%q"):format(cmd) .. " >/dev/null 2>&1")
-  assert(ok, "failed: " .. cmd)
-end
+local sh = H.sh
 
 local function path(name) return dir .. "/" .. name end
 
