@@ -259,6 +259,39 @@ describe("blocking style", function()
     end)
   end)
 
+  describe("a callback that raises", function()
+    -- the error leaves run(); a coroutine waiting for the same change must
+    -- still be woken by the next run, not left waiting on a closed object
+    it("does not keep a coroutine waiting on a connection that ended meanwhile", function()
+      local l = H.echo_server()
+      local c = evtcp.connect("127.0.0.1", l.port, {
+        onConnection = function(_, conn) conn:close() end,
+        onTerminate = function() error("onTerminate raised") end,
+      })
+      local woken
+      evtcp.spawn(function() woken = c:wait() end)
+      local ok, err = pcall(evtcp.run, 5)
+      assert.is_false(ok)
+      assert.matches("onTerminate raised", err)
+      l:terminate()
+      assert.is_true(evtcp.run(5))
+      assert.is_true(woken)
+    end)
+
+    it("does not keep a coroutine waiting on a listener that ended meanwhile", function()
+      local l = assert(evtcp.listen(0, { address = "127.0.0.1",
+        onTerminate = function() error("listener onTerminate raised") end }))
+      local woken
+      evtcp.spawn(function() woken = l:wait() end)
+      evtcp.after(0.01, function() l:terminate() end)
+      local ok, err = pcall(evtcp.run, 5)
+      assert.is_false(ok)
+      assert.matches("listener onTerminate raised", err)
+      assert.is_true(evtcp.run(5))
+      assert.is_true(woken)
+    end)
+  end)
+
   describe("accept", function()
     it("returns the next client, or nil, 'timeout'", function()
       local l = assert(evtcp.listen(0, { address = "127.0.0.1" }))

@@ -220,10 +220,14 @@ void object_unanchor(evtcp_object *obj, unsigned why) {
 
 /* ---- the deferred-work queue ---- */
 
+static int object_is_deferred(const evtcp_object *obj) {
+  return obj->pending_prev != NULL || obj->loop->pending_head == obj;
+}
+
 /* Queues obj so that its run_pending runs from inside the loop. Idempotent. */
 void object_defer(evtcp_object *obj) {
   evtcp_loop *loop = obj->loop;
-  if (obj->pending_prev != NULL || loop->pending_head == obj) return;
+  if (object_is_deferred(obj)) return;
   obj->pending_next = loop->pending_head;
   obj->pending_prev = NULL;
   if (loop->pending_head) loop->pending_head->pending_prev = obj;
@@ -241,7 +245,7 @@ static void object_unlink_pending(evtcp_object *obj) {
 }
 
 static void object_cancel_deferred(evtcp_object *obj) {
-  if (obj->pending_prev == NULL && obj->loop->pending_head != obj) return;
+  if (!object_is_deferred(obj)) return;
   object_unlink_pending(obj);
   object_unanchor(obj, ANCHOR_PENDING);
 }
@@ -253,10 +257,14 @@ void object_run_pending(evutil_socket_t fd, short what, void *arg) {
   (void)fd; (void)what;
   while (loop->pending_head != NULL && !loop_has_error(loop) && !loop->closing) {
     evtcp_object *obj = loop->pending_head;
+    unsigned missed = obj->missed_wakes;
     object_unlink_pending(obj);
+    obj->missed_wakes = 0;
+    if (missed) object_wake(obj, missed);
     obj->run_pending(obj);
-    /* unanchor last: run_pending may still use the Lua object */
-    object_unanchor(obj, ANCHOR_PENDING);
+    /* unanchor last: run_pending may still use the Lua object; one that
+     * queued itself again stays anchored for that run */
+    if (!object_is_deferred(obj)) object_unanchor(obj, ANCHOR_PENDING);
   }
   if (loop->pending_head != NULL) event_active(loop->pending_ev, EV_TIMEOUT, 0);
 }
@@ -382,7 +390,15 @@ void object_wake(evtcp_object *obj, unsigned why) {
       loop_pcall(obj->loop, 1, 0);
     }
   }
-  if (obj->waiters == 0) object_unanchor(obj, ANCHOR_WAITER);
+  if (obj->waiters == 0) {
+    object_unanchor(obj, ANCHOR_WAITER);
+  } else if (loop_has_error(obj->loop)) {
+    /* a callback raised (maybe before this wake): the error leaves run()
+     * first, and the waiters not woken yet are woken by the next run; the
+     * change may have been the last this object sees (its end) */
+    obj->missed_wakes |= why;
+    object_defer(obj);
+  }
   lua_settop(L, top);
 }
 

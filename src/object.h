@@ -44,6 +44,7 @@ typedef struct evtcp_object {
   struct evtcp_object *pending_next, *pending_prev;
   void (*run_pending)(struct evtcp_object *obj);
   unsigned waiters;   /* coroutines waiting on it (object_add_waiter) */
+  unsigned missed_wakes; /* WAKE_* bits a raised error kept from waking: the next run wakes them */
 } evtcp_object;
 
 /* What changed, for object_wake; what a waiter waits for. */
