@@ -66,6 +66,7 @@
 ---@field onTerminate fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
 ---@field noDelay boolean?
 ---@field timeout number?
+---@field attemptDelay number? Happy Eyeballs: seconds between attempts at a name's addresses (0.25)
 ---@field readTimeout number?
 ---@field writeTimeout number?
 ---@field keepAlive number|boolean|evtcp.KeepAlive?
@@ -249,6 +250,10 @@ function evtcp.spawn(fn, ...) end
 ---@return string[]? addresses
 ---@return evtcp.Error? err
 function evtcp.resolve(name, timeout) end
+---@param options { hosts: string? } hosts: a file in the /etc/hosts format, answered too
+---@return true? ok
+---@return string? message
+function evtcp.setResolver(options) end
 ---@param name "INT"|"TERM"|"HUP"|"QUIT"|"USR1"|"USR2"|"SIGINT"|"SIGTERM"|"SIGHUP"|"SIGQUIT"|"SIGUSR1"|"SIGUSR2"
 ---@param fn fun(handle: evtcp.Signal, name: string)
 ---@return evtcp.Signal

@@ -21,8 +21,19 @@
  *       socket of this process whose own address is path | nil
  *   sockopt.pipe()                      -> read fd, write fd of a new pipe
  *   sockopt.open(path)                  -> fd of path, opened for reading
+ *   sockopt.blackhole(ip [, port])      -> port, listening fd, filler fd:
+ *       a listener on ip (IPv4 or IPv6) whose accept queue is full (backlog
+ *       0 and one connection never accepted), so further SYNs are dropped
+ *       and connects to it stay pending, as to an address that drops
+ *       packets
+ *   sockopt.accept(fd)                  -> fd of a connection taken from a
+ *       listener's queue (a black hole's filler: its queue has room again)
+ *   sockopt.syn_sent(ip, port)          -> number of this machine's sockets
+ *       still connecting (SYN_SENT) to ip:port, from /proc/net/tcp{,6}
  */
 #include <fcntl.h>
+#include <stdio.h>
+#include <strings.h>
 #include <malloc.h>
 #include <dirent.h>
 #include <string.h>
@@ -193,12 +204,96 @@ static int sockopt_open(lua_State *L) {
   return 1;
 }
 
+/* ip:port into ss; its length, or 0 if ip is no address. */
+static socklen_t sockaddr_of(const char *ip, int port, struct sockaddr_storage *ss) {
+  struct sockaddr_in *in = (struct sockaddr_in *)ss;
+  struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+  memset(ss, 0, sizeof *ss);
+  if (inet_pton(AF_INET, ip, &in->sin_addr) == 1) {
+    in->sin_family = AF_INET;
+    in->sin_port = htons((unsigned short)port);
+    return sizeof *in;
+  }
+  if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1) {
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons((unsigned short)port);
+    return sizeof *in6;
+  }
+  return 0;
+}
+
+static int sockopt_blackhole(lua_State *L) {
+  struct sockaddr_storage ss;
+  socklen_t len = sockaddr_of(luaL_checkstring(L, 1), (int)luaL_optinteger(L, 2, 0), &ss), la = sizeof ss;
+  int l, filler, one = 1;
+  if (len == 0) return luaL_argerror(L, 1, "an IP address expected");
+  if ((l = socket(ss.ss_family, SOCK_STREAM, 0)) < 0) return 0;
+  if (ss.ss_family == AF_INET6) setsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  if (bind(l, (struct sockaddr *)&ss, len) != 0 || listen(l, 0) != 0 ||
+      getsockname(l, (struct sockaddr *)&ss, &la) != 0) {
+    close(l);
+    return 0;
+  }
+  /* the one connection the queue holds: the next SYN finds it full */
+  if ((filler = socket(ss.ss_family, SOCK_STREAM, 0)) < 0 || connect(filler, (struct sockaddr *)&ss, la) != 0) {
+    close(l);
+    if (filler >= 0) close(filler);
+    return 0;
+  }
+  lua_pushinteger(L, port_of(&ss));
+  lua_pushinteger(L, l);
+  lua_pushinteger(L, filler);
+  return 3;
+}
+
+static int sockopt_accept(lua_State *L) {
+  int fd = accept((int)luaL_checkinteger(L, 1), NULL, NULL);
+  if (fd < 0) return 0;
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+/* Counts the lines of a /proc/net/tcp file in state SYN_SENT (02) whose
+ * remote address is rem (as the file prints it). */
+static int count_syn_sent(const char *file, const char *rem) {
+  char line[512], local[128], remote[128], state[8];
+  int n = 0;
+  FILE *f = fopen(file, "r");
+  if (f == NULL) return 0;
+  while (fgets(line, sizeof line, f)) {
+    if (sscanf(line, "%*s %127s %127s %7s", local, remote, state) == 3 &&
+        strcmp(state, "02") == 0 && strcasecmp(remote, rem) == 0)
+      n++;
+  }
+  fclose(f);
+  return n;
+}
+
+static int sockopt_syn_sent(lua_State *L) {
+  struct sockaddr_storage ss;
+  char rem[64];
+  int port = (int)luaL_checkinteger(L, 2);
+  if (sockaddr_of(luaL_checkstring(L, 1), port, &ss) == 0) return luaL_argerror(L, 1, "an IP address expected");
+  if (ss.ss_family == AF_INET) {
+    /* the address as the kernel's 32-bit word, printed in host order */
+    unsigned a = ((struct sockaddr_in *)&ss)->sin_addr.s_addr;
+    snprintf(rem, sizeof rem, "%08X:%04X", a, port);
+    lua_pushinteger(L, count_syn_sent("/proc/net/tcp", rem));
+  } else {
+    const unsigned *w = (const unsigned *)(const void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+    snprintf(rem, sizeof rem, "%08X%08X%08X%08X:%04X", w[0], w[1], w[2], w[3], port);
+    lua_pushinteger(L, count_syn_sent("/proc/net/tcp6", rem));
+  }
+  return 1;
+}
+
 int luaopen_sockopt(lua_State *L);
 int luaopen_sockopt(lua_State *L) {
   static const luaL_Reg f[] = {
     {"find", sockopt_find}, {"get", sockopt_get}, {"fds", sockopt_fds}, {"listening", sockopt_listening}, {"heap", sockopt_heap},
     {"tcp", sockopt_tcp}, {"stale_unix", sockopt_stale_unix}, {"close", sockopt_close},
-    {"find_unix", sockopt_find_unix}, {"pipe", sockopt_pipe}, {"open", sockopt_open}, {NULL, NULL}
+    {"find_unix", sockopt_find_unix}, {"pipe", sockopt_pipe}, {"open", sockopt_open},
+    {"blackhole", sockopt_blackhole}, {"accept", sockopt_accept}, {"syn_sent", sockopt_syn_sent}, {NULL, NULL}
   };
   luaL_newlib(L, f);
   return 1;

@@ -56,6 +56,8 @@ void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst) {
       c->client->lookup = NULL;
     }
     if (c->client->connect_timer) event_del(c->client->connect_timer);
+    conn_race_free(c->client->race); /* attempts in flight: closed */
+    c->client->race = NULL;
   }
   conn_stop_reading(c);
   if (c->bev) bufferevent_disable(c->bev, EV_READ | EV_WRITE);
@@ -112,7 +114,9 @@ static void conn_release_client(evtcp_conn *c) {
   conn_client *k = c->client;
   if (k == NULL) return;
   if (k->lookup) { lookup_cancel(k->lookup); k->lookup = NULL; }
-  if (k->addrs) { evutil_freeaddrinfo(k->addrs); k->addrs = k->next_addr = NULL; }
+  conn_race_free(k->race); /* before the addresses it points into */
+  k->race = NULL;
+  if (k->addrs) { evutil_freeaddrinfo(k->addrs); k->addrs = NULL; }
   if (k->connect_timer) { event_free(k->connect_timer); k->connect_timer = NULL; }
   conn_free_bev(c, &k->retired_bev, &k->retired_fd);
 }

@@ -161,9 +161,13 @@ typedef struct conn_options {
 
 /* What only a client connection needs, until it is open and after: made
  * by connect(), so an accepted connection does not carry it. */
+typedef struct conn_race conn_race; /* conn_race.c */
+
 typedef struct conn_client {
   evtcp_lookup *lookup;
-  struct evutil_addrinfo *addrs, *next_addr;
+  conn_race *race;                /* the attempts at addrs, until OPEN */
+  double attempt_delay;           /* attemptDelay: seconds between attempts */
+  struct evutil_addrinfo *addrs;  /* the name's, until OPEN */
   struct event *connect_timer;    /* the `timeout` option, until OPEN */
   double connect_timeout;         /* < 0: none */
   struct bufferevent *retired_bev;/* a failed address's, freed from the loop */
@@ -283,10 +287,18 @@ void conn_uncork(evtcp_conn *c);
 /* conn_events.c: libevent's events, OPEN */
 int conn_become_open(evtcp_conn *c);
 void conn_on_bev_event(struct bufferevent *bev, short what, void *arg);
+void conn_on_connected(evtcp_conn *c);
 void conn_bev_timeouts(evtcp_conn *c);
 
-/* conn_connect.c */
+/* conn_connect.c: a client's socket, its failure, its winner's transport */
+evutil_socket_t conn_own_socket(const evtcp_conn *c, int family, int *err);
+void conn_connect_failed(evtcp_conn *c);
+void conn_connected_socket(evtcp_conn *c, evutil_socket_t fd);
+
+/* conn_race.c: Happy Eyeballs over a name's addresses */
+void conn_race_start(evtcp_conn *c, struct evutil_addrinfo *addrs);
 void conn_try_next_address(evtcp_conn *c);
+void conn_race_free(conn_race *r);
 
 /* conn_upgrade.c: startTLS */
 int conn_start_tls(lua_State *L);

@@ -1,7 +1,8 @@
 /*
- * conn_connect.c - a client connection on its way to OPEN: the lookup, one
- * attempt per address (failover to the next), the connect timeout, local
- * bind, the client's options, and evtcp.connect itself.
+ * conn_connect.c - a client connection on its way to OPEN: the lookup, the
+ * connect timeout, the sockets it connects with (local bind, fastOpen),
+ * the winner handed to the transport, the client's options, and
+ * evtcp.connect itself. Racing the addresses is conn_race.c's.
  */
 #include "platform.h" /* first: feature macros */
 #include <errno.h>
@@ -32,7 +33,7 @@ static void conn_fast_open(evutil_socket_t fd) {
 /* A non-blocking socket of family, for fastOpen, bound to
  * localAddress/localPort if given; or -1 with *err (an address of the
  * other family fails this address only). */
-static evutil_socket_t conn_own_socket(const evtcp_conn *c, int family, int *err) {
+evutil_socket_t conn_own_socket(const evtcp_conn *c, int family, int *err) {
   evtcp_addr a;
   socklen_t len;
   evutil_socket_t fd;
@@ -58,24 +59,12 @@ static evutil_socket_t conn_own_socket(const evtcp_conn *c, int family, int *err
   return fd;
 }
 
-/* Starts connecting to one address: a new bufferevent of the transport and,
- * with localAddress/localPort, our own bound socket. Returns 0 once the
- * attempt is under way, or -1 with the reason in c->failure. */
-static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
+/* Connects to a Unix domain socket (one address, no race): libevent's
+ * connect on a new bufferevent of the transport. Returns 0 once under way,
+ * or -1 with the reason in c->failure. */
+static int conn_connect_unix(evtcp_conn *c, const struct sockaddr *sa, int len) {
   if (c->transport->connect(c) != 0) return -1;
-  if (sa->sa_family != AF_UNIX)
-    memcpy(&c->peer, sa, (size_t)len < sizeof c->peer ? (size_t)len : sizeof c->peer);
   c->state = CONN_CONNECTING;
-  if (c->client->bind_port >= 0 || (c->fast_open && sa->sa_family != AF_UNIX)) {
-    /* localAddress / localPort, fastOpen: our own socket */
-    int err = 0;
-    evutil_socket_t fd = conn_own_socket(c, sa->sa_family, &err);
-    if (fd < 0 || bufferevent_setfd(c->bev, fd) != 0) {
-      if (fd >= 0) evutil_closesocket(fd);
-      conn_free_bev(c, &c->bev, &c->fd);
-      return conn_note_failure(c, err ? err : ENOMEM, "evtcp");
-    }
-  }
   if (bufferevent_socket_connect(c->bev, sa, len) == 0) {
     c->fd = bufferevent_getfd(c->bev); /* ours to close */
     return 0;
@@ -87,7 +76,7 @@ static int conn_connect_to(evtcp_conn *c, const struct sockaddr *sa, int len) {
 }
 
 /* Ends the connection with the failure of the last address tried. */
-static void conn_connect_failed(evtcp_conn *c) {
+void conn_connect_failed(evtcp_conn *c) {
   if (c->failure == NULL) {
     evtcp_failure f;
     failure_from_errno(&f, ENOMEM, "evtcp");
@@ -97,13 +86,20 @@ static void conn_connect_failed(evtcp_conn *c) {
   }
 }
 
-void conn_try_next_address(evtcp_conn *c) {
-  while (c->client->next_addr != NULL) {
-    struct evutil_addrinfo *ai = c->client->next_addr;
-    c->client->next_addr = ai->ai_next;
-    if (conn_connect_to(c, ai->ai_addr, (int)ai->ai_addrlen) == 0) return;
+/* The race's winner, connected: the transport's bufferevent takes the
+ * socket. Plain TCP is open now; TLS starts its handshake (OPEN when it
+ * is done, conn_on_bev_event). */
+void conn_connected_socket(evtcp_conn *c, evutil_socket_t fd) {
+  if (c->transport->connect(c) != 0 || bufferevent_setfd(c->bev, fd) != 0) {
+    if (c->bev) conn_free_bev(c, &c->bev, &c->fd);
+    evutil_closesocket(fd);
+    if (c->failure == NULL) conn_note_failure(c, ENOMEM, "evtcp");
+    conn_connect_failed(c);
+    return;
   }
-  conn_connect_failed(c);
+  c->fd = fd;
+  if (c->transport->bev_reads) bufferevent_enable(c->bev, EV_WRITE); /* the handshake */
+  else conn_on_connected(c);
 }
 
 static void conn_on_resolved(void *owner, int gai_code, struct evutil_addrinfo *addrs) {
@@ -116,8 +112,8 @@ static void conn_on_resolved(void *owner, int gai_code, struct evutil_addrinfo *
     conn_end(c, &f, 0);
     return;
   }
-  c->client->addrs = c->client->next_addr = addrs;
-  conn_try_next_address(c);
+  c->client->addrs = addrs;
+  conn_race_start(c, addrs);
 }
 
 static void conn_on_connect_timeout(evutil_socket_t fd, short what, void *arg) {
@@ -145,7 +141,7 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
     socklen_t len;
     const char *why;
     sockaddr_unix_parse(host, &sun, &len, &why); /* checked by conn_connect */
-    if (conn_connect_to(c, (struct sockaddr *)&sun, (int)len) != 0) conn_connect_failed(c);
+    if (conn_connect_unix(c, (struct sockaddr *)&sun, (int)len) != 0) conn_connect_failed(c);
     return;
   }
   memset(&hints, 0, sizeof hints);
@@ -154,8 +150,8 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
   hints.ai_protocol = IPPROTO_TCP;
   hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
   if (evutil_getaddrinfo(host, portstr, &hints, &literal) == 0 && literal != NULL) {
-    c->client->addrs = c->client->next_addr = literal;  /* an IP literal: no lookup */
-    conn_try_next_address(c);
+    c->client->addrs = literal; /* an IP literal: no lookup */
+    conn_race_start(c, literal);
     return;
   }
   c->state = CONN_RESOLVING;
@@ -208,6 +204,12 @@ static void conn_client_options(lua_State *L, evtcp_conn *c, int is_unix) {
   conn_options_read(L, 3, 3, &o);
   conn_options_apply(c, &o, 0); /* the framing moves into c */
   conn_read_local_bind(L, c, 3, 3);
+  if (lua_getfield(L, 3, "attemptDelay") != LUA_TNIL) { /* Happy Eyeballs: conn_race.c */
+    int ok = seconds_get(L, -1, &c->client->attempt_delay);
+    if (ok <= 0) luaL_argerror(L, 3, ok < 0 ? "option 'attemptDelay' must be a number of seconds"
+                                            : "option 'attemptDelay' must be >= 0");
+  }
+  lua_pop(L, 1);
   if (lua_getfield(L, 3, "fastOpen") != LUA_TNIL) {
     if (!lua_isboolean(L, -1)) luaL_argerror(L, 3, "option 'fastOpen' must be a boolean");
     c->fast_open = lua_toboolean(L, -1) && !is_unix; /* a Unix socket has no SYN */
@@ -259,6 +261,7 @@ int conn_connect(lua_State *L) {
   c->client->retired_fd = -1;
   c->client->bind_port = -1;
   c->client->connect_timeout = -1;
+  c->client->attempt_delay = 0.25;
   conn_client_options(L, c, is_unix);
   if (is_unix && (c->unix_path = strdup(host + 5)) == NULL) return luaL_error(L, "evtcp: out of memory");
   conn_adopt_handler(L, c, 3);

@@ -34,7 +34,9 @@ int conn_become_open(evtcp_conn *c) {
   object_unanchor(&c->obj, ANCHOR_CONNECTING);
   if (c->client) { /* what connecting used is done with */
     if (c->client->connect_timer) { event_free(c->client->connect_timer); c->client->connect_timer = NULL; }
-    if (c->client->addrs) { evutil_freeaddrinfo(c->client->addrs); c->client->addrs = c->client->next_addr = NULL; }
+    conn_race_free(c->client->race); /* before the addresses it points into */
+    c->client->race = NULL;
+    if (c->client->addrs) { evutil_freeaddrinfo(c->client->addrs); c->client->addrs = NULL; }
   }
   /* the peer's address is known (dialled or accepted); the local one is
    * asked for when the program reads it: no syscalls here */
@@ -56,6 +58,23 @@ static int conn_socket_error(evtcp_conn *c, int err) {
   return err;
 }
 
+/* CONNECTING -> OPEN: the socket connected (over TLS: the handshake is
+ * done); onConnection, and dial() returns. */
+void conn_on_connected(evtcp_conn *c) {
+  socklen_t len = sizeof c->local;
+  free(c->failure); /* an earlier address may have failed */
+  c->failure = NULL;
+  c->fd = bufferevent_getfd(c->bev);
+  if (getsockname(c->fd, &c->local.sa, &len) != 0) memset(&c->local, 0, sizeof c->local);
+  if (conn_become_open(c) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
+  conn_deliver(c, EVT_CONNECTION);
+  /* a close() or shutdown() that came while connecting, with nothing
+   * left to flush (what was queued is flushed first: conn_on_written) */
+  if (c->state == CONN_OPEN && conn_buffered(c) == 0 && c->output != OUTPUT_OPEN)
+    conn_flushed(c, 1);
+  object_wake(&c->obj, WAKE_STATE); /* dial() */
+}
+
 void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
   evtcp_conn *c = (evtcp_conn *)arg;
   int err = EVUTIL_SOCKET_ERROR();
@@ -63,20 +82,7 @@ void conn_on_bev_event(struct bufferevent *bev, short what, void *arg) {
   (void)bev;
   if (c->state == CONN_CONNECTING) {
     if (what & BEV_EVENT_CONNECTED) {
-      free(c->failure); /* an earlier address may have failed */
-      c->failure = NULL;
-      c->fd = bufferevent_getfd(c->bev);
-      {
-        socklen_t len = sizeof c->local;
-        if (getsockname(c->fd, &c->local.sa, &len) != 0) memset(&c->local, 0, sizeof c->local);
-      }
-      if (conn_become_open(c) != 0) { conn_fail(c, ENOMEM, "evtcp"); return; }
-      conn_deliver(c, EVT_CONNECTION);
-      /* a close() or shutdown() that came while connecting, with nothing
-       * left to flush (what was queued is flushed first: conn_on_written) */
-      if (c->state == CONN_OPEN && conn_buffered(c) == 0 && c->output != OUTPUT_OPEN)
-        conn_flushed(c, 1);
-      object_wake(&c->obj, WAKE_STATE); /* dial() */
+      conn_on_connected(c);
       return;
     }
     if (c->transport->explain && c->transport->explain(c, what, err, &f)) { /* final: a failed handshake */

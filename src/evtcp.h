@@ -184,6 +184,7 @@ evtcp_lookup *lookup_start(evtcp_loop *loop, const char *host, const char *port,
                            lookup_cb cb, void *owner);
 void lookup_cancel(evtcp_lookup *lookup);
 void resolve_close(evtcp_loop *loop);
+int resolve_add_hosts(evtcp_loop *loop, const char *path);
 
 /* ---- linger.c ---- */
 void linger_close(evtcp_loop *loop, evutil_socket_t fd);

@@ -11,6 +11,8 @@
  * by evdns when the resolver is created, on the first host-name lookup.
  */
 #include "platform.h" /* first: feature macros */
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -50,7 +52,26 @@ static void lookup_done(int result, struct evutil_addrinfo *res, void *arg) {
   free(lk);
 }
 
-/* Starts resolving host (port: the numeric service put in each address). cb may run before this returns (answers from
+/* The loop's evdns, made on first use from the system's configuration
+ * (resolv.conf and /etc/hosts); NULL without memory. */
+static struct evdns_base *resolve_base(evtcp_loop *loop) {
+  if (loop->dns == NULL) loop->dns = evdns_base_new(loop->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+  return loop->dns;
+}
+
+/* Adds the names of a hosts file (the /etc/hosts format) to those the
+ * resolver answers from, before asking a name server. evdns keeps the
+ * entries it has. Returns 0, or -1 with errno when the file cannot be read. */
+int resolve_add_hosts(evtcp_loop *loop, const char *path) {
+  FILE *f = fopen(path, "r"); /* evdns, failing to read it, would add a default localhost */
+  if (f == NULL) return -1;
+  fclose(f);
+  if (resolve_base(loop) == NULL) { errno = ENOMEM; return -1; }
+  return evdns_base_load_hosts(loop->dns, path) == 0 ? 0 : -1;
+}
+
+/* Starts resolving host (port: the numeric service put in each address).
+ * cb may run before this returns (answers from
  * /etc/hosts, .invalid names), in which case NULL is returned; otherwise
  * the lookup, which lookup_cancel() can stop. */
 evtcp_lookup *lookup_start(evtcp_loop *loop, const char *host, const char *port,
@@ -62,12 +83,9 @@ evtcp_lookup *lookup_start(evtcp_loop *loop, const char *host, const char *port,
     cb(owner, EVUTIL_EAI_NONAME, NULL);
     return NULL;
   }
-  if (loop->dns == NULL) {
-    loop->dns = evdns_base_new(loop->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-    if (loop->dns == NULL) {
-      cb(owner, EVUTIL_EAI_FAIL, NULL);
-      return NULL;
-    }
+  if (resolve_base(loop) == NULL) {
+    cb(owner, EVUTIL_EAI_FAIL, NULL);
+    return NULL;
   }
   lk = (evtcp_lookup *)calloc(1, sizeof *lk);
   if (lk == NULL) {

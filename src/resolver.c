@@ -10,6 +10,7 @@
  * happen under a protected call.
  */
 #include "platform.h" /* first: feature macros */
+#include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -123,10 +124,27 @@ static void request_release(lua_State *L, evtcp_object *obj) {
   request_stop((evtcp_request *)obj);
 }
 
+/* core.addHosts(path) -> true | nil, message: the names of a hosts file
+ * answered too (evtcp.setResolver's `hosts`). */
+static int resolver_add_hosts(lua_State *L) {
+  evtcp_loop *loop = loop_get(L);
+  const char *path = luaL_checkstring(L, 1);
+  luaL_argcheck(L, !string_has_nul(L, 1), 1, "path must not contain a NUL byte");
+  if (resolve_add_hosts(loop, path) != 0) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "hosts file '%s': %s", path, strerror(errno));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void resolver_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"cancel", request_cancel}, {NULL, NULL}};
   object_type_open(L, &request_type, methods, NULL);
   lua_pop(L, 2);
   lua_pushcfunction(L, request_start);
   lua_setfield(L, -2, "lookup");
+  lua_pushcfunction(L, resolver_add_hosts);
+  lua_setfield(L, -2, "addHosts");
 }

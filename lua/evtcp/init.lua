@@ -284,6 +284,20 @@ end
 
 core.setScheduler(spawned, receive, upgrade_wait)
 
+--- evtcp.setResolver({ hosts = path }) -> true | nil, message
+-- Configures this loop's resolver: `hosts` is a file in the /etc/hosts
+-- format whose names are answered too (added to the system's, which come
+-- first for a name in both). The only key so far; others raise.
+function evtcp.setResolver(options)
+  if type(options) ~= "table" then arg_error("setResolver", 1, "table expected, got " .. type(options)) end
+  for k in pairs(options) do
+    if k ~= "hosts" then arg_error("setResolver", 1, "unknown option '" .. tostring(k) .. "'") end
+  end
+  if options.hosts == nil then return true end
+  if type(options.hosts) ~= "string" then arg_error("setResolver", 1, "option 'hosts' must be a string") end
+  return core.addHosts(options.hosts)
+end
+
 --- evtcp.resolve(name [, timeout]) -> { ip, ... } | nil, errorObject
 -- The addresses of a host name (IPv4 and IPv6, in the resolver's order,
 -- each once); kind "dns" when there are none, "timeout" when the timeout

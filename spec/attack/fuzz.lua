@@ -173,6 +173,17 @@ local function new_handler(r, mode)
   return h
 end
 
+-- A name with several addresses (Happy Eyeballs races them): one refuses
+-- or drops, ::1 and 127.0.0.1 may listen.
+do
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write("127.0.0.2 several.fuzz\n::1 several.fuzz\n127.0.0.1 several.fuzz\n")
+  f:close()
+  assert(evtcp.setResolver({ hosts = path }))
+  os.remove(path)
+end
+
 local function random_options(h)
   if chance(0.2) then h.noDelay = pick({ true, false, 1 }) end
   if chance(0.1) then h.timeout = pick({ 0, 0.01, 5, -1, "x" }) end
@@ -184,6 +195,7 @@ local function random_options(h)
   end
   if chance(0.05) then h.userTimeout = pick({ 0, 0.5, 30, -1, "x", 1e9 }) end
   if chance(0.05) then h.fastOpen = pick({ true, false, 1 }) end
+  if chance(0.05) then h.attemptDelay = pick({ 0, 0.01, 0.25, 30, -1, "x" }) end
   if chance(0.1) then h.highWaterMark = pick({ 1, 100, 65536, 0, 1.5 }) end
   if chance(0.02) then
     h.tls = pick({ true, { verify = false }, 5, { verify = false, minVersion = pick({ "1.2", "1.3", "1.1" }) },
@@ -296,7 +308,8 @@ end
 local function op_connect()
   local r = new_record("client")
   local h = random_options(new_handler(r, pick({ "sink", "chaos" })))
-  local address, port = pick({ "127.0.0.1", "127.0.0.1", "::1", "localhost", "nowhere.invalid", "", 42 }), nil
+  local address, port = pick({ "127.0.0.1", "127.0.0.1", "::1", "localhost", "nowhere.invalid", "", 42,
+                                "several.fuzz" }), nil
   local l = pick(listeners)
   local lrec = l and records[l]
   if lrec and lrec.unix and chance(0.9) then
