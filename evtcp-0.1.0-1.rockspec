@@ -36,7 +36,7 @@ build = {
     ["evtcp"] = "lua/evtcp/init.lua",
     ["evtcp.core"] = {
       sources = {
-        "src/conn.c", "src/conn_connect.c", "src/conn_events.c", "src/conn_frame.c", "src/conn_options.c", "src/conn_props.c", "src/conn_race.c", "src/conn_read.c", "src/conn_receive.c", "src/conn_send.c", "src/conn_sockopt.c", "src/conn_upgrade.c", "src/error.c", "src/event.c", "src/listener.c", "src/listener_proxy.c", "src/proxy.c",
+        "src/conn.c", "src/conn_connect.c", "src/conn_events.c", "src/conn_frame.c", "src/conn_options.c", "src/conn_props.c", "src/conn_race.c", "src/conn_read.c", "src/conn_receive.c", "src/conn_send.c", "src/conn_sockopt.c", "src/conn_upgrade.c", "src/error.c", "src/event.c", "src/listener.c", "src/listener_proxy.c", "src/pool.c", "src/proxy.c",
         "src/linger.c", "src/loop.c", "src/module.c", "src/object.c", "src/resolve.c", "src/resolver.c", "src/sockaddr.c", "src/socket.c", "src/signal.c", "src/timer.c", "src/tls.c", "src/tls_cache.c", "src/tls_info.c", "src/tls_options.c",
         "src/transport_tcp.c", "src/transport_tls.c",
       },

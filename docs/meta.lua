@@ -66,6 +66,7 @@
 ---@field onTerminate fun(self: evtcp.Handler, conn: evtcp.TCPConnection, event: evtcp.TCPEvent)?
 ---@field noDelay boolean?
 ---@field timeout number?
+---@field pool string? the pool's key (default: address, port, TLS settings)
 ---@field attemptDelay number? Happy Eyeballs: seconds between attempts at a name's addresses (0.25)
 ---@field readTimeout number?
 ---@field writeTimeout number?
@@ -108,6 +109,7 @@
 ---@field keepAlive number|boolean|evtcp.KeepAlive
 ---@field userTimeout number?
 ---@field fd integer? the socket, while there is one
+---@field reusedTimes integer how often its socket was taken from the pool
 ---@field remoteAddress string?
 ---@field remotePort integer?
 ---@field localAddress string?
@@ -128,6 +130,14 @@ local TCPConnection = {}
 ---@return true|nil ok
 ---@return evtcp.Error? err
 function TCPConnection:startTLS(tlsOptions) end
+
+--- Puts this open, idle client connection into the pool (the object is
+--- detached: its methods raise); connect/dial with the same key take it.
+---@param idleTimeout number? seconds kept (60; 0: no limit)
+---@param poolSize integer? connections kept per key (30)
+---@return true|nil ok
+---@return string? message
+function TCPConnection:setKeepAlive(idleTimeout, poolSize) end
 
 --- Sets a socket option by name ("rcvbuf", "sndbuf", "linger", "tos", "ttl",
 --- "quickack", "mark", "bindToDevice", "nodelay", "keepalive", "reuseaddr").

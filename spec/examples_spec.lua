@@ -238,27 +238,44 @@ end)
 describe("the blocking-style examples", function()
   after_each(function() assert.is_true(H.cleanup()) end)
 
-  it("redis_client speaks RESP to a real redis-server", function()
-    if not os.execute("command -v redis-server >/dev/null 2>&1") then
-      pending("redis-server is not installed (make test installs it)") return
-    end
+  --- Runs example (a file in examples/) against a redis-server started in
+  -- a temp dir (no persistence, loopback only), retried until it answers
+  -- (`ready` found in the output); returns the output.
+  local function against_redis(example, ready)
     local port = H.free_port()
     local dir = os.tmpname()
     os.remove(dir)
     os.execute("mkdir -p " .. dir)
-    -- no persistence, loopback only, stopped below
     assert(os.execute((H.peer .. "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no " ..
       "--dir %s --daemonize yes --pidfile %s/redis.pid --logfile %s/redis.log"):format(port, dir, dir, dir)))
     local out
     local deadline = H.now() + 10
     repeat
-      local f = io.popen("lua5.4 examples/redis_client.lua " .. port .. " 2>&1")
+      local f = io.popen(("lua5.4 examples/%s %d 2>&1"):format(example, port))
       out = f:read("a")
       f:close()
-      if not out:find("PING") then evtcp.sleep(0.1) end
-    until out:find("PING") or H.now() > deadline
+      if not out:find(ready) then evtcp.sleep(0.1) end
+    until out:find(ready) or H.now() > deadline
     os.execute(("kill $(cat %s/redis.pid) 2>/dev/null; sleep 0.2; rm -rf %s"):format(dir, dir))
+    return out
+  end
+
+  it("redis_client speaks RESP to a real redis-server", function()
+    if not os.execute("command -v redis-server >/dev/null 2>&1") then
+      pending("redis-server is not installed (make test installs it)") return
+    end
+    local out = against_redis("redis_client.lua", "PING")
     assert.are.equal("PING ->\tPONG\nSET  ->\tOK\nGET  ->\thello from evtcp\n", out)
+  end)
+
+  it("redis_pool makes 200 requests from ten coroutines over at most ten connections", function()
+    if not os.execute("command -v redis-server >/dev/null 2>&1") then
+      pending("redis-server is not installed (make test installs it)") return
+    end
+    local out = against_redis("redis_pool.lua", "requests:")
+    local n = tonumber(out:match("^requests: 200, counter: 200, new connections: (%d+)\n$"))
+    assert.is_number(n, out)
+    assert.is_true(n >= 1 and n <= 10, out) -- redis's own count; without the pool: 202
   end)
 
   it("http_get fetches a page from a local HTTP server", function()

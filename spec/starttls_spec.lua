@@ -353,6 +353,26 @@ describe("startTLS", function()
       assert.matches("221 bye from TLSv1%.3", text)
     end)
 
+    it("examples/smtp_starttls.lua upgrades, verifies the name and says EHLO again over TLS", function()
+      local l = smtp_server()
+      local text, status = H.peer_run(("lua5.4 examples/smtp_starttls.lua %d 127.0.0.1 %s localhost"):format(l.port, tls.cert),
+        30, true)
+      l:terminate()
+      assert.are.equal(0, status, text)
+      assert.matches("C: STARTTLS\nS: 220 2.0.0 Ready to start TLS\n%-%- TLS: TLSv1%.3", text)
+      assert.matches("TLSv1%.3.*C: EHLO client.example\nS: 250%-evtcp greets you.*S: 221 bye from TLSv1%.3", text)
+    end)
+
+    it("examples/smtp_starttls.lua refuses a certificate for another name", function()
+      local l = smtp_server()
+      local text, status = H.peer_run(("lua5.4 examples/smtp_starttls.lua %d 127.0.0.1 %s other.example"):format(l.port, tls.cert),
+        30, true)
+      l:terminate()
+      assert.are_not.equal(0, status, text)
+      assert.matches("C: STARTTLS", text)
+      assert.not_matches("bye from TLS", text)
+    end)
+
     describe("a PostgreSQL server (ssl = on, clients only over TLS)", function()
       local pg
       setup(function() pg = H.postgres(tls) end)

@@ -22,7 +22,16 @@ static void conn_leave_listener(evtcp_conn *c);
 object_type conn_type = {"TCPConnection", "TCPConnection", conn_release_all, 1, 0};
 
 /* The type check of every method. */
+/* A connection argument the program may still use: one setKeepAlive put
+ * in the pool raises. */
 evtcp_conn *conn_check(lua_State *L, int index) {
+  evtcp_conn *c = (evtcp_conn *)object_check(L, index, &conn_type);
+  if (c->pooled) luaL_error(L, "evtcp: the connection was put in the pool (setKeepAlive) and is not yours any more");
+  return c;
+}
+
+/* Any connection, pooled too: properties, tostring. */
+evtcp_conn *conn_check_any(lua_State *L, int index) {
   return (evtcp_conn *)object_check(L, index, &conn_type);
 }
 
@@ -58,6 +67,8 @@ void conn_end(evtcp_conn *c, const evtcp_failure *failure, int rst) {
     if (c->client->connect_timer) event_del(c->client->connect_timer);
     conn_race_free(c->client->race); /* attempts in flight: closed */
     c->client->race = NULL;
+    pool_entry_free(c->client->parked); /* taken from the pool, never resumed */
+    c->client->parked = NULL;
   }
   conn_stop_reading(c);
   if (c->bev) bufferevent_disable(c->bev, EV_READ | EV_WRITE);
@@ -116,6 +127,8 @@ static void conn_release_client(evtcp_conn *c) {
   if (k->lookup) { lookup_cancel(k->lookup); k->lookup = NULL; }
   conn_race_free(k->race); /* before the addresses it points into */
   k->race = NULL;
+  pool_entry_free(k->parked);
+  k->parked = NULL;
   if (k->addrs) { evutil_freeaddrinfo(k->addrs); k->addrs = NULL; }
   if (k->connect_timer) { event_free(k->connect_timer); k->connect_timer = NULL; }
   conn_free_bev(c, &k->retired_bev, &k->retired_fd);
@@ -271,6 +284,13 @@ static int conn_close(lua_State *L) {
   return 0;
 }
 
+/* __close, at the end of a `local c <close>` scope: close(), unless the
+ * connection went into the pool meanwhile (it is not the program's). */
+static int conn_close_scope(lua_State *L) {
+  if (conn_check_any(L, 1)->pooled) return 0;
+  return conn_close(L);
+}
+
 /* conn:reset(): abortive close, queued output dropped, RST sent. */
 static int conn_reset(lua_State *L) {
   evtcp_conn *c = conn_check(L, 1);
@@ -379,7 +399,7 @@ static void conn_release_all(lua_State *L, evtcp_object *obj) {
   if (c->input) { evbuffer_free(c->input); c->input = NULL; }
   free(c->unix_path);
   c->unix_path = NULL;
-  if (c->client) free(c->client->host);
+  if (c->client) { free(c->client->host); free(c->client->pool_key); }
   free(c->client);
   c->client = NULL;
   free(c->framing);
@@ -397,6 +417,7 @@ static const luaL_Reg conn_methods[] = {
   {"resume", conn_resume},
   {"setTimeouts", conn_set_timeouts},
   {"startTLS", conn_start_tls},
+  {"setKeepAlive", conn_keep_in_pool},
   {"setOption", conn_set_option},
   {"getOption", conn_get_option},
   {"_read", conn_read},
@@ -411,6 +432,6 @@ static const luaL_Reg conn_methods[] = {
 /* The metatable is made in one place, conn_props.c: these are the
  * functions of this file it takes. */
 void conn_open(lua_State *L) {
-  static const luaL_Reg meta[] = {{"__close", conn_close}, {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__close", conn_close_scope}, {NULL, NULL}};
   conn_props_open(L, conn_methods, meta, &conn_type);
 }

@@ -166,6 +166,9 @@ typedef struct conn_race conn_race; /* conn_race.c */
 typedef struct conn_client {
   evtcp_lookup *lookup;
   conn_race *race;                /* the attempts at addrs, until OPEN */
+  char *pool_key;                 /* the pool it is taken from and kept in */
+  const conn_transport *pool_transport; /* the transport the key was made for */
+  struct pool_entry *parked;      /* taken from the pool: resumed from the loop */
   double attempt_delay;           /* attemptDelay: seconds between attempts */
   struct evutil_addrinfo *addrs;  /* the name's, until OPEN */
   struct event *connect_timer;    /* the `timeout` option, until OPEN */
@@ -211,6 +214,7 @@ typedef struct evtcp_conn {
   unsigned no_delay : 1;          /* settings, from here on */
   unsigned allow_half_open : 1;   /* after the peer's FIN, the program closes */
   unsigned fast_open : 1;         /* a client's first data goes in the SYN */
+  unsigned pooled : 1;            /* setKeepAlive detached it: methods raise */
   evutil_socket_t fd;             /* the socket, once connected or accepted; -1.
                                    * Always ours: closed by conn_release, so __gc
                                    * closes it at once (libevent defers its own) */
@@ -233,6 +237,7 @@ typedef struct evtcp_conn {
   char *unix_path;                /* a Unix socket: its path ("/p" or "@name"), else NULL */
   conn_client *client;            /* client connections only, else NULL */
   conn_framing *framing;          /* onData's frames; NULL: chunks as they come */
+  unsigned reused_times;          /* reusedTimes: how often taken from the pool */
 } evtcp_conn;
 
 /* Has the peer's FIN been read? */
@@ -246,6 +251,7 @@ static inline int conn_is_live(const evtcp_conn *c) { return c->state < CONN_CLO
 /* conn.c: the lifetime */
 extern object_type conn_type;
 evtcp_conn *conn_check(lua_State *L, int index);
+evtcp_conn *conn_check_any(lua_State *L, int index);
 evtcp_conn *conn_alloc(lua_State *L, evtcp_loop *loop);
 void conn_adopt_handler(lua_State *L, evtcp_conn *c, int handler_index);
 int conn_push(evtcp_conn *c);
@@ -294,6 +300,11 @@ void conn_bev_timeouts(evtcp_conn *c);
 evutil_socket_t conn_own_socket(const evtcp_conn *c, int family, int *err);
 void conn_connect_failed(evtcp_conn *c);
 void conn_connected_socket(evtcp_conn *c, evutil_socket_t fd);
+
+/* pool.c: conn:setKeepAlive, and the pool dial and connect take from */
+int conn_keep_in_pool(lua_State *L);
+int pool_take(evtcp_conn *c);
+void pool_entry_free(struct pool_entry *e);
 
 /* conn_race.c: Happy Eyeballs over a name's addresses */
 void conn_race_start(evtcp_conn *c, struct evutil_addrinfo *addrs);

@@ -158,6 +158,21 @@ static void conn_start(lua_State *L, evtcp_conn *c, const char *host, int port) 
   c->client->lookup = lookup_start(c->obj.loop, host, portstr, conn_on_resolved, c);
 }
 
+/* The key of the pool this connection is taken from and kept in: the
+ * `pool` option, or the transport, address and port (TLS: the name
+ * checked, verification and certificates too). 0, or -1 without memory. */
+static int conn_pool_key(evtcp_conn *c, const char *host, int port) {
+  const char *identity = c->transport->identity ? c->transport->identity(c) : NULL;
+  size_t size;
+  c->client->pool_transport = c->transport;
+  if (c->client->pool_key) return 0;
+  size = strlen(host) + (identity ? strlen(identity) : 0) + 32;
+  if ((c->client->pool_key = (char *)malloc(size)) == NULL) return -1;
+  if (identity) snprintf(c->client->pool_key, size, "%s|%s", c->transport->name, identity);
+  else snprintf(c->client->pool_key, size, "%s|%s:%d", c->transport->name, host, port);
+  return 0;
+}
+
 /* Starts the connection, or reports a failure its options met (a TLS
  * context that could not be made). */
 static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) {
@@ -169,6 +184,8 @@ static void conn_begin(lua_State *L, evtcp_conn *c, const char *host, int port) 
   host = sockaddr_unbracket(host, bare, sizeof bare); /* "[::1]" as in URLs */
   if ((c->client->host = strdup(host)) == NULL) luaL_error(L, "evtcp: out of memory");
   if (c->transport->dial && c->transport->dial(c, host, port) != 0) luaL_error(L, "evtcp: out of memory");
+  if (conn_pool_key(c, host, port) != 0) luaL_error(L, "evtcp: out of memory");
+  if (pool_take(c)) return; /* a kept connection: OPEN from the loop */
   conn_start(L, c, host, port);
 }
 
@@ -208,6 +225,12 @@ static void conn_client_options(lua_State *L, evtcp_conn *c, int is_unix) {
     int ok = seconds_get(L, -1, &c->client->attempt_delay);
     if (ok <= 0) luaL_argerror(L, 3, ok < 0 ? "option 'attemptDelay' must be a number of seconds"
                                             : "option 'attemptDelay' must be >= 0");
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, 3, "pool") != LUA_TNIL) { /* the key of the pool: pool.c */
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+      luaL_argerror(L, 3, "option 'pool' must be a non-empty string");
+    if ((c->client->pool_key = strdup(lua_tostring(L, -1))) == NULL) luaL_error(L, "evtcp: out of memory");
   }
   lua_pop(L, 1);
   if (lua_getfield(L, 3, "fastOpen") != LUA_TNIL) {

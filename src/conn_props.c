@@ -18,13 +18,13 @@
 typedef enum {
   PROP_CLOSED, PROP_ERRORS, PROP_NO_DELAY, PROP_KEEP_ALIVE, PROP_REMOTE_ADDRESS, PROP_REMOTE_PORT,
   PROP_LOCAL_ADDRESS, PROP_LOCAL_PORT, PROP_BUFFERED_AMOUNT, PROP_HANDLER, PROP_TLS, PROP_BYTES_READ,
-  PROP_BYTES_WRITTEN, PROP_FRAMING, PROP_USER_TIMEOUT, PROP_FD, PROP_COUNT
+  PROP_BYTES_WRITTEN, PROP_FRAMING, PROP_USER_TIMEOUT, PROP_FD, PROP_REUSED_TIMES, PROP_COUNT
 } conn_property;
 
 static const char *const property_names[PROP_COUNT] = {
   "closed", "errors", "noDelay", "keepAlive", "remoteAddress", "remotePort", "localAddress",
   "localPort", "bufferedAmount", "handler", "tls", "bytesRead", "bytesWritten", "framing",
-  "userTimeout", "fd"
+  "userTimeout", "fd", "reusedTimes"
 };
 
 /* ---- properties ---- */
@@ -95,12 +95,13 @@ static void conn_push_property(lua_State *L, evtcp_conn *c, conn_property p) {
     if (c->fd >= 0 && conn_is_live(c)) lua_pushinteger(L, (lua_Integer)c->fd);
     else lua_pushnil(L);
     break;
+  case PROP_REUSED_TIMES: lua_pushinteger(L, (lua_Integer)c->reused_times); break;
   case PROP_COUNT: lua_pushnil(L); break;
   }
 }
 
 static int conn__index(lua_State *L) {
-  evtcp_conn *c = conn_check(L, 1);
+  evtcp_conn *c = conn_check_any(L, 1); /* a pooled one's properties: closed */
   lua_settop(L, 2);
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1; /* a method */
@@ -184,7 +185,7 @@ static int conn__newindex(lua_State *L) {
 
 static int conn__tostring(lua_State *L) {
   static const char *const states[] = {"resolving", "connecting", "open", "closing", "closed"};
-  evtcp_conn *c = conn_check(L, 1);
+  evtcp_conn *c = conn_check_any(L, 1);
   lua_pushfstring(L, "TCPConnection (%s): %p", states[c->state], (void *)c);
   return 1;
 }

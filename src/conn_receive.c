@@ -209,7 +209,7 @@ int conn_state_name(lua_State *L) {
 
 /* conn:_flags() -> the internal state in words, for the fuzzer's reports */
 int conn_flags(lua_State *L) {
-  evtcp_conn *c = conn_check(L, 1);
+  evtcp_conn *c = conn_check_any(L, 1);
   lua_pushfstring(L, "state=%d input_end=%d output=%d due=%d reading=%d paused=%d input_full=%d "
                   "receiving=%d anchors=%d input=%d buffered=%d fd=%d transport=%s",
                   (int)c->state, (int)c->input_end, (int)c->output, (int)c->due, c->reading, c->paused,

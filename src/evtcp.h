@@ -94,6 +94,7 @@ struct evtcp_loop {
   void *cork_owner;        /* the connection corked, if any */
   uint64_t bytes_scanned;  /* input searched for line ends and delimiters (specs) */
   struct evtcp_linger *lingering; /* closed sockets read until the peer's FIN: linger.c */
+  struct pool_entry *pool; /* idle client connections kept for reuse: pool.c */
   void (*closers[LOOP_CLOSERS])(evtcp_loop *loop); /* loop_at_close */
   int closer_count;
 };
@@ -189,6 +190,7 @@ int resolve_add_hosts(evtcp_loop *loop, const char *path);
 /* ---- linger.c ---- */
 void linger_close(evtcp_loop *loop, evutil_socket_t fd);
 void linger_close_all(evtcp_loop *loop);
+void pool_close_all(evtcp_loop *loop); /* pool.c */
 
 /* ---- tls.c, as module.c needs it ---- */
 void tls_cache_free_all(evtcp_loop *loop);

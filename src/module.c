@@ -25,6 +25,7 @@ LUALIB_API int luaopen_evtcp_core(lua_State *L) {
     loop_at_close(loop, tls_cache_free_all);
     loop_at_close(loop, signal_close_all);
     loop_at_close(loop, linger_close_all);
+    loop_at_close(loop, pool_close_all);
   }
   event_open(L);
   error_open(L);

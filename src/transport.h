@@ -71,6 +71,18 @@ typedef struct conn_transport {
   /* Optional. Output bytes it holds beyond the bufferevent's (TLS, while
    * the plain output of before startTLS still flushes). */
   size_t (*pending)(const struct evtcp_conn *c);
+  /* Optional (NULL: the transport keeps nothing beyond the socket). The
+   * pool (pool.c): park takes the transport's live state out of an idle
+   * c, freeing its bufferevent but not the socket, or returns NULL with
+   * *why (bytes it holds unread); resume makes c's bufferevent on fd
+   * from that state, ready to be OPEN (0, or -1 without memory); discard
+   * frees a state never resumed. identity names the settings a pooled
+   * connection must share with the one that takes it (TLS: the session
+   * key, name and settings). */
+  void *(*park)(struct evtcp_conn *c, const char **why);
+  int (*resume)(struct evtcp_conn *c, evutil_socket_t fd, void *state);
+  void (*discard)(void *state);
+  const char *(*identity)(const struct evtcp_conn *c);
   /* Optional. Pushes conn.tls (NULL: nil). */
   void (*push_info)(lua_State *L, struct evtcp_conn *c);
   /* Frees one of its bufferevents (the connection's, or a failed

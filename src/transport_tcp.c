@@ -97,6 +97,6 @@ static void tcp_release(evtcp_conn *c) {
 /* Every event is the socket's own: the connection reads it as such; the
  * socket's FIN is the stream's end; there is no conn.tls. */
 const conn_transport transport_tcp = {
-  "tcp", 0, tcp_accept, NULL, tcp_connect, tcp_reading, tcp_write_now, NULL, NULL, NULL, NULL,
-  tcp_free_bev, tcp_release
+  "tcp", 0, tcp_accept, NULL, tcp_connect, tcp_reading, tcp_write_now, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, tcp_free_bev, tcp_release
 };

@@ -332,6 +332,15 @@ static void tls_free_bev(struct bufferevent *bev) {
   SSL_free(ssl);
 }
 
+static void tls_link_free(tls_link *k) {
+  if (k->ctx) SSL_CTX_free(k->ctx);
+  if (k->plain) transport_tcp.free_bev(k->plain);
+  tls_server_free(k->server);
+  free(k->host);
+  free(k->session_key);
+  free(k);
+}
+
 /* A graceful close sends close_notify; a reset or a failure does not. */
 static void tls_release(evtcp_conn *c) {
   tls_link *k = link_of(c);
@@ -339,16 +348,65 @@ static void tls_release(evtcp_conn *c) {
   if (k == NULL) return;
   if (ssl && c->state == CONN_CLOSING && !c->aborted && c->failure == NULL && SSL_is_init_finished(ssl))
     SSL_shutdown(ssl);
-  if (k->ctx) SSL_CTX_free(k->ctx);
-  if (k->plain) transport_tcp.free_bev(k->plain);
-  tls_server_free(k->server);
-  free(k->host);
-  free(k->session_key);
-  free(k);
+  tls_link_free(k);
   c->link = NULL;
+}
+
+/* ---- the pool: a TLS session kept idle, to be taken up again ---- */
+
+typedef struct tls_parked {
+  SSL *ssl;
+  tls_link *link;
+} tls_parked;
+
+static void *tls_park(evtcp_conn *c, const char **why) {
+  SSL *ssl = ssl_of(c);
+  tls_parked *p;
+  if (ssl == NULL || link_of(c) == NULL || link_of(c)->plain != NULL || !SSL_is_init_finished(ssl)) {
+    *why = "the TLS handshake is not done";
+    return NULL;
+  }
+  if (SSL_pending(ssl) > 0 || evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+    *why = "it has unread data";
+    return NULL;
+  }
+  if ((p = (tls_parked *)malloc(sizeof *p)) == NULL) { *why = "out of memory"; return NULL; }
+  p->ssl = ssl;
+  p->link = link_of(c);
+  SSL_set_app_data(ssl, NULL); /* no connection while parked (new sessions are not cached) */
+  bufferevent_free(c->bev);    /* keeps the SSL and the socket: no BEV_OPT_CLOSE_ON_FREE */
+  c->bev = NULL;
+  c->link = NULL;
+  return p;
+}
+
+static int tls_resume(evtcp_conn *c, evutil_socket_t fd, void *state) {
+  tls_parked *p = (tls_parked *)state;
+  struct bufferevent *bev = bufferevent_openssl_socket_new(c->obj.loop->base, fd, p->ssl, BUFFEREVENT_SSL_OPEN, 0);
+  if (bev == NULL) return -1;
+  bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+  bufferevent_setcb(bev, tls_on_readable, conn_on_written, conn_on_bev_event, c);
+  SSL_set_app_data(p->ssl, c);
+  if (c->link) tls_link_free(link_of(c)); /* the new connection's own: the same settings */
+  c->link = p->link;
+  c->bev = bev;
+  free(p);
+  return 0;
+}
+
+static void tls_discard(void *state) {
+  tls_parked *p = (tls_parked *)state;
+  SSL_free(p->ssl);
+  tls_link_free(p->link);
+  free(p);
+}
+
+static const char *tls_identity(const evtcp_conn *c) {
+  const tls_link *k = link_of(c);
+  return k ? k->session_key : NULL;
 }
 
 const conn_transport transport_tls = {
   "tls", 1, tls_accept, tls_dial, tls_connect, tls_reading, NULL, tls_end_stream, tls_explain,
-  tls_pending, tls_push_conn_info, tls_free_bev, tls_release
+  tls_pending, tls_park, tls_resume, tls_discard, tls_identity, tls_push_conn_info, tls_free_bev, tls_release
 };

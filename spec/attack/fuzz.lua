@@ -154,7 +154,13 @@ local function new_handler(r, mode)
         if type(ev.data) ~= "string" then fail("event.data is a %s", type(ev.data)) end
         r.got[#r.got + 1] = ev.data
       end
-      if name == "onConnection" then r.conn = conn record_of[conn] = r end
+      if name == "onConnection" then
+        r.conn = conn record_of[conn] = r
+        if conn.reusedTimes > 0 then -- its server side has an older stream
+          r.spoiled = true
+          stats.reused = (stats.reused or 0) + 1
+        end
+      end
       if mode == "chaos" then
         if chance(0.05) then collectgarbage(chance(0.05) and "collect" or "step") end
         if chance(0.1) then chaos() end
@@ -196,6 +202,7 @@ local function random_options(h)
   if chance(0.05) then h.userTimeout = pick({ 0, 0.5, 30, -1, "x", 1e9 }) end
   if chance(0.05) then h.fastOpen = pick({ true, false, 1 }) end
   if chance(0.05) then h.attemptDelay = pick({ 0, 0.01, 0.25, 30, -1, "x" }) end
+  if chance(0.05) then h.pool = pick({ "a", "b", "", 5 }) end
   if chance(0.1) then h.highWaterMark = pick({ 1, 100, 65536, 0, 1.5 }) end
   if chance(0.02) then
     h.tls = pick({ true, { verify = false }, 5, { verify = false, minVersion = pick({ "1.2", "1.3", "1.1" }) },
@@ -353,7 +360,7 @@ local function op_method()
   if not c then return end
   local m = pick({ "close", "close", "shutdown", "reset", "pause", "resume", "setTimeouts",
                    "handler", "noDelay", "keepAlive", "framing", "field", "props", "wrongself", "tostring",
-                   "startTLS", "setOption", "getOption", "userTimeout" })
+                   "startTLS", "setOption", "getOption", "userTimeout", "setKeepAlive" })
   if m == "setTimeouts" then
     guarded(c.setTimeouts, c, pick({ nil, 0.05, 1, -1 }), pick({ nil, 1, "x" }))
   elseif m == "handler" then
@@ -383,6 +390,17 @@ local function op_method()
       pick({ 1, 65536, true, false, "lo", "x", -1 }))
   elseif m == "getOption" then
     guarded(c.getOption, c, pick({ "rcvbuf", "linger", "tos", "ttl", "bindToDevice", "nope" }))
+  elseif m == "setKeepAlive" then
+    -- into the pool (short idle times: the fuzz must end), or refused and
+    -- closed; either way the program's object is done with
+    local r = record_of[c]
+    local ok, kept = guarded(c.setKeepAlive, c, pick({ 0.01, 0.1, 0.3, -1, "x" }), pick({ 1, 3, 30, 0 }))
+    if ok and r then
+      r.spoiled = true
+      if kept then r.detached = true end -- no event follows a pooled connection
+    end
+    if ok and kept then stats.pooled = (stats.pooled or 0) + 1
+    end
   elseif m == "startTLS" then
     if chance(0.5) then
       -- a real upgrade of a random connection, waited for in a coroutine:
@@ -780,8 +798,8 @@ os.execute("rm -rf " .. sock_dir .. " " .. cert_dir)
 
 print(("fuzz: seed %d, %d operations, %d connections (%d observed, all terminated once), " ..
        "%d listeners (%d Unix-socket tries), %d streams checked (%d bytes), %d STARTTLS pairs (%d echoed over TLS), " ..
-       "%d misuse errors, %d deliberate errors, " ..
+       "%d pooled (%d taken up again), %d misuse errors, %d deliberate errors, " ..
        "%d forced collections, %.1f s CPU: passed"):format(SEED, stats.ops, stats.connections,
        observed + (stats.finished or 0), stats.listeners, stats.unix or 0, stats.checked_streams, stats.checked_bytes,
-       stats.upgrades or 0, stats.upgraded or 0, stats.bad_args,
+       stats.upgrades or 0, stats.upgraded or 0, stats.pooled or 0, stats.reused or 0, stats.bad_args,
        stats.deliberate, stats.collected, os.clock() - t0))
