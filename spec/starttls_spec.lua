@@ -365,8 +365,8 @@ describe("startTLS", function()
 
     it("examples/smtp_starttls.lua refuses a certificate for another name", function()
       local l = smtp_server()
-      local text, status = H.peer_run(("lua5.4 examples/smtp_starttls.lua %d 127.0.0.1 %s other.example"):format(l.port, tls.cert),
-        30, true)
+      local cmd = ("lua5.4 examples/smtp_starttls.lua %d 127.0.0.1 %s other.example"):format(l.port, tls.cert)
+      local text, status = H.peer_run(cmd, 30, true)
       l:terminate()
       assert.are_not.equal(0, status, text)
       assert.matches("C: STARTTLS", text)
